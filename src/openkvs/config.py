@@ -1,0 +1,235 @@
+"""Typed server settings.
+
+``Settings.load(environ, config_file, overrides)`` merges, lowest precedence first: the defaults
+below, an optional TOML file, ``OPENKVS_*`` environment variables, then explicit overrides (the
+command line). Casts are strict: a bool is one of true/false/1/0/yes/no/on/off, and an unknown
+key in the TOML file is an error. Nothing else in openkvs reads ``os.environ``.
+
+TOML layout: top-level keys are field names; a table ``[signaling]`` with key ``max_viewers``
+sets ``signaling_max_viewers``. ``[[credentials]]`` entries add access keys::
+
+    [[credentials]]
+    access_key_id = "AKIAEXAMPLE"
+    secret_access_key = "..."
+    policy = { Statement = [{ Effect = "Allow", Action = "kinesisvideo:*", Resource = "*" }] }
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "OPENKVS_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class ConfigError(ValueError):
+    """A setting could not be parsed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CredentialConfig:
+    access_key_id: str
+    secret_access_key: str
+    policy: Mapping[str, Any] | None = None
+    session_token: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # Server
+    host: str = "127.0.0.1"
+    port: int = 8443
+    http_port: int = 8080
+    data_dir: Path = Path("./openkvs-data")
+    region: str = "us-east-1"
+    account_id: str = "000000000000"
+    public_url: str | None = None
+    log_level: str = "info"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    no_auth: bool = False
+    aws_error_codes: bool = False
+    max_body_bytes: int = 1024 * 1024
+    clock_skew_seconds: int = 900
+    # Request-rate limits (requests per second; 0 disables)
+    rate_limit_account: float = 10000.0
+    rate_limit_resource: float = 1000.0
+    rate_limit_join_per_channel: float = 50.0
+    # Signaling
+    signaling_max_viewers: int = 10
+    signaling_idle_timeout: float = 600.0
+    signaling_max_connection_age: float = 0.0
+    signaling_go_away_grace: float = 1.0
+    signaling_sdp_rate: float = 5.0
+    signaling_ice_rate: float = 20.0
+    signaling_send_queue: int = 256
+    # TURN (coturn REST API shared secret)
+    turn_uris: tuple[str, ...] = ()
+    turn_secret: str | None = None
+    turn_ttl: int = 3600
+    # Storage session
+    storage_fragment_duration: float = 2.0
+    storage_max_session_duration: float = 0.0
+    storage_media_timeout: float = 10.0
+    storage_connect_timeout: float = 30.0
+    storage_max_viewers: int = 3
+    storage_viewer_wait: float = 180.0
+    storage_retention_interval: float = 60.0
+    # Storage peer networking
+    webrtc_ice_servers: tuple[str, ...] = ()
+    webrtc_advertised_hosts: tuple[str, ...] = ()
+    webrtc_port_min: int = 0
+    webrtc_port_max: int = 0
+    # Credentials from the config file
+    credentials: tuple[CredentialConfig, ...] = ()
+
+    @classmethod
+    def load(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        config_file: Path | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Settings:
+        values: dict[str, Any] = {}
+        if config_file is not None:
+            values.update(_read_toml(config_file))
+        for key, raw in (environ or {}).items():
+            if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+                continue
+            name = key[len(ENV_PREFIX) :].lower()
+            if name not in _FIELDS or name == "credentials":
+                raise ConfigError(f"unknown setting in environment: {key}")
+            values[name] = raw
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                values[name] = value
+        kwargs = {name: _cast(name, value) for name, value in values.items()}
+        settings = cls(**kwargs)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for name in ("port", "http_port", "webrtc_port_min", "webrtc_port_max"):
+            value = getattr(self, name)
+            if not 0 <= value <= 65535:
+                raise ConfigError(f"{name} must be between 0 and 65535, got {value}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key must be given together")
+        if self.webrtc_port_min > self.webrtc_port_max:
+            raise ConfigError("webrtc_port_min must not exceed webrtc_port_max")
+        if not self.account_id.isdigit() or len(self.account_id) != 12:
+            raise ConfigError("account_id must be 12 digits")
+        if self.storage_fragment_duration <= 0:
+            raise ConfigError("storage_fragment_duration must be positive")
+        if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
+            raise ConfigError("public_url must start with http:// or https://")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+_FIELDS: dict[str, Any] = {f.name: f for f in dataclasses.fields(Settings)}
+_HINTS = typing.get_type_hints(Settings)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML in {path}: {exc}") from exc
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        key = key.replace("-", "_")
+        if key == "credentials":
+            flat[key] = value
+        elif isinstance(value, dict):
+            for sub, subvalue in value.items():
+                flat[f"{key}_{sub.replace('-', '_')}"] = subvalue
+        else:
+            flat[key] = value
+    for key in flat:
+        if key not in _FIELDS:
+            raise ConfigError(f"unknown setting in {path}: {key}")
+    return flat
+
+
+def _cast(name: str, value: Any) -> Any:
+    if name not in _HINTS:
+        raise ConfigError(f"unknown setting: {name}")
+    if name == "credentials":
+        return _cast_credentials(value)
+    try:
+        return _cast_to(_HINTS[name], value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid value for {name}: {value!r} ({exc})") from exc
+
+
+def _cast_to(hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or value == "":
+            return None
+        return _cast_to(args[0], value)
+    if origin is tuple:
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise TypeError("expected a list")
+        return tuple(_cast_to(item, v) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ValueError("expected true/false")
+    if hint is int:
+        if isinstance(value, bool):
+            raise TypeError("expected an integer")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool):
+            raise TypeError("expected a number")
+        return float(value)
+    if hint is Path:
+        return Path(str(value)).expanduser()
+    if hint is str:
+        if not isinstance(value, str | int | float):
+            raise TypeError("expected a string")
+        return str(value)
+    raise TypeError(f"unsupported type {hint}")
+
+
+def _cast_credentials(value: Any) -> tuple[CredentialConfig, ...]:
+    if not isinstance(value, list):
+        raise ConfigError("credentials must be an array of tables")
+    out = []
+    for entry in value:
+        if not isinstance(entry, dict):
+            raise ConfigError("each credentials entry must be a table")
+        akid = entry.get("access_key_id")
+        secret = entry.get("secret_access_key")
+        if not isinstance(akid, str) or not isinstance(secret, str) or not akid or not secret:
+            raise ConfigError("credentials need access_key_id and secret_access_key strings")
+        policy = entry.get("policy")
+        if policy is not None and not isinstance(policy, dict):
+            raise ConfigError(f"policy of {akid} must be a table")
+        unknown = set(entry) - {"access_key_id", "secret_access_key", "policy", "session_token"}
+        if unknown:
+            raise ConfigError(f"unknown keys in credentials entry {akid}: {sorted(unknown)}")
+        out.append(CredentialConfig(akid, secret, policy, entry.get("session_token")))
+    return tuple(out)
