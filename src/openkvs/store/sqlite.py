@@ -1,0 +1,461 @@
+"""SQLite metadata store (WAL), the embedded default.
+
+One writer thread owns the write connection; a small pool of reader threads has a connection
+each (WAL lets them read while the writer writes). Channels and streams are also kept in memory,
+loaded at start and updated after each committed write, so control-plane reads never leave the
+event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import ResourceInUseException
+from .base import Channel, Fragment, Stream
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS channels (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    arn TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL UNIQUE,
+    channel_type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    version TEXT NOT NULL,
+    message_ttl INTEGER NOT NULL,
+    tags TEXT NOT NULL,
+    storage_status TEXT NOT NULL,
+    storage_stream_arn TEXT
+);
+CREATE TABLE IF NOT EXISTS streams (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    arn TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL UNIQUE,
+    device_name TEXT,
+    media_type TEXT,
+    kms_key_id TEXT NOT NULL,
+    version TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    retention_hours INTEGER NOT NULL,
+    tags TEXT NOT NULL,
+    storage_tier TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fragments (
+    stream_id INTEGER NOT NULL,
+    number INTEGER NOT NULL,
+    producer_ts INTEGER NOT NULL,
+    server_ts INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    blob_key TEXT NOT NULL,
+    PRIMARY KEY (stream_id, number)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS fragments_by_server_ts ON fragments (stream_id, server_ts);
+CREATE INDEX IF NOT EXISTS fragments_by_producer_ts ON fragments (stream_id, producer_ts);
+"""
+
+_FRAGMENT_COLUMNS = "stream_id, number, producer_ts, server_ts, duration_ms, size, blob_key"
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def _channel(row: sqlite3.Row | tuple[Any, ...]) -> Channel:
+    return Channel(
+        id=row[0],
+        arn=row[1],
+        name=row[2],
+        channel_type=row[3],
+        status=row[4],
+        created=row[5],
+        version=row[6],
+        message_ttl=row[7],
+        tags=json.loads(row[8]),
+        storage_status=row[9],
+        storage_stream_arn=row[10],
+    )
+
+
+def _stream(row: sqlite3.Row | tuple[Any, ...]) -> Stream:
+    return Stream(
+        id=row[0],
+        arn=row[1],
+        name=row[2],
+        device_name=row[3],
+        media_type=row[4],
+        kms_key_id=row[5],
+        version=row[6],
+        status=row[7],
+        created=row[8],
+        retention_hours=row[9],
+        tags=json.loads(row[10]),
+        storage_tier=row[11],
+    )
+
+
+def _fragment(row: tuple[Any, ...]) -> Fragment:
+    return Fragment(*row)
+
+
+class SqliteMetadataStore:
+    def __init__(self, path: Path, readers: int = 2) -> None:
+        self._path = path
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="openkvs-sqlite-w")
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="openkvs-sqlite-r")
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        self._wconn: sqlite3.Connection | None = None
+        self._channels: dict[str, Channel] = {}
+        self._channel_names: dict[str, str] = {}
+        self._streams: dict[str, Stream] = {}
+        self._stream_names: dict[str, str] = {}
+        self._stream_ids: dict[int, str] = {}
+
+    # -- lifecycle ------
+
+    async def start(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+
+        def init() -> tuple[list[Channel], list[Stream]]:
+            self._wconn = _connect(self._path)
+            self._wconn.executescript(SCHEMA)
+            channels = [_channel(r) for r in self._wconn.execute("SELECT * FROM channels")]
+            streams = [_stream(r) for r in self._wconn.execute("SELECT * FROM streams")]
+            return channels, streams
+
+        channels, streams = await self._write(init)
+        for c in channels:
+            self._cache_channel(c)
+        for s in streams:
+            self._cache_stream(s)
+
+    async def stop(self) -> None:
+        def close() -> None:
+            if self._wconn is not None:
+                self._wconn.close()
+                self._wconn = None
+
+        await self._write(close)
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        with self._reader_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+
+    # -- thread plumbing ------
+
+    async def _write(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn)
+
+    def _wc(self) -> sqlite3.Connection:
+        assert self._wconn is not None, "store not started"
+        return self._wconn
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = _connect(self._path)
+                self._local.conn = conn
+                with self._reader_lock:
+                    self._reader_conns.append(conn)
+            return fn(conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+
+    # -- channels ------
+
+    def _cache_channel(self, c: Channel) -> None:
+        self._channels[c.arn] = c
+        self._channel_names[c.name] = c.arn
+
+    def channel_by_arn(self, arn: str) -> Channel | None:
+        return self._channels.get(arn)
+
+    def channel_by_name(self, name: str) -> Channel | None:
+        arn = self._channel_names.get(name)
+        return None if arn is None else self._channels.get(arn)
+
+    def channels(self) -> list[Channel]:
+        return sorted(self._channels.values(), key=lambda c: c.name)
+
+    async def insert_channel(self, channel: Channel) -> Channel:
+        def run() -> int:
+            try:
+                cur = self._wc().execute(
+                    "INSERT INTO channels (arn, name, channel_type, status, created, version,"
+                    " message_ttl, tags, storage_status, storage_stream_arn)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        channel.arn,
+                        channel.name,
+                        channel.channel_type,
+                        channel.status,
+                        channel.created,
+                        channel.version,
+                        channel.message_ttl,
+                        json.dumps(dict(channel.tags)),
+                        channel.storage_status,
+                        channel.storage_stream_arn,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise ResourceInUseException(
+                    f"The signaling channel {channel.name} already exists."
+                ) from exc
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+        stored = channel.replace(id=await self._write(run))
+        self._cache_channel(stored)
+        return stored
+
+    async def save_channel(self, channel: Channel) -> None:
+        def run() -> None:
+            self._wc().execute(
+                "UPDATE channels SET status=?, version=?, message_ttl=?, tags=?, storage_status=?,"
+                " storage_stream_arn=? WHERE id=?",
+                (
+                    channel.status,
+                    channel.version,
+                    channel.message_ttl,
+                    json.dumps(dict(channel.tags)),
+                    channel.storage_status,
+                    channel.storage_stream_arn,
+                    channel.id,
+                ),
+            )
+
+        await self._write(run)
+        self._cache_channel(channel)
+
+    async def delete_channel(self, channel: Channel) -> None:
+        await self._write(
+            lambda: self._wc().execute("DELETE FROM channels WHERE id=?", (channel.id,))
+        )
+        self._channels.pop(channel.arn, None)
+        self._channel_names.pop(channel.name, None)
+
+    # -- streams ------
+
+    def _cache_stream(self, s: Stream) -> None:
+        self._streams[s.arn] = s
+        self._stream_names[s.name] = s.arn
+        self._stream_ids[s.id] = s.arn
+
+    def stream_by_arn(self, arn: str) -> Stream | None:
+        return self._streams.get(arn)
+
+    def stream_by_name(self, name: str) -> Stream | None:
+        arn = self._stream_names.get(name)
+        return None if arn is None else self._streams.get(arn)
+
+    def stream_by_id(self, stream_id: int) -> Stream | None:
+        arn = self._stream_ids.get(stream_id)
+        return None if arn is None else self._streams.get(arn)
+
+    def streams(self) -> list[Stream]:
+        return sorted(self._streams.values(), key=lambda s: s.name)
+
+    async def insert_stream(self, stream: Stream) -> Stream:
+        def run() -> int:
+            try:
+                cur = self._wc().execute(
+                    "INSERT INTO streams (arn, name, device_name, media_type, kms_key_id, version,"
+                    " status, created, retention_hours, tags, storage_tier)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        stream.arn,
+                        stream.name,
+                        stream.device_name,
+                        stream.media_type,
+                        stream.kms_key_id,
+                        stream.version,
+                        stream.status,
+                        stream.created,
+                        stream.retention_hours,
+                        json.dumps(dict(stream.tags)),
+                        stream.storage_tier,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise ResourceInUseException(f"The stream {stream.name} already exists.") from exc
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+        stored = stream.replace(id=await self._write(run))
+        self._cache_stream(stored)
+        return stored
+
+    async def save_stream(self, stream: Stream) -> None:
+        def run() -> None:
+            self._wc().execute(
+                "UPDATE streams SET device_name=?, media_type=?, version=?, status=?,"
+                " retention_hours=?, tags=?, storage_tier=? WHERE id=?",
+                (
+                    stream.device_name,
+                    stream.media_type,
+                    stream.version,
+                    stream.status,
+                    stream.retention_hours,
+                    json.dumps(dict(stream.tags)),
+                    stream.storage_tier,
+                    stream.id,
+                ),
+            )
+
+        await self._write(run)
+        self._cache_stream(stream)
+
+    async def delete_stream(self, stream: Stream) -> list[str]:
+        def run() -> list[str]:
+            conn = self._wc()
+            keys = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT blob_key FROM fragments WHERE stream_id=?", (stream.id,)
+                )
+            ]
+            conn.execute("BEGIN")
+            conn.execute("DELETE FROM fragments WHERE stream_id=?", (stream.id,))
+            conn.execute("DELETE FROM streams WHERE id=?", (stream.id,))
+            conn.execute("COMMIT")
+            return keys
+
+        keys = await self._write(run)
+        self._streams.pop(stream.arn, None)
+        self._stream_names.pop(stream.name, None)
+        self._stream_ids.pop(stream.id, None)
+        return keys
+
+    # -- fragments ------
+
+    async def add_fragment(self, fragment: Fragment) -> None:
+        def run() -> None:
+            self._wc().execute(
+                f"INSERT INTO fragments ({_FRAGMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    fragment.stream_id,
+                    fragment.number,
+                    fragment.producer_ts,
+                    fragment.server_ts,
+                    fragment.duration_ms,
+                    fragment.size,
+                    fragment.blob_key,
+                ),
+            )
+
+        await self._write(run)
+
+    async def max_fragment_number(self) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT MAX(number) FROM fragments").fetchone()
+            return int(row[0] or 0)
+
+        return await self._read(run)
+
+    async def list_fragments(
+        self,
+        stream_id: int,
+        *,
+        timestamp_type: str | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        after_number: int | None = None,
+        limit: int = 1000,
+    ) -> list[Fragment]:
+        where = ["stream_id = ?"]
+        args: list[Any] = [stream_id]
+        order = "number"
+        if timestamp_type is not None:
+            col = {"SERVER_TIMESTAMP": "server_ts", "PRODUCER_TIMESTAMP": "producer_ts"}[
+                timestamp_type
+            ]
+            order = f"{col}, number"
+            if start_ms is not None:
+                where.append(f"{col} >= ?")
+                args.append(start_ms)
+            if end_ms is not None:
+                where.append(f"{col} <= ?")
+                args.append(end_ms)
+        if after_number is not None:
+            where.append("number > ?")
+            args.append(after_number)
+        sql = (
+            f"SELECT {_FRAGMENT_COLUMNS} FROM fragments WHERE {' AND '.join(where)}"
+            f" ORDER BY {order} LIMIT ?"
+        )
+        args.append(limit)
+        return await self._read(lambda conn: [_fragment(r) for r in conn.execute(sql, args)])
+
+    async def get_fragments(self, stream_id: int, numbers: Sequence[int]) -> list[Fragment]:
+        wanted = list(numbers)
+
+        def run(conn: sqlite3.Connection) -> list[Fragment]:
+            found: dict[int, Fragment] = {}
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                for r in conn.execute(
+                    f"SELECT {_FRAGMENT_COLUMNS} FROM fragments"
+                    f" WHERE stream_id=? AND number IN ({marks})",
+                    [stream_id, *chunk],
+                ):
+                    found[r[1]] = _fragment(r)
+            return [found[n] for n in wanted if n in found]
+
+        return await self._read(run)
+
+    async def last_fragments(self, stream_id: int, count: int) -> list[Fragment]:
+        def run(conn: sqlite3.Connection) -> list[Fragment]:
+            rows = conn.execute(
+                f"SELECT {_FRAGMENT_COLUMNS} FROM fragments WHERE stream_id=?"
+                " ORDER BY number DESC LIMIT ?",
+                (stream_id, count),
+            ).fetchall()
+            return [_fragment(r) for r in reversed(rows)]
+
+        return await self._read(run)
+
+    async def expire_fragments(self, stream_id: int, before_server_ms: int) -> list[str]:
+        def run() -> list[str]:
+            conn = self._wc()
+            keys = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT blob_key FROM fragments WHERE stream_id=? AND server_ts < ?",
+                    (stream_id, before_server_ms),
+                )
+            ]
+            if keys:
+                conn.execute(
+                    "DELETE FROM fragments WHERE stream_id=? AND server_ts < ?",
+                    (stream_id, before_server_ms),
+                )
+            return keys
+
+        return await self._write(run)
+
+    async def all_blob_keys(self) -> set[str]:
+        return await self._read(
+            lambda conn: {r[0] for r in conn.execute("SELECT blob_key FROM fragments")}
+        )
