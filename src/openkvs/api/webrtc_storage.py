@@ -1,0 +1,58 @@
+"""JoinStorageSession / JoinStorageSessionAsViewer (``kinesis-video-webrtc-storage``).
+
+Status codes follow the seed contract (480–483) unless ``--aws-error-codes`` is set; see
+``protocol.SEED_STATUS``. The call answers 200 with an empty body as soon as the join is
+accepted; the storage session then offers to the participant over its signaling connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import (
+    ClientLimitExceededException,
+    InvalidArgumentException,
+    ResourceNotFoundException,
+)
+from ..store.base import Channel, Stream
+from .context import Handlers, RequestContext
+
+handlers = Handlers("kinesis-video-webrtc-storage")
+
+
+def _resolve(ctx: RequestContext, channel_arn: str) -> tuple[Channel, Stream]:
+    control = ctx.services.control
+    channel = control.store.channel_by_arn(channel_arn)
+    if channel is None:
+        raise ResourceNotFoundException(f"The channel {channel_arn} does not exist.")
+    ctx.authorize(channel.arn)
+    if channel.storage_status != "ENABLED":
+        raise InvalidArgumentException(
+            f"Media storage is not ENABLED for channel {channel.name}: call "
+            "UpdateMediaStorageConfiguration first."
+        )
+    stream = control.storage_stream(channel)
+    if stream is None:
+        raise InvalidArgumentException(
+            f"The stream configured for media storage on channel {channel.name} no longer exists."
+        )
+    if not ctx.services.join_limiter.allow(channel.arn):
+        raise ClientLimitExceededException(
+            f"Too many JoinStorageSession calls for channel {channel.name}; try again later."
+        )
+    return channel, stream
+
+
+@handlers.operation("JoinStorageSession")
+async def join_storage_session(ctx: RequestContext, p: dict[str, Any]) -> None:
+    channel, stream = _resolve(ctx, p["channelArn"])
+    await ctx.services.sessions.join_master(channel, stream)
+
+
+@handlers.operation("JoinStorageSessionAsViewer")
+async def join_storage_session_as_viewer(ctx: RequestContext, p: dict[str, Any]) -> None:
+    client_id = p["clientId"]
+    if client_id.upper().startswith("AWS_"):
+        raise InvalidArgumentException("clientId must not start with AWS_.")
+    channel, stream = _resolve(ctx, p["channelArn"])
+    await ctx.services.sessions.join_viewer(channel, stream, client_id)
