@@ -1,0 +1,221 @@
+"""Assemble the aiohttp application: middlewares (outermost first), routes and lifecycles."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from .api import kinesisvideo, webrtc_storage
+from .api.dispatch import REQUEST_ID_KEY, ROUTE_KEY, SERVICE_KEY, ApiDispatcher, request_id
+from .api.models import Route
+from .api.protocol import error_response, wire_error
+from .auth.credentials import CredentialStore
+from .config import Settings
+from .control.ratelimit import RateLimiter
+from .control.resources import ControlPlane
+from .control.retention import RetentionTask
+from .control.sessions import RecordingSessions, StorageSessions
+from .errors import InternalFailure, ServiceError
+from .services import Services
+from .store.fs import FsBlobStore
+from .store.sqlite import SqliteMetadataStore
+
+logger = logging.getLogger(__name__)
+
+SERVICES_KEY = web.AppKey("openkvs.services", Services)
+DISPATCHER_KEY = web.AppKey("openkvs.dispatcher", ApiDispatcher)
+
+# Model operations that later parts of openkvs serve; until then they answer
+# UnsupportedOperationException (400).
+NOT_YET = (
+    *kinesisvideo.UNSUPPORTED,
+    "GetIceServerConfig",
+    "SendAlexaOfferToMaster",
+    "GetMedia",
+    "ListFragments",
+    "GetMediaForFragmentList",
+    "GetHLSStreamingSessionURL",
+    "GetDASHStreamingSessionURL",
+    "GetClip",
+    "GetImages",
+)
+
+CORS_ALLOW_HEADERS = (
+    "Authorization, Content-Type, X-Amz-Date, X-Amz-Security-Token, X-Amz-Content-Sha256, "
+    "X-Amz-Algorithm, X-Amz-Credential, X-Amz-SignedHeaders, X-Amz-Signature, X-Amz-User-Agent, "
+    "X-Amz-Target, X-Amzn-Trace-Id, amz-sdk-invocation-id, amz-sdk-request, "
+    "x-amzn-stream-name, x-amzn-stream-arn, x-amzn-fragment-timecode-type, "
+    "x-amzn-producer-start-timestamp, x-amzn-fragment-acknowledgment-required, Range"
+)
+CORS_EXPOSE_HEADERS = (
+    "x-amzn-RequestId, x-amzn-ErrorType, x-amz-RequestId, x-amzn-Remapped-Date, Content-Type, "
+    "Content-Length, Date"
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    response.headers["Access-Control-Allow-Origin"] = origin if origin != "null" else "*"
+    response.headers["Vary"] = "Origin"
+    response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every ServiceError into the protocol's error shape; never leak a traceback."""
+    try:
+        response = await handler(request)
+    except ServiceError as err:
+        response = _error(request, err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _error(request, _http_error(exc))
+    except Exception:
+        logger.exception(
+            "unhandled error serving %s %s (request %s)",
+            request.method,
+            request.path,
+            request_id(request),
+        )
+        response = _error(
+            request, InternalFailure(f"Internal server error (request id {request_id(request)}).")
+        )
+    if not response.prepared:
+        _cors_headers(request, response)
+    return response
+
+
+def _http_error(exc: web.HTTPException) -> ServiceError:
+    class _Http(ServiceError):
+        code = exc.reason.replace(" ", "") + "Exception"
+        status = exc.status
+
+    return _Http(exc.text or exc.reason)
+
+
+def _error(request: web.Request, err: ServiceError) -> web.Response:
+    services = request.app[SERVICES_KEY]
+    route: Route | None = request.get(ROUTE_KEY)
+    status, code, message = wire_error(
+        err,
+        service=route.service if route else request.get(SERVICE_KEY),
+        op=route.operation if route else None,
+        request_id=request_id(request),
+        aws_error_codes=services.settings.aws_error_codes,
+    )
+    if status >= 500:
+        logger.error("%s %s -> %s %s", request.method, request.path, status, code)
+    else:
+        logger.debug("%s %s -> %s %s: %s", request.method, request.path, status, code, message)
+    return error_response(status, code, message, request_id(request))
+
+
+async def preflight(request: web.Request) -> web.Response:
+    response = web.Response(status=204)
+    origin = request.headers.get("Origin", "*")
+    response.headers.update(
+        {
+            "Access-Control-Allow-Origin": origin if origin != "null" else "*",
+            "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS, HEAD",
+            "Access-Control-Allow-Headers": request.headers.get(
+                "Access-Control-Request-Headers", CORS_ALLOW_HEADERS
+            ),
+            "Access-Control-Max-Age": "600",
+            "Vary": "Origin",
+        }
+    )
+    return response
+
+
+class SafeAccessLogger(AbstractAccessLogger):
+    """Access log lines without query strings: they carry signatures and session tokens."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %s %.1fms %s',
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            response.body_length,
+            time * 1000,
+            request.get(REQUEST_ID_KEY, "-"),
+        )
+
+
+def build_services(settings: Settings, sessions: StorageSessions | None = None) -> Services:
+    data_dir = settings.data_dir
+    store = SqliteMetadataStore(data_dir / "openkvs.db")
+    blobs = FsBlobStore(data_dir / "media")
+    control = ControlPlane(store, blobs, region=settings.region, account_id=settings.account_id)
+    return Services(
+        settings=settings,
+        control=control,
+        credentials=CredentialStore.load(data_dir, settings.credentials),
+        sessions=sessions if sessions is not None else RecordingSessions(),
+        account_limiter=RateLimiter(settings.rate_limit_account),
+        resource_limiter=RateLimiter(settings.rate_limit_resource),
+        join_limiter=RateLimiter(settings.rate_limit_join_per_channel),
+    )
+
+
+def build_app(settings: Settings, services: Services | None = None) -> web.Application:
+    services = services or build_services(settings)
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[SERVICES_KEY] = services
+    dispatcher = ApiDispatcher(
+        services, [kinesisvideo.handlers, webrtc_storage.handlers], unsupported=NOT_YET
+    )
+    app[DISPATCHER_KEY] = dispatcher
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"service": "openkvs", "status": "ok"})
+
+    app.router.add_get("/health", health)
+    app.router.add_route("OPTIONS", "/{tail:.*}", preflight)
+    app.router.add_post("/{tail:.*}", dispatcher.handle)
+    app.cleanup_ctx.append(_lifecycle(services))
+    return app
+
+
+def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        control = services.control
+        await control.store.start()
+        await control.blobs.start()
+        retention = RetentionTask(control, services.settings.storage_retention_interval)
+        await services.sessions.start()
+        control.on_channel_closed(services.sessions.channel_closed)
+        await retention.start()
+        try:
+            yield
+        finally:
+            await retention.stop()
+            await services.sessions.stop()
+            await control.blobs.stop()
+            await control.store.stop()
+
+    return ctx
+
+
+def data_paths(settings: Settings) -> dict[str, Path]:
+    return {
+        "data_dir": settings.data_dir,
+        "ca": settings.data_dir / "tls" / "ca.pem",
+        "credentials": settings.data_dir / "credentials.json",
+    }
+
+
+__all__ = ["build_app", "build_services", "SERVICES_KEY", "REQUEST_ID_KEY"]

@@ -1,0 +1,191 @@
+"""``openkvs serve | credentials``: argv → Settings → server. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .auth.credentials import default_principal
+from .config import ConfigError, Settings
+
+logger = logging.getLogger("openkvs")
+
+# CLI flag → Settings field, for `serve` (each is also OPENKVS_<FIELD> and a TOML key).
+SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--host", "host", {"help": "address to bind (default 127.0.0.1)"}),
+    ("--port", "port", {"type": int, "help": "HTTPS + WSS port (default 8443)"}),
+    (
+        "--http-port",
+        "http_port",
+        {"type": int, "help": "plain HTTP + WS port (default 8080, 0 disables)"},
+    ),
+    (
+        "--data-dir",
+        "data_dir",
+        {"help": "where state, media and keys live (default ./openkvs-data)"},
+    ),
+    ("--region", "region", {"help": "region in ARNs and credential scopes (default us-east-1)"}),
+    ("--account-id", "account_id", {"help": "12-digit account id used in ARNs"}),
+    ("--public-url", "public_url", {"help": "base URL to advertise, e.g. https://kvs.example.com"}),
+    ("--log-level", "log_level", {"help": "debug, info, warning or error (default info)"}),
+    (
+        "--tls-cert",
+        "tls_cert",
+        {"help": "PEM certificate chain to serve instead of the local CA's"},
+    ),
+    ("--tls-key", "tls_key", {"help": "PEM private key for --tls-cert"}),
+]
+
+
+def _settings(args: argparse.Namespace, fields: list[tuple[str, str, dict[str, Any]]]) -> Settings:
+    config = args.config or os.environ.get("OPENKVS_CONFIG")
+    overrides: dict[str, Any] = {field: getattr(args, field, None) for _, field, _ in fields}
+    for flag in ("no_auth", "aws_error_codes"):
+        if getattr(args, flag, False):
+            overrides[flag] = True
+    return Settings.load(os.environ, Path(config) if config else None, overrides)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if level.lower() != "debug":
+        for noisy in ("aioice", "aiortc"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def advertised(
+    settings: Settings, port: int | None, http_port: int | None
+) -> tuple[str, str | None]:
+    if settings.public_url:
+        return settings.public_url.rstrip("/"), None
+    host = settings.host if settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    tls = f"https://{host}:{port}" if port != 443 else f"https://{host}"
+    plain = f"http://{host}:{http_port}" if http_port else None
+    return tls, plain
+
+
+async def _serve(settings: Settings) -> int:
+    from .server import Server
+
+    server = Server(settings)
+    bound = await server.start()
+    tls, plain = advertised(settings, bound.port, bound.http_port)
+    logger.info("openkvs %s listening", __version__)
+    logger.info("  HTTPS + WSS endpoint: %s", tls)
+    if plain:
+        logger.info("  plain HTTP + WS endpoint (local tools): %s", plain)
+    logger.info("  data dir: %s", settings.data_dir.resolve())
+    if bound.tls.ca_cert is not None:
+        logger.info("  local CA certificate (trust it in clients): %s", bound.tls.ca_cert.resolve())
+    if settings.no_auth:
+        logger.warning("AUTHENTICATION IS DISABLED (--no-auth): anyone can call every API")
+    logger.info('  shell setup: eval "$(openkvs credentials --data-dir %s)"', settings.data_dir)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("shutting down")
+    await server.stop()
+    logger.info("stopped")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args, SERVE_FLAGS)
+    _setup_logging(settings.log_level)
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        uvloop.install()
+    except ImportError:
+        pass
+    return asyncio.run(_serve(settings))
+
+
+def cmd_credentials(args: argparse.Namespace) -> int:
+    settings = _settings(args, SERVE_FLAGS)
+    principal = default_principal(settings.data_dir)
+    tls, plain = advertised(settings, settings.port, settings.http_port)
+    print(f"export AWS_ACCESS_KEY_ID={principal.access_key_id}")
+    print(f"export AWS_SECRET_ACCESS_KEY={principal.secret_access_key}")
+    print(f"export AWS_DEFAULT_REGION={settings.region}")
+    print(f"export OPENKVS_ENDPOINT={tls}")
+    if plain:
+        print(f"export OPENKVS_HTTP_ENDPOINT={plain}")
+    # botocore >= 1.31 reads per-service endpoint variables, so boto3 and the AWS CLI need no
+    # --endpoint-url in this shell.
+    for service_id in SERVICE_IDS:
+        print(f"export AWS_ENDPOINT_URL_{service_id.upper().replace(' ', '_')}={tls}")
+    ca = settings.data_dir / "tls" / "ca.pem"
+    if settings.tls_cert is None:
+        print(f"export AWS_CA_BUNDLE={ca.resolve()}")
+    return 0
+
+
+SERVICE_IDS = (
+    "Kinesis Video",
+    "Kinesis Video Archived Media",
+    "Kinesis Video Media",
+    "Kinesis Video Signaling",
+    "Kinesis Video WebRTC Storage",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="openkvs", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"openkvs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="TOML config file (also OPENKVS_CONFIG)")
+        for flag, field, kw in SERVE_FLAGS:
+            p.add_argument(flag, dest=field, default=None, **kw)
+
+    serve = sub.add_parser("serve", help="run the server")
+    common(serve)
+    serve.add_argument(
+        "--no-auth", action="store_true", help="accept unsigned requests (throwaway local use only)"
+    )
+    serve.add_argument(
+        "--aws-error-codes",
+        action="store_true",
+        help="JoinStorageSession[AsViewer] errors use AWS's 400/403/404, not 480-483",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    creds = sub.add_parser("credentials", help="print shell exports for boto3 and the AWS CLI")
+    common(creds)
+    creds.set_defaults(func=cmd_credentials)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as exc:
+        print(f"openkvs: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

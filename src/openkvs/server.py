@@ -1,0 +1,88 @@
+"""Run the application on the TLS port and (optionally) the plain HTTP port."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+import ssl
+
+from aiohttp import web
+
+from .app import SafeAccessLogger, build_app
+from .config import Settings
+from .services import Services
+from .tls import TlsFiles, ensure_local_ca, server_context
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Bound:
+    port: int | None
+    http_port: int | None
+    tls: TlsFiles
+
+
+def tls_files(settings: Settings) -> TlsFiles:
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        return TlsFiles(None, settings.tls_cert, settings.tls_key)
+    return ensure_local_ca(settings.data_dir / "tls", [settings.host])
+
+
+class Server:
+    """Owns the aiohttp runner; ``await start()`` then ``await stop()``.
+
+    Tests pass pre-bound sockets (``tls_sock``/``http_sock``) to get random free ports.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        services: Services | None = None,
+        *,
+        tls_sock: socket.socket | None = None,
+        http_sock: socket.socket | None = None,
+    ) -> None:
+        self.settings = settings
+        self.app = build_app(settings, services)
+        self._runner: web.AppRunner | None = None
+        self._tls_sock = tls_sock
+        self._http_sock = http_sock
+        self.bound: Bound | None = None
+        self.ssl_context: ssl.SSLContext | None = None
+
+    async def start(self) -> Bound:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        files = tls_files(s)
+        self.ssl_context = server_context(files)
+        self._runner = web.AppRunner(
+            self.app, access_log_class=SafeAccessLogger, handle_signals=False, shutdown_timeout=5
+        )
+        await self._runner.setup()
+        site: web.BaseSite
+        if self._tls_sock is not None:
+            site = web.SockSite(self._runner, self._tls_sock, ssl_context=self.ssl_context)
+            port: int | None = self._tls_sock.getsockname()[1]
+        else:
+            site = web.TCPSite(self._runner, s.host, s.port, ssl_context=self.ssl_context)
+            port = s.port
+        await site.start()
+        http_port: int | None = None
+        if self._http_sock is not None:
+            await web.SockSite(self._runner, self._http_sock).start()
+            http_port = self._http_sock.getsockname()[1]
+        elif s.http_port:
+            await web.TCPSite(self._runner, s.host, s.http_port).start()
+            http_port = s.http_port
+        self.bound = Bound(port, http_port, files)
+        return self.bound
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for sock in (self._tls_sock, self._http_sock):
+            if sock is not None:
+                sock.close()
