@@ -15,6 +15,7 @@ from .api.models import Route
 from .api.protocol import error_response, wire_error
 from .auth.credentials import CredentialStore
 from .config import Settings
+from .control.fragments import FragmentStore
 from .control.ratelimit import RateLimiter
 from .control.resources import ControlPlane
 from .control.retention import RetentionTask
@@ -162,6 +163,7 @@ def build_services(settings: Settings, sessions: StorageSessions | None = None) 
         control=control,
         credentials=CredentialStore.load(data_dir, settings.credentials),
         sessions=sessions if sessions is not None else RecordingSessions(),
+        fragments=FragmentStore(store, blobs),
         account_limiter=RateLimiter(settings.rate_limit_account),
         resource_limiter=RateLimiter(settings.rate_limit_resource),
         join_limiter=RateLimiter(settings.rate_limit_join_per_channel),
@@ -195,6 +197,7 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
         control = services.control
         await control.store.start()
         await control.blobs.start()
+        await services.fragments.start()
         retention = RetentionTask(control, services.settings.storage_retention_interval)
         await services.sessions.start()
         control.on_channel_closed(services.sessions.channel_closed)
@@ -204,6 +207,7 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
         finally:
             await retention.stop()
             await services.sessions.stop()
+            await services.fragments.stop()
             await control.blobs.stop()
             await control.store.stop()
 

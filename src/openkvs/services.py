@@ -7,6 +7,7 @@ from typing import Any
 
 from .auth.credentials import CredentialStore
 from .config import Settings
+from .control.fragments import FragmentStore
 from .control.ratelimit import RateLimiter
 from .control.resources import ControlPlane
 from .control.sessions import StorageSessions
@@ -18,6 +19,7 @@ class Services:
     control: ControlPlane
     credentials: CredentialStore
     sessions: StorageSessions
+    fragments: FragmentStore
     account_limiter: RateLimiter
     resource_limiter: RateLimiter
     join_limiter: RateLimiter

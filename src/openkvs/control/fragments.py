@@ -1,0 +1,129 @@
+"""The fragment store: where every writer (WebRTC storage sessions, PutMedia) puts fragments and
+every reader (GetMedia, ListFragments, HLS/DASH, clips, images) finds them.
+
+A fragment is one self-contained MKV file (EBML header, Segment with Info, Tracks and one Cluster)
+kept in the blob store, plus a metadata row. ``append`` makes a fragment visible only after its
+blob is durable (fsync + atomic rename) *and* its row is committed, so a crash at any moment
+leaves no torn fragment listed; an orphaned blob is swept at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from .. import clock, ids
+from ..errors import ResourceNotFoundException
+from ..store.base import BlobStore, Fragment, MetadataStore, Stream
+
+logger = logging.getLogger(__name__)
+
+FRAGMENT_MAX_BYTES = 50 * 1024 * 1024
+
+
+class FragmentStore:
+    def __init__(self, meta: MetadataStore, blobs: BlobStore) -> None:
+        self.meta = meta
+        self.blobs = blobs
+        self._numbers = ids.FragmentNumbers()
+        self._changed: dict[int, asyncio.Event] = {}
+        self._latest: dict[int, Fragment] = {}
+
+    async def start(self) -> None:
+        self._numbers.bump(await self.meta.max_fragment_number())
+        await self.sweep_orphans()
+
+    async def stop(self) -> None:
+        for event in self._changed.values():
+            event.set()
+
+    async def sweep_orphans(self) -> int:
+        """Delete blobs that no fragment row names (left by a crash between put and commit)."""
+        listed = await self.meta.all_blob_keys()
+        orphans = sorted((await self.blobs.keys()) - listed)
+        if orphans:
+            logger.info("removing %d orphaned fragment blobs", len(orphans))
+            await self.blobs.delete(orphans)
+        return len(orphans)
+
+    def next_number(self) -> int:
+        return self._numbers.next()
+
+    async def append(
+        self,
+        stream: Stream,
+        data: bytes,
+        *,
+        producer_ts_ms: int,
+        server_ts_ms: int | None = None,
+        duration_ms: int,
+        number: int | None = None,
+    ) -> Fragment:
+        """Store one MKV fragment durably and make it visible; return its metadata."""
+        if self.meta.stream_by_id(stream.id) is None:
+            raise ResourceNotFoundException(f"The stream {stream.name} was deleted.")
+        if len(data) > FRAGMENT_MAX_BYTES:
+            raise ValueError(f"fragment of {len(data)} bytes exceeds {FRAGMENT_MAX_BYTES}")
+        server_ts = clock.now_ms() if server_ts_ms is None else server_ts_ms
+        number = self._numbers.next() if number is None else number
+        key = f"s{stream.id}/{server_ts // 3_600_000}/{number}.mkv"
+        await self.blobs.put(key, data)
+        fragment = Fragment(
+            stream_id=stream.id,
+            number=number,
+            producer_ts=producer_ts_ms,
+            server_ts=server_ts,
+            duration_ms=max(0, duration_ms),
+            size=len(data),
+            blob_key=key,
+        )
+        try:
+            await self.meta.add_fragment(fragment)
+        except BaseException:
+            await self.blobs.delete([key])
+            raise
+        self._latest[stream.id] = fragment
+        event = self._changed.pop(stream.id, None)
+        if event is not None:
+            event.set()
+        return fragment
+
+    async def read(self, fragment: Fragment) -> bytes:
+        return await self.blobs.get(fragment.blob_key)
+
+    def changed(self, stream_id: int) -> asyncio.Event:
+        """An event set at the next append to ``stream_id`` (take a new one after each wake-up)."""
+        event = self._changed.get(stream_id)
+        if event is None:
+            event = self._changed[stream_id] = asyncio.Event()
+        return event
+
+    def latest(self, stream_id: int) -> Fragment | None:
+        """The newest fragment appended by this process (None before the first one)."""
+        return self._latest.get(stream_id)
+
+    async def list_fragments(
+        self,
+        stream: Stream,
+        *,
+        timestamp_type: str | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        after_number: int | None = None,
+        limit: int = 1000,
+    ) -> list[Fragment]:
+        return await self.meta.list_fragments(
+            stream.id,
+            timestamp_type=timestamp_type,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            after_number=after_number,
+            limit=limit,
+        )
+
+    async def get(self, stream: Stream, numbers: Sequence[int]) -> list[Fragment]:
+        return await self.meta.get_fragments(stream.id, numbers)
+
+    async def last(self, stream: Stream, count: int) -> list[Fragment]:
+        return await self.meta.last_fragments(stream.id, count)
