@@ -67,6 +67,15 @@ def is_keyframe(nals: list[bytes]) -> bool:
     return any(nal_type(n) == NAL_IDR for n in nals)
 
 
+def annexb_has_idr(data: bytes) -> bool:
+    """True if an Annex B access unit contains an IDR slice (cheap scan, no splitting)."""
+    for m in _START.finditer(data):
+        i = m.end()
+        if i < len(data) and data[i] & 0x1F == NAL_IDR:
+            return True
+    return False
+
+
 def unescape(rbsp: bytes) -> bytes:
     """Remove emulation-prevention bytes (00 00 03 → 00 00)."""
     return rbsp.replace(b"\x00\x00\x03", b"\x00\x00") if b"\x00\x00\x03" in rbsp else rbsp

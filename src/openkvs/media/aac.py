@@ -1,0 +1,93 @@
+"""Opus-decoded PCM → AAC-LC (KVS stores H.264 + AAC). Runs in a worker thread, never on the loop.
+
+Input frames carry their RTP timestamp (48 kHz) as pts. Gaps (loss, DTX) up to ``max_gap`` are
+filled with silence so AAC frame times stay exact; larger gaps restart the timeline.
+"""
+
+from __future__ import annotations
+
+import fractions
+from typing import Any
+
+import av
+import numpy as np
+
+SAMPLE_RATE = 48000
+CHANNELS = 2
+FRAME = 1024
+
+
+class AacEncoder:
+    def __init__(self, bitrate: int = 96000, max_gap: int = SAMPLE_RATE) -> None:
+        ctx: Any = av.CodecContext.create("aac", "w")
+        ctx.sample_rate = SAMPLE_RATE
+        ctx.layout = "stereo"
+        ctx.format = "fltp"
+        ctx.bit_rate = bitrate
+        ctx.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        ctx.open()
+        self._ctx = ctx
+        self._max_gap = max_gap
+        self._pending = np.zeros((CHANNELS, 0), dtype=np.float32)
+        self._pending_pts: int | None = None  # rtp time of _pending[:, 0]
+        self._next_pts: int | None = None  # expected rtp time of the next input sample
+
+    @property
+    def audio_specific_config(self) -> bytes:
+        return bytes(self._ctx.extradata or b"")
+
+    def _pcm(self, frame: av.AudioFrame) -> np.ndarray:
+        arr = frame.to_ndarray()
+        fmt = frame.format.name
+        channels = len(frame.layout.channels)
+        if fmt in ("s16", "s16p"):
+            scale = 1.0 / 32768.0
+        elif fmt in ("flt", "fltp"):
+            scale = 1.0
+        else:
+            raise ValueError(f"unsupported PCM format {fmt}")
+        if frame.format.is_planar:
+            pcm = arr.astype(np.float32) * scale
+        else:
+            pcm = arr.reshape(-1, channels).T.astype(np.float32) * scale
+        if channels == 1:
+            pcm = np.vstack([pcm, pcm])
+        elif channels > 2:
+            pcm = pcm[:2]
+        if frame.sample_rate != SAMPLE_RATE:
+            raise ValueError(f"unsupported sample rate {frame.sample_rate}")
+        return pcm
+
+    def encode(self, frames: list[av.AudioFrame]) -> list[tuple[bytes, int]]:
+        """Encode decoded frames; return (AAC frame, rtp timestamp of its first sample) pairs."""
+        for frame in frames:
+            pcm = self._pcm(frame)
+            pts = int(frame.pts) if frame.pts is not None else self._next_pts or 0
+            if self._next_pts is not None:
+                gap = pts - self._next_pts
+                if 0 < gap <= self._max_gap:
+                    pcm = np.hstack([np.zeros((CHANNELS, gap), dtype=np.float32), pcm])
+                    pts = self._next_pts
+                elif gap < -self._max_gap or gap > self._max_gap:
+                    self._pending = self._pending[:, :0]
+                    self._pending_pts = None
+                elif gap < 0:
+                    pcm = pcm[:, -gap:]  # overlap: drop what we already have
+                    pts = self._next_pts
+            if self._pending_pts is None:
+                self._pending_pts = pts
+            self._pending = np.hstack([self._pending, pcm]) if self._pending.size else pcm
+            self._next_pts = pts + pcm.shape[1]
+        out: list[tuple[bytes, int]] = []
+        while self._pending.shape[1] >= FRAME:
+            chunk = np.ascontiguousarray(self._pending[:, :FRAME])
+            self._pending = self._pending[:, FRAME:]
+            assert self._pending_pts is not None
+            af = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
+            af.sample_rate = SAMPLE_RATE
+            af.pts = self._pending_pts
+            af.time_base = fractions.Fraction(1, SAMPLE_RATE)
+            self._pending_pts += FRAME
+            for pkt in self._ctx.encode(af):
+                out.append((bytes(pkt), int(pkt.pts)))
+        return out

@@ -1,0 +1,132 @@
+"""Plumbing shared by storage-session peers: offer, answer and ICE candidates via signaling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc.sdp import SessionDescription, candidate_from_sdp, candidate_to_sdp
+
+from ..errors import InvalidArgumentException
+from . import net, signaling_io
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[[str, str | None], Awaitable[None]]  # (message_type, payload)
+
+# Preferred order of the H.264 variants in our offers: high profiles first (better recordings).
+H264_ORDER = ("640034", "640c34", "640834", "4d0034", "42e034", "420034", "42e01f", "42001f")
+
+
+def h264_preferences() -> list[Any]:
+    caps = RTCRtpReceiver.getCapabilities("video")
+    assert caps is not None
+    h264 = [c for c in caps.codecs if c.mimeType.lower() == "video/h264"]
+    h264.sort(
+        key=lambda c: (
+            H264_ORDER.index(str(c.parameters.get("profile-level-id", "")))
+            if c.parameters.get("profile-level-id") in H264_ORDER
+            else 99
+        )
+    )
+    rtx = [c for c in caps.codecs if c.mimeType.lower() == "video/rtx"]
+    return h264 + rtx
+
+
+def opus_preferences() -> list[Any]:
+    caps = RTCRtpReceiver.getCapabilities("audio")
+    assert caps is not None
+    return [c for c in caps.codecs if c.mimeType.lower() == "audio/opus"]
+
+
+class OfferingPeer:
+    """An RTCPeerConnection that offers over KVS signaling and takes the answer and candidates."""
+
+    def __init__(
+        self, pc: RTCPeerConnection, send: Send, advertised: tuple[str, ...], prefix: str
+    ) -> None:
+        self.pc = pc
+        self._send = send
+        self._advertised = advertised
+        self._prefix = prefix
+        self.answered = asyncio.Event()
+        self._early_candidates: list[tuple[str, str | None, int | None]] = []
+
+    async def offer(self) -> None:
+        offer = await self.pc.createOffer()
+        await self.pc.setLocalDescription(offer)
+        local = self.pc.localDescription
+        sdp = net.add_advertised_candidates(local.sdp, self._advertised)
+        await self._send("SDP_OFFER", signaling_io.encode({"type": "offer", "sdp": sdp}))
+        # Trickle the gathered candidates too: KVS clients expect ICE_CANDIDATE messages.
+        parsed = SessionDescription.parse(sdp)
+        for index, media in enumerate(parsed.media):
+            for cand in media.ice_candidates:
+                await self._send(
+                    "ICE_CANDIDATE",
+                    signaling_io.encode(
+                        {
+                            "candidate": "candidate:" + candidate_to_sdp(cand),
+                            "sdpMid": media.rtp.muxId,
+                            "sdpMLineIndex": index,
+                        }
+                    ),
+                )
+
+    def check_answer(self, sdp: str) -> None:
+        """Hook for subclasses: raise InvalidArgumentException if the answer is unusable."""
+
+    async def on_answer(self, payload: str) -> None:
+        sdp = signaling_io.session_description(payload, "answer")
+        if self.answered.is_set():
+            raise InvalidArgumentException("This storage session already has an answer.")
+        try:
+            parsed = SessionDescription.parse(sdp)
+        except (ValueError, KeyError, IndexError) as exc:
+            raise InvalidArgumentException(f"The SDP answer cannot be parsed: {exc}") from exc
+        if len(parsed.media) != len(self.pc.getTransceivers()):
+            raise InvalidArgumentException("The SDP answer does not match the offer's media lines.")
+        self.check_answer(sdp)
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        except Exception as exc:  # noqa: BLE001 - aiortc raises assorted errors for bad SDP
+            raise InvalidArgumentException(f"The SDP answer was rejected: {exc}") from exc
+        self.answered.set()
+        early, self._early_candidates = self._early_candidates, []
+        for cand in early:
+            await self._add_candidate(*cand)
+
+    async def on_candidate(self, payload: str) -> None:
+        cand, mid, index = signaling_io.candidate(payload)
+        if not self.answered.is_set():
+            if len(self._early_candidates) < 64:
+                self._early_candidates.append((cand, mid, index))
+            return
+        await self._add_candidate(cand, mid, index)
+
+    async def _add_candidate(self, cand: str, mid: str | None, index: int | None) -> None:
+        text = cand.strip()
+        if text.startswith("a="):
+            text = text[2:]
+        if not text:
+            return  # end of candidates
+        if text.startswith("candidate:"):
+            text = text[len("candidate:") :]
+        try:
+            ice = candidate_from_sdp(text)
+        except (ValueError, IndexError) as exc:
+            raise InvalidArgumentException(f"The ICE candidate cannot be parsed: {exc}") from exc
+        ice.sdpMid = mid
+        ice.sdpMLineIndex = index
+        if mid is None and index is None:
+            ice.sdpMLineIndex = 0
+        with contextlib.suppress(Exception):
+            await self.pc.addIceCandidate(ice)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.pc.close()

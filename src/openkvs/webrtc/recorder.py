@@ -1,0 +1,220 @@
+"""Records one master peer's media into a stream: H.264 as received, Opus → AAC, fragments.
+
+Called on the event loop with encoded video access units (from the tap) and decoded audio frames
+(from the audio track); AAC encoding, MKV serialisation and storage run in worker threads. The
+fragment writer keeps fragments in order and is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import av
+
+from .. import clock
+from ..control.fragments import FragmentStore
+from ..media.aac import AacEncoder
+from ..media.fragmenter import FragmentData, Fragmenter
+from ..media.timeline import SessionClock
+from ..store.base import Fragment, Stream
+
+logger = logging.getLogger(__name__)
+
+MAX_PENDING_FRAGMENTS = 64
+AUDIO_BATCH = 5  # 20 ms Opus frames per AAC encoder call
+KEYFRAME_REQUEST_INTERVAL = 0.5
+
+
+@dataclasses.dataclass
+class RecorderStats:
+    video_frames: int = 0
+    video_bytes: int = 0
+    keyframes: int = 0
+    audio_frames: int = 0
+    aac_frames: int = 0
+    fragments: int = 0
+    fragment_bytes: int = 0
+    dropped_video: int = 0
+    dropped_audio: int = 0
+    dropped_fragments: int = 0
+    store_errors: int = 0
+    keyframe_requests: int = 0
+    last_keyframe_ms: float | None = None
+    keyframe_interval_ms: float | None = None
+    last_media_at: float = 0.0
+    first_fragment_at: float | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+class Recorder:
+    def __init__(
+        self,
+        stream: Stream,
+        fragments: FragmentStore,
+        pool: ThreadPoolExecutor,
+        *,
+        target_ms: int,
+        request_keyframe: Callable[[], bool],
+        log_prefix: str = "",
+        on_fragment: Callable[[Fragment, FragmentData], None] | None = None,
+    ) -> None:
+        self.stream = stream
+        self.fragments = fragments
+        self.stats = RecorderStats(last_media_at=clock.monotonic())
+        self.clock = SessionClock()
+        self._pool = pool
+        self._fragmenter = Fragmenter(target_ms=target_ms)
+        self._request_keyframe = request_keyframe
+        self._last_key_request = 0.0
+        self._prefix = log_prefix
+        self._on_fragment = on_fragment
+        self._queue: collections.deque[FragmentData] = collections.deque()
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._audio_batch: list[av.AudioFrame] = []
+        self._audio_busy = False
+        self._audio_task: asyncio.Task[None] | None = None
+        self._aac: AacEncoder | None = None
+        self._closed = False
+        self.written: list[Fragment] = []
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name=f"recorder {self.stream.name}")
+
+    # -- media in (event loop) -----------------------------------------------------------------
+
+    def on_video(self, annexb: bytes, rtp_ts: int) -> None:
+        if self._closed:
+            return
+        now_ms = float(clock.now_ms())
+        self.stats.last_media_at = clock.monotonic()
+        ms = self.clock.video_ms(rtp_ts, now_ms)
+        before_key = self._fragmenter.stats.keyframes
+        ready = self._fragmenter.video(ms, annexb)
+        self.stats.video_frames += 1
+        self.stats.video_bytes += len(annexb)
+        if self._fragmenter.stats.keyframes != before_key:
+            self.stats.keyframes += 1
+            if self.stats.last_keyframe_ms is not None:
+                self.stats.keyframe_interval_ms = ms - self.stats.last_keyframe_ms
+            self.stats.last_keyframe_ms = ms
+        if not self._fragmenter.started or self._fragmenter.waiting_for_keyframe:
+            self._ask_keyframe()
+        self._enqueue(ready)
+
+    def on_sender_report(self, kind: str, ntp_seconds: float, rtp_ts: int) -> None:
+        track = self.clock.video if kind == "video" else self.clock.audio
+        track.sender_report(ntp_seconds * 1000.0, rtp_ts)
+
+    def on_audio(self, frame: av.AudioFrame) -> None:
+        if self._closed:
+            return
+        self.stats.audio_frames += 1
+        self.stats.last_media_at = clock.monotonic()
+        if frame.pts is not None and self.clock.audio.anchor_ts is None:
+            # Anchor the audio clock at the arrival of its first frame.
+            self.clock.audio_ms(int(frame.pts), float(clock.now_ms()))
+        self._audio_batch.append(frame)
+        if len(self._audio_batch) >= AUDIO_BATCH and not self._audio_busy:
+            batch, self._audio_batch = self._audio_batch, []
+            self._audio_busy = True
+            self._audio_task = asyncio.create_task(self._encode_audio(batch, float(clock.now_ms())))
+
+    async def _encode_audio(self, batch: list[av.AudioFrame], arrival_ms: float) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if self._aac is None:
+                self._aac = await loop.run_in_executor(self._pool, AacEncoder)
+                asc = self._aac.audio_specific_config
+                self._fragmenter.set_audio_config(asc, 48000, 2)
+            encoder = self._aac
+            packets = await loop.run_in_executor(self._pool, encoder.encode, batch)
+        except Exception:  # noqa: BLE001 - audio trouble must not stop video recording
+            logger.exception("%sAAC encoding failed", self._prefix)
+            self.stats.dropped_audio += len(batch)
+            packets = []
+        finally:
+            self._audio_busy = False
+        # The newest packet's samples end at roughly the arrival time of the batch's last frame.
+        for data, pts in packets:
+            ms = self.clock.audio_ms(pts, arrival_ms)
+            self.stats.aac_frames += 1
+            self._enqueue(self._fragmenter.audio(ms, data))
+        if len(self._audio_batch) >= AUDIO_BATCH and not self._closed:
+            batch, self._audio_batch = self._audio_batch, []
+            self._audio_busy = True
+            await self._encode_audio(batch, float(clock.now_ms()))
+
+    def _ask_keyframe(self) -> None:
+        now = clock.monotonic()
+        if now - self._last_key_request >= KEYFRAME_REQUEST_INTERVAL:
+            self._last_key_request = now
+            if self._request_keyframe():
+                self.stats.keyframe_requests += 1
+
+    # -- fragments out ---------------------------------------------------------------------
+
+    def _enqueue(self, ready: list[FragmentData]) -> None:
+        for frag in ready:
+            if len(self._queue) >= MAX_PENDING_FRAGMENTS:
+                self.stats.dropped_fragments += 1
+                logger.error("%sstore is not keeping up; dropping a fragment", self._prefix)
+                continue
+            self._queue.append(frag)
+            self._wake.set()
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                frag = self._queue.popleft()
+                try:
+                    data = await loop.run_in_executor(self._pool, frag.to_mkv)
+                    stored = await self.fragments.append(
+                        self.stream,
+                        data,
+                        producer_ts_ms=frag.start_ms,
+                        server_ts_ms=frag.start_ms,
+                        duration_ms=frag.duration_ms,
+                    )
+                except Exception:  # noqa: BLE001
+                    self.stats.store_errors += 1
+                    logger.exception("%sfailed to store a fragment", self._prefix)
+                    continue
+                self.stats.fragments += 1
+                self.stats.fragment_bytes += len(data)
+                if self.stats.first_fragment_at is None:
+                    self.stats.first_fragment_at = clock.monotonic()
+                self.written.append(stored)
+                del self.written[:-16]
+                if self._on_fragment is not None:
+                    self._on_fragment(stored, frag)
+            if self._closed:
+                return
+
+    async def close(self) -> None:
+        """Flush the partial last fragment (kept) and wait until everything is stored."""
+        if self._closed:
+            return
+        if self._audio_task is not None:
+            with contextlib.suppress(Exception):
+                await self._audio_task
+        self._closed = True
+        self._enqueue(self._fragmenter.flush())
+        fs = self._fragmenter.stats
+        self.stats.dropped_video = fs.dropped_video
+        self.stats.dropped_audio += fs.dropped_audio
+        self._wake.set()
+        if self._writer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
