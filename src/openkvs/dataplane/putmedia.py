@@ -1,0 +1,264 @@
+"""PutMedia: one long-lived chunked upload of MKV, one fragment per Cluster, acks as it goes.
+
+Per fragment the producer sees ``BUFFERING`` (its Cluster Timecode has arrived and a fragment
+number is assigned), ``RECEIVED`` (the whole Cluster parsed), then ``PERSISTED`` once the fragment
+is durable and visible (only for streams with data retention), or one ``ERROR`` instead.
+``IDLE`` acks are sent every ``putmedia_idle_ack_interval`` seconds without data, and the request
+is closed after ``putmedia_idle_timeout`` seconds without data.
+
+Errors that concern one fragment (too large, too long, out of order, track mismatch, missing
+frames, producer-timestamp or storage failures) drop that fragment only and the connection goes
+on with the next Cluster. Errors that make the rest of the body unusable (malformed MKV, a second
+Segment, too many tracks, the stream deleted) are acknowledged and end the request. A fragment is
+stored only when complete: a connection that breaks mid-Cluster leaves nothing of that Cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import decimal
+import logging
+import re
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from .. import clock
+from ..errors import InvalidArgumentException, ResourceNotFoundException
+from ..media import mkvstream
+from ..store.base import Stream
+from .acks import AckError, ack
+from .plane import DataPlane
+
+logger = logging.getLogger(__name__)
+
+_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
+_ARN = re.compile(r"arn:aws:kinesisvideo:[a-z0-9-]+:[0-9]+:[a-z]+/[a-zA-Z0-9_.-]+/[0-9]+")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
+MAX_PRODUCER_TS_MS = 10**13  # year 2286; anything later is not a timestamp
+
+
+@dataclasses.dataclass(frozen=True)
+class PutMediaRequest:
+    stream_name: str | None
+    stream_arn: str | None
+    timecode_type: str  # ABSOLUTE | RELATIVE
+    producer_start_ms: int | None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> PutMediaRequest:
+        """Validate the PutMedia request headers (InvalidArgumentException on any problem)."""
+        get = headers.get
+        name = get("x-amzn-stream-name")
+        arn = get("x-amzn-stream-arn")
+        if (name is None) == (arn is None):
+            raise InvalidArgumentException(
+                "Specify exactly one of the x-amzn-stream-name and x-amzn-stream-arn headers."
+            )
+        if name is not None and not _NAME.fullmatch(name):
+            raise InvalidArgumentException(
+                "x-amzn-stream-name must match [a-zA-Z0-9_.-]+ and be 1 to 256 characters."
+            )
+        if arn is not None and (len(arn) > 1024 or not _ARN.fullmatch(arn)):
+            raise InvalidArgumentException("x-amzn-stream-arn is not a valid stream ARN.")
+        ttype = get("x-amzn-fragment-timecode-type")
+        if ttype not in ("ABSOLUTE", "RELATIVE"):
+            raise InvalidArgumentException(
+                "x-amzn-fragment-timecode-type must be ABSOLUTE or RELATIVE."
+            )
+        raw_start = get("x-amzn-producer-start-timestamp")
+        start_ms: int | None = None
+        if raw_start is not None:
+            if not _TIMESTAMP.fullmatch(raw_start.strip()):
+                raise InvalidArgumentException(
+                    "x-amzn-producer-start-timestamp must be epoch seconds, e.g. 1700000000.123."
+                )
+            start_ms = int(decimal.Decimal(raw_start.strip()) * 1000)
+        if ttype == "RELATIVE" and start_ms is None:
+            raise InvalidArgumentException(
+                "x-amzn-producer-start-timestamp is required with RELATIVE fragment timecodes."
+            )
+        return cls(name, arn, ttype, start_ms)
+
+
+@dataclasses.dataclass
+class _Current:
+    index: int
+    timecode: int
+    number: int
+    server_ts: int
+
+
+class PutMediaSession:
+    """Serve one PutMedia request after its headers were validated and the 200 was prepared."""
+
+    def __init__(
+        self,
+        plane: DataPlane,
+        stream: Stream,
+        request: web.Request,
+        response: web.StreamResponse,
+        spec: PutMediaRequest,
+    ) -> None:
+        self.plane = plane
+        self.stream = stream
+        self.request = request
+        self.response = response
+        self.spec = spec
+        self.parser = mkvstream.MkvStreamParser(
+            max_fragment_bytes=plane.settings.putmedia_max_fragment_bytes
+        )
+        self.persisted = 0
+        self._current: _Current | None = None
+        self._finished = False  # stop reading: fatal error, idle, shutdown or client gone
+        self._client_gone = False
+        self._prefix = f"putmedia[{stream.name}]"
+
+    async def run(self) -> None:
+        settings = self.plane.settings
+        content = self.request.content
+        closing = self.plane.closing
+        last_data = last_ack = clock.monotonic()
+        try:
+            while not self._finished:
+                wait = min(settings.putmedia_idle_ack_interval, 1.0)
+                try:
+                    chunk = await asyncio.wait_for(content.readany(), timeout=wait)
+                except TimeoutError:
+                    now = clock.monotonic()
+                    if closing.is_set():
+                        logger.info("%s server shutting down", self._prefix)
+                        break
+                    if now - last_data >= settings.putmedia_idle_timeout:
+                        logger.info("%s no data for %.0f s, closing", self._prefix, now - last_data)
+                        break
+                    if now - last_ack >= settings.putmedia_idle_ack_interval:
+                        await self._send(ack("IDLE"))
+                        last_ack = now
+                    continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any transport failure ends the upload
+                    logger.info("%s connection broke: %s", self._prefix, exc or type(exc).__name__)
+                    self._client_gone = True
+                    await self._error(AckError.STREAM_READ_ERROR)
+                    break
+                if not chunk:
+                    await self._handle(self.parser.finish())
+                    break
+                last_data = last_ack = clock.monotonic()
+                await self._handle(self.parser.feed(chunk))
+                if closing.is_set():
+                    break
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        eof = self.request.content.is_eof()
+        if not self._client_gone:
+            try:
+                await self.response.write_eof()
+            except (ConnectionError, RuntimeError):
+                self._client_gone = True
+        if not eof:
+            # The producer may still be sending: drop the connection rather than drain it
+            # (aiohttp would otherwise read and discard the rest of the body for a while).
+            self.request.protocol.force_close()
+        logger.debug("%s closed after %d persisted fragments", self._prefix, self.persisted)
+
+    async def _send(self, line: bytes) -> None:
+        if self._client_gone:
+            return
+        try:
+            await self.response.write(line)
+        except (ConnectionError, RuntimeError):
+            # The producer went away; its acks cannot be delivered. Finish what was received.
+            self._client_gone = True
+            self._finished = True
+
+    async def _error(self, error: AckError, *, fatal: bool = False) -> None:
+        cur = self._current
+        self._current = None
+        await self._send(
+            ack(
+                "ERROR",
+                timecode=None if cur is None else cur.timecode,
+                number=None if cur is None else cur.number,
+                error=error,
+            )
+        )
+        if fatal:
+            self._finished = True
+
+    async def _handle(self, events: list[mkvstream.Event]) -> None:
+        for ev in events:
+            if isinstance(ev, mkvstream.FragmentStarted):
+                self._current = _Current(
+                    ev.index, ev.timecode, self.plane.fragments.next_number(), clock.now_ms()
+                )
+                await self._send(
+                    ack("BUFFERING", timecode=ev.timecode, number=self._current.number)
+                )
+            elif isinstance(ev, mkvstream.FragmentReady):
+                await self._store(ev)
+            elif isinstance(ev, mkvstream.FragmentRejected):
+                logger.debug("%s fragment rejected: %s", self._prefix, ev.message)
+                if ev.index is None or (self._current and self._current.index != ev.index):
+                    await self._send(ack("ERROR", error=AckError.of(ev.problem)))
+                else:
+                    await self._error(AckError.of(ev.problem))
+            else:
+                logger.info("%s stream rejected: %s", self._prefix, ev.message)
+                await self._error(AckError.of(ev.problem), fatal=True)
+            if self._finished:
+                return
+
+    async def _store(self, ev: mkvstream.FragmentReady) -> None:
+        cur = self._current
+        if cur is None or cur.index != ev.index:  # pragma: no cover - parser guarantees order
+            cur = _Current(
+                ev.index, ev.timecode, self.plane.fragments.next_number(), clock.now_ms()
+            )
+        self._current = cur
+        await self._send(ack("RECEIVED", timecode=ev.timecode, number=cur.number))
+        if self.spec.timecode_type == "RELATIVE":
+            assert self.spec.producer_start_ms is not None
+            producer_ts = self.spec.producer_start_ms + ev.timecode_ms
+        else:
+            producer_ts = ev.timecode_ms
+        if not 0 <= producer_ts < MAX_PRODUCER_TS_MS:
+            await self._error(AckError.INVALID_PRODUCER_TIMESTAMP)
+            return
+        try:
+            data = await asyncio.to_thread(mkvstream.assemble, ev)
+        except ValueError as exc:
+            logger.debug("%s cannot rewrite fragment: %s", self._prefix, exc)
+            await self._error(AckError.INVALID_MKV_DATA)
+            return
+        if len(data) > self.plane.settings.putmedia_max_fragment_bytes:
+            await self._error(AckError.MAX_FRAGMENT_SIZE_REACHED)
+            return
+        try:
+            await self.plane.fragments.append(
+                self.stream,
+                data,
+                producer_ts_ms=producer_ts,
+                server_ts_ms=cur.server_ts,
+                duration_ms=ev.duration_ms,
+                number=cur.number,
+            )
+        except ResourceNotFoundException:
+            logger.info("%s stream was deleted", self._prefix)
+            await self._error(AckError.STREAM_DELETED, fatal=True)
+            return
+        except Exception:  # noqa: BLE001 - a storage failure loses this fragment only
+            logger.exception("%s storing fragment %d failed", self._prefix, cur.number)
+            await self._error(AckError.ARCHIVAL_ERROR)
+            return
+        self.persisted += 1
+        self._current = None
+        # PERSISTED means durable; streams without retention keep nothing to acknowledge.
+        current = self.plane.control.store.stream_by_id(self.stream.id)
+        if current is not None and current.retention_hours > 0:
+            await self._send(ack("PERSISTED", timecode=ev.timecode, number=cur.number))
