@@ -1,0 +1,518 @@
+"""The playback subsystem: sessions, playlists/manifests and segments, built on the fragment store.
+
+``PlaybackService`` owns the worker pool (remuxing, decoding and encoding never run on the
+event loop), the bounded caches (parsed fragments, segments, images), the session-token signer
+and the cursors of LIVE/LIVE_REPLAY sessions. ``start()``/``stop()`` are called by the app's
+lifecycle. The wire layers (``api/playback.py`` for the JSON operations, ``playback/routes.py``
+for the GET resources) call it with already-validated arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar, TypeVar
+
+from .. import clock
+from ..config import Settings
+from ..errors import (
+    ClientLimitExceededException,
+    InvalidArgumentException,
+    InvalidCodecPrivateDataException,
+    InvalidMediaFrameException,
+    MissingCodecPrivateDataException,
+    ResourceNotFoundException,
+    ServiceError,
+    UnsupportedStreamMediaTypeException,
+)
+from ..store.base import Fragment, MetadataStore, Stream
+from . import dash, hls
+from .cache import ByteLRU
+from .fmp4 import (
+    InvalidCodecPrivate,
+    MissingCodecPrivate,
+    TrackSpec,
+    UnsupportedCodec,
+    audio_samples,
+    drop_before,
+    init_segment,
+    media_segment,
+    track_spec,
+    video_samples,
+)
+from .mkv import Frame, ParsedFragment, Track, parse_fragment
+from .timeline import (
+    Cursor,
+    FragmentSource,
+    View,
+    in_session,
+    lookahead,
+    media_ms,
+    on_demand_view,
+    select,
+    slot_ms,
+    timestamp_at,
+    ts_of,
+)
+from .tokens import (
+    DASH,
+    HLS,
+    ExpiredToken,
+    InvalidToken,
+    Session,
+    TokenSigner,
+    load_or_create_key,
+    new_session_id,
+    stream_tag,
+)
+from .ts import ts_segment
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+LIVE_WINDOW_MS = 30_000
+LOOKBEHIND_MS = 20_000
+LOOKBEHIND_ROWS = 256
+QUEUE_PER_WORKER = 32
+
+
+class SessionNotAuthorized(ServiceError):
+    """A missing, forged, altered or expired session token on a GET resource."""
+
+    code = "NotAuthorizedException"
+    status = 403
+
+
+def map_codec_error(exc: ValueError) -> ServiceError:
+    if isinstance(exc, UnsupportedCodec):
+        return UnsupportedStreamMediaTypeException(str(exc))
+    if isinstance(exc, MissingCodecPrivate):
+        return MissingCodecPrivateDataException(str(exc))
+    if isinstance(exc, InvalidCodecPrivate):
+        return InvalidCodecPrivateDataException(str(exc))
+    return InvalidMediaFrameException(f"The stored media could not be parsed: {exc}")
+
+
+def stream_tracks(
+    parsed: ParsedFragment, *, audio_only_ok: bool
+) -> tuple[TrackSpec | None, TrackSpec | None]:
+    """The (video, audio) output tracks of a fragment. Raises a ServiceError when unusable."""
+    video = parsed.video()
+    audio = parsed.audio()
+    try:
+        vspec = track_spec(video) if video is not None else None
+        aspec = None
+        if audio is not None:
+            try:
+                aspec = track_spec(audio)
+            except UnsupportedCodec:
+                if vspec is None:
+                    raise
+                logger.debug("ignoring audio track with codec %s", audio.codec_id)
+    except ValueError as exc:
+        raise map_codec_error(exc) from exc
+    if vspec is None and (aspec is None or not audio_only_ok):
+        raise UnsupportedStreamMediaTypeException(
+            "The stream has no H.264 video track (track 1 must be V_MPEG/ISO/AVC)."
+        )
+    return vspec, aspec
+
+
+def bandwidth(fragment: Fragment, parsed: ParsedFragment, track: Track | None) -> int:
+    seconds = max(fragment.duration_ms, 1) / 1000
+    if track is None:
+        return int(fragment.size * 8 / seconds)
+    size = sum(len(f.data) for f in parsed.frames.get(track.number, []))
+    return int(size * 8 / seconds * 1.1) + 1
+
+
+class PlaybackService:
+    NOT_STARTED: ClassVar[str] = "playback service is not started"
+
+    def __init__(self, settings: Settings, meta: MetadataStore, fragments: FragmentSource) -> None:
+        self.settings = settings
+        self.meta = meta
+        self.fragments = fragments
+        budget = max(0, settings.playback_cache_mb) * 1024 * 1024
+        self.parsed: ByteLRU[tuple[int, int], ParsedFragment] = ByteLRU(
+            budget // 4, lambda p: p.size
+        )
+        self.segments: ByteLRU[tuple[Any, ...], bytes] = ByteLRU(budget // 2, len)
+        self.images: ByteLRU[tuple[Any, ...], bytes] = ByteLRU(budget // 4, len)
+        self._cursors: OrderedDict[str, Cursor] = OrderedDict()
+        self._pool: ThreadPoolExecutor | None = None
+        self._queued = 0
+        self._signer: TokenSigner | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        key = await asyncio.to_thread(load_or_create_key, self.settings.data_dir)
+        self._signer = TokenSigner(key)
+        self._pool = ThreadPoolExecutor(
+            max(1, self.settings.playback_workers), thread_name_prefix="openkvs-playback"
+        )
+
+    async def stop(self) -> None:
+        for cache in (self.parsed, self.segments, self.images):
+            cache.cancel_pending()
+            cache.clear()
+        self._cursors.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    @property
+    def signer(self) -> TokenSigner:
+        if self._signer is None:
+            raise RuntimeError(self.NOT_STARTED)
+        return self._signer
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` in the worker pool; refuse work when the queue is full."""
+        if self._pool is None:
+            raise RuntimeError(self.NOT_STARTED)
+        limit = max(1, self.settings.playback_workers) * QUEUE_PER_WORKER
+        if self._queued >= limit:
+            raise ClientLimitExceededException(
+                "Too many playback requests are being processed; try again later."
+            )
+        self._queued += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            self._queued -= 1
+
+    # -- fragments -------------------------------------------------------------------------------
+
+    async def read(self, fragment: Fragment) -> bytes:
+        try:
+            return await self.fragments.read(fragment)
+        except (KeyError, FileNotFoundError) as exc:
+            raise ResourceNotFoundException(
+                f"Fragment {fragment.number} is no longer available."
+            ) from exc
+
+    async def parse(self, stream: Stream, fragment: Fragment) -> ParsedFragment:
+        async def make() -> ParsedFragment:
+            data = await self.read(fragment)
+            try:
+                return await self.run(parse_fragment, data)
+            except ValueError as exc:
+                raise InvalidMediaFrameException(
+                    f"Fragment {fragment.number} could not be parsed: {exc}"
+                ) from exc
+
+        return await self.parsed.get_or_create((stream.id, fragment.number), make)
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        *,
+        kind: int,
+        stream: Stream,
+        mode: str,
+        selector: str,
+        start_ms: int | None,
+        end_ms: int | None,
+        container: str,
+        discontinuity: str,
+        display_timestamp: bool,
+        display_number: bool,
+        max_results: int,
+        expires_s: int,
+    ) -> str:
+        now = clock.now_ms()
+        if mode == "LIVE":
+            window = await self.fragments.last(stream, max_results)
+            if not window or window[-1].server_ts < now - LIVE_WINDOW_MS:
+                raise ResourceNotFoundException(
+                    "No fragments were ingested into the stream in the last 30 seconds."
+                )
+            ref = window[0]
+            anchor = ts_of(window[-1], selector)
+        else:
+            first = await select(self.fragments, stream, selector, start_ms, end_ms, max_results)
+            if not first:
+                raise ResourceNotFoundException(
+                    "No fragments found in the stream for the requested timestamp range."
+                )
+            ref = first[0]
+            anchor = ts_of(first[-1], selector)
+        parsed = await self.parse(stream, ref)
+        stream_tracks(parsed, audio_only_ok=kind == HLS)
+        session = Session(
+            kind=kind,
+            session_id=new_session_id(),
+            stream_id=stream.id,
+            stream_tag=stream_tag(stream.arn),
+            mode=mode,
+            selector=selector,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            origin_ms=ts_of(ref, selector),
+            anchor_ms=anchor,
+            ref_number=ref.number,
+            created_ms=now,
+            expires_ms=now + expires_s * 1000,
+            container=container,
+            discontinuity=discontinuity,
+            display_timestamp=display_timestamp,
+            display_number=display_number,
+            max_results=max_results,
+        )
+        return self.signer.issue(session)
+
+    def open_session(self, token: str | None, kind: int) -> tuple[Session, Stream]:
+        if not token:
+            raise SessionNotAuthorized("The SessionToken parameter is missing.")
+        try:
+            session = self.signer.verify(token, clock.now_ms())
+        except ExpiredToken as exc:
+            raise SessionNotAuthorized("The streaming session has expired.") from exc
+        except InvalidToken as exc:
+            raise SessionNotAuthorized("The session token is not valid.") from exc
+        if session.kind != kind:
+            other = "HLS" if session.kind == HLS else "DASH"
+            raise SessionNotAuthorized(f"The session token belongs to an {other} session.")
+        stream = self.meta.stream_by_id(session.stream_id)
+        if stream is None or stream_tag(stream.arn) != session.stream_tag:
+            raise ResourceNotFoundException("The stream of this streaming session was deleted.")
+        return session, stream
+
+    def _cursor(self, session: Session) -> Cursor:
+        cursor = self._cursors.get(session.key)
+        if cursor is not None:
+            self._cursors.move_to_end(session.key)
+            return cursor
+        cursor = self._cursors[session.key] = Cursor(session)
+        now = clock.now_ms()
+        for key in [k for k, c in self._cursors.items() if c.session.expires_ms <= now]:
+            del self._cursors[key]
+        while len(self._cursors) > max(1, self.settings.playback_live_sessions):
+            self._cursors.popitem(last=False)
+        return cursor
+
+    async def view(self, session: Session, stream: Stream) -> View:
+        if session.mode == "ON_DEMAND":
+            return await on_demand_view(self.fragments, stream, session)
+        cursor = self._cursor(session)
+        async with cursor.lock:
+            return await cursor.refresh(self.fragments, stream, clock.now_ms())
+
+    async def reference(self, session: Session, stream: Stream) -> tuple[Fragment, ParsedFragment]:
+        """The fragment whose tracks describe the session (its first one, or its oldest left)."""
+        found = await self.fragments.get(stream, [session.ref_number])
+        if not found:
+            view = await self.view(session, stream)
+            if not view.entries:
+                raise ResourceNotFoundException("The fragments of this session have expired.")
+            found = [view.entries[0].fragment]
+        return found[0], await self.parse(stream, found[0])
+
+    async def fragment_by_number(self, session: Session, stream: Stream, number: int) -> Fragment:
+        found = await self.fragments.get(stream, [number])
+        if not found or not in_session(session, found[0]):
+            raise ResourceNotFoundException(
+                f"Fragment {number} is not part of this streaming session."
+            )
+        return found[0]
+
+    async def fragment_at(self, session: Session, stream: Stream, time_ms: int) -> Fragment:
+        ts = timestamp_at(session, time_ms)
+        rows = await self.fragments.list_fragments(
+            stream, timestamp_type=session.selector, start_ms=ts, end_ms=ts, limit=64
+        )
+        rows = [r for r in rows if in_session(session, r)]
+        if not rows:
+            raise ResourceNotFoundException(f"No fragment of this session starts at {time_ms}.")
+        pick = min if session.mode == "LIVE" else max
+        return pick(rows, key=lambda r: r.number)
+
+    async def slot(
+        self, session: Session, stream: Stream, fragment: Fragment
+    ) -> tuple[int, int, bool]:
+        """(start, length) of the fragment's slot on the timeline, and whether the next
+        fragment follows it without a gap."""
+        nxt = await lookahead(self.fragments, stream, session, fragment)
+        ts = ts_of(fragment, session.selector)
+        next_ts = ts_of(nxt, session.selector) if nxt is not None else None
+        length = slot_ms(ts, fragment.duration_ms, next_ts)
+        abuts = next_ts is not None and length == next_ts - ts
+        return media_ms(session, ts), length, abuts
+
+    # -- resources -------------------------------------------------------------------------------
+
+    async def hls_master(self, session: Session, stream: Stream, token: str) -> str:
+        ref, parsed = await self.reference(session, stream)
+        video, audio = stream_tracks(parsed, audio_only_ok=True)
+        return hls.master_playlist(session, token, video, audio, bandwidth(ref, parsed, None))
+
+    async def output_track(
+        self, session: Session, stream: Stream, track: int, *, audio_only_ok: bool
+    ) -> TrackSpec:
+        _, parsed = await self.reference(session, stream)
+        video, audio = stream_tracks(parsed, audio_only_ok=audio_only_ok)
+        for spec in (video, audio):
+            if spec is not None and spec.track_id == track:
+                return spec
+        raise ResourceNotFoundException(f"This session has no track {track}.")
+
+    async def hls_media(
+        self, session: Session, stream: Stream, token: str, track: int | None
+    ) -> str:
+        if session.container != "MPEG_TS":
+            assert track is not None
+            await self.output_track(session, stream, track, audio_only_ok=True)
+        view = await self.view(session, stream)
+        return hls.media_playlist(session, token, view, track)
+
+    async def dash_manifest(self, session: Session, stream: Stream, token: str) -> str:
+        ref, parsed = await self.reference(session, stream)
+        video, audio = stream_tracks(parsed, audio_only_ok=False)
+        tracks: list[tuple[TrackSpec, int]] = []
+        for spec in (video, audio):
+            if spec is not None:
+                track = parsed.tracks.get(spec.track_id)
+                tracks.append((spec, bandwidth(ref, parsed, track)))
+        view = await self.view(session, stream)
+        now = clock.now_ms()
+        if session.mode == "LIVE_REPLAY":
+            start = session.created_ms + timestamp_at(session, 0) - session.anchor_ms
+        else:
+            start = timestamp_at(session, 0)
+        return dash.manifest(session, token, view, tracks, now_ms=now, availability_start_ms=start)
+
+    async def init(self, session: Session, stream: Stream, track: int) -> bytes:
+        spec = await self.output_track(session, stream, track, audio_only_ok=session.kind == HLS)
+        return init_segment(spec)
+
+    async def media(
+        self, session: Session, stream: Stream, fragment: Fragment, track: int
+    ) -> bytes:
+        spec = await self.output_track(session, stream, track, audio_only_ok=session.kind == HLS)
+        start, duration, abuts = await self.slot(session, stream, fragment)
+        previous = None if spec.is_video else await self.previous(session, stream, fragment)
+        key = ("mp4", stream.id, fragment.number, track, start, duration, abuts, previous)
+
+        async def make() -> bytes:
+            parsed = await self.parse(stream, fragment)
+            lead: list[Frame] = []
+            if previous is not None:
+                before = await self.parse(stream, previous)
+                gap = ts_of(fragment, session.selector) - ts_of(previous, session.selector)
+                lead = straddling(before, track, gap * 1_000_000)
+            tail = duration * 1_000_000 if abuts else None
+            return await self.run(_render_mp4, parsed, track, start, duration, lead, tail)
+
+        return await self._segment(key, make)
+
+    async def previous(
+        self, session: Session, stream: Stream, fragment: Fragment
+    ) -> Fragment | None:
+        """The fragment just before ``fragment`` when the two abut on the timeline.
+
+        An AAC frame that straddles a fragment boundary is stored in the earlier fragment, so
+        an audio segment starts up to one frame after its video; repeating that frame at the
+        head of the next audio segment leaves no hole for a player that starts there.
+        """
+        ts = ts_of(fragment, session.selector)
+        rows = await self.fragments.list_fragments(
+            stream,
+            timestamp_type=session.selector,
+            start_ms=ts - LOOKBEHIND_MS,
+            end_ms=ts - 1,
+            limit=LOOKBEHIND_ROWS,
+        )
+        if not rows or len(rows) == LOOKBEHIND_ROWS:
+            return None
+        prev = rows[-1]
+        prev_ts = ts_of(prev, session.selector)
+        if slot_ms(prev_ts, prev.duration_ms, ts) != ts - prev_ts:
+            return None
+        return prev
+
+    async def ts(self, session: Session, stream: Stream, fragment: Fragment) -> bytes:
+        start, duration, _ = await self.slot(session, stream, fragment)
+        key = ("ts", stream.id, fragment.number, start, duration)
+
+        async def make() -> bytes:
+            parsed = await self.parse(stream, fragment)
+            return await self.run(_render_ts, parsed, start, duration)
+
+        return await self._segment(key, make)
+
+    async def _segment(self, key: tuple[Any, ...], make: Callable[[], Any]) -> bytes:
+        try:
+            return await self.segments.get_or_create(key, make)
+        except LookupError as exc:
+            raise ResourceNotFoundException(str(exc.args[0] if exc.args else exc)) from exc
+        except ServiceError:
+            raise
+        except ValueError as exc:
+            raise map_codec_error(exc) from exc
+
+
+def _render_mp4(
+    parsed: ParsedFragment,
+    track: int,
+    start_ms: int,
+    duration_ms: int,
+    lead: list[Frame],
+    tail_ns: int | None,
+) -> bytes:
+    info = parsed.tracks.get(track)
+    if info is None:
+        raise LookupError(f"This fragment has no track {track}.")
+    spec = track_spec(info)
+    frames = parsed.frames.get(track, [])
+    if spec.is_video:
+        samples = video_samples(spec, frames, start_ms * 90, (start_ms + duration_ms) * 90)
+    else:
+        if tail_ns is not None:  # the frame playing at the next fragment's start goes there
+            length = _frame_ns(info)
+            frames = [f for f in frames if not f.pts_ns < tail_ns < f.pts_ns + length]
+        samples = drop_before(
+            audio_samples(spec, lead + frames, start_ms), 0, spec.timescale // 1000
+        )
+    return media_segment(spec, samples, (start_ms + 1) & 0xFFFFFFFF)
+
+
+def _frame_ns(track: Track) -> int:
+    return 1024 * 1_000_000_000 // max(1, track.sample_rate)
+
+
+def straddling(parsed: ParsedFragment, track: int, at_ns: int) -> list[Frame]:
+    """The audio frames of ``parsed`` still playing ``at_ns`` after its start, re-timed
+    relative to that instant (the start of the next fragment).
+
+    An AAC frame is stored with the fragment it starts in, so the audio of a fragment begins up
+    to one frame after its video. Each such frame is served with the segment of the fragment it
+    ends in instead: every audio segment then covers its slot from the first instant (players
+    starting there see no hole) and no frame is served twice when fragments abut.
+    """
+    info = parsed.tracks.get(track)
+    if info is None or not info.is_audio or not info.sample_rate:
+        return []
+    length = _frame_ns(info)
+    return [
+        Frame(f.pts_ns - at_ns, f.data, f.key)
+        for f in parsed.frames.get(track, [])
+        if f.pts_ns < at_ns < f.pts_ns + length
+    ]
+
+
+def _render_ts(parsed: ParsedFragment, start_ms: int, duration_ms: int) -> bytes:
+    video, audio = stream_tracks(parsed, audio_only_ok=True)
+    v = (video, parsed.frames.get(video.track_id, [])) if video is not None else None
+    a = (audio, parsed.frames.get(audio.track_id, [])) if audio is not None else None
+    if v is None and a is None:
+        raise InvalidArgumentException("The fragment has no playable track.")
+    return ts_segment(v, a, start_ms, duration_ms)
+
+
+__all__ = ["DASH", "HLS", "PlaybackService", "SessionNotAuthorized"]

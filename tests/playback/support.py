@@ -1,0 +1,215 @@
+"""Helpers for playback tests: session URLs through boto3, plain HTTP for the resources,
+ffprobe/ffmpeg runs, and a customer page (on another origin) that plays a session in Chromium."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import re
+import shutil
+import subprocess
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from ..support import CI, ServerThread, need_tool
+
+ROOT = Path(__file__).resolve().parents[2]
+JS = Path(__file__).parent / "js"
+NODE_MODULES = ROOT / "node_modules"
+LIBRARIES = {
+    "/hls.min.js": NODE_MODULES / "hls.js" / "dist" / "hls.min.js",
+    "/dash.all.min.js": NODE_MODULES / "dashjs" / "dist" / "modern" / "umd" / "dash.all.min.js",
+    "/player.html": JS / "player.html",
+}
+
+
+def ms(epoch_ms: int) -> float:
+    """Epoch milliseconds as the epoch seconds boto3 sends."""
+    return epoch_ms / 1000
+
+
+def create_stream(server: ServerThread, name: str, retention: int = 24) -> str:
+    kv = server.client("kinesisvideo")
+    return str(kv.create_stream(StreamName=name, DataRetentionInHours=retention)["StreamARN"])
+
+
+def archived(server: ServerThread) -> Any:
+    """An archived-media client on the plain HTTP port (so players need no CA)."""
+    return server.client("kinesis-video-archived-media", endpoint=server.http_endpoint)
+
+
+def hls_url(server: ServerThread, name: str, **params: Any) -> str:
+    return str(
+        archived(server).get_hls_streaming_session_url(StreamName=name, **params)[
+            "HLSStreamingSessionURL"
+        ]
+    )
+
+
+def dash_url(server: ServerThread, name: str, **params: Any) -> str:
+    return str(
+        archived(server).get_dash_streaming_session_url(StreamName=name, **params)[
+            "DASHStreamingSessionURL"
+        ]
+    )
+
+
+def on_demand(start_ms: int, end_ms: int, selector: str = "PRODUCER_TIMESTAMP") -> dict[str, Any]:
+    return {
+        "FragmentSelectorType": selector,
+        "TimestampRange": {"StartTimestamp": ms(start_ms), "EndTimestamp": ms(end_ms)},
+    }
+
+
+def get(url: str, **kwargs: Any) -> requests.Response:
+    return requests.get(url, timeout=30, **kwargs)
+
+
+def resolve(base_url: str, relative: str) -> str:
+    return urllib.parse.urljoin(base_url, relative)
+
+
+def uris(playlist: str) -> list[str]:
+    """Every URI in an m3u8: segment lines and URI="..." attributes."""
+    out = re.findall(r'URI="([^"]+)"', playlist)
+    out += [line for line in playlist.splitlines() if line and not line.startswith("#")]
+    return out
+
+
+def tool(name: str) -> str:
+    path = need_tool(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def ffprobe_json(target: str | Path, *args: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [tool("ffprobe"), "-v", "error", "-of", "json", *args, str(target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return dict(json.loads(out.stdout))
+
+
+def ffmpeg_decode_errors(target: str | Path, *args: str) -> str:
+    """Decode everything with FFmpeg; return what it reported at level error (empty = clean)."""
+    out = subprocess.run(
+        [tool("ffmpeg"), "-nostdin", "-v", "error", *args, "-i", str(target), "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stderr.strip()
+
+
+def packet_times(target: str | Path, stream: str) -> list[tuple[float, float]]:
+    """(pts, duration) of every packet of ``stream`` (``v`` or ``a``), in presentation order."""
+    data = ffprobe_json(
+        target,
+        "-select_streams",
+        stream,
+        "-show_entries",
+        "packet=pts_time,duration_time",
+    )
+    rows = [
+        (float(p["pts_time"]), float(p.get("duration_time", "nan")))
+        for p in data["packets"]
+        if p.get("pts_time") not in (None, "N/A")
+    ]
+    return sorted(rows)
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        path = self.path.split("?", 1)[0]
+        if path == "/favicon.ico":
+            self.send_response(204)
+            self.end_headers()
+            return
+        file = LIBRARIES.get(path)
+        if file is None:
+            self.send_error(404)
+            return
+        body = file.read_bytes()
+        self.send_response(200)
+        self.send_header(
+            "Content-Type", "text/html" if path.endswith(".html") else "application/javascript"
+        )
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+class CustomerPage:
+    """The customer's site: another origin (``localhost:<port>``) than openkvs (127.0.0.1)."""
+
+    def __init__(self) -> None:
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, player: str, src: str, *, debug: bool = False) -> str:
+        query = urllib.parse.urlencode({"player": player, "src": src, "debug": int(debug)})
+        return f"http://localhost:{self.port}/player.html?{query}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@functools.cache
+def _browser_ready() -> str | None:
+    """Why the browser tests cannot run here (None when they can)."""
+    if need_tool("node") is None:
+        return "node is not installed"
+    if not Path("/usr/bin/chromium").exists() and shutil.which("chromium") is None:
+        if CI:
+            raise RuntimeError("chromium is required under CI=true")
+        return "chromium is not installed"
+    for path in (*LIBRARIES.values(), NODE_MODULES / "playwright-core"):
+        if not path.exists():
+            if CI:
+                raise RuntimeError(f"{path} is missing under CI=true (run npm ci)")
+            return f"{path} is missing (run npm ci)"
+    return None
+
+
+@pytest.fixture
+def customer_page() -> Iterator[CustomerPage]:
+    reason = _browser_ready()
+    if reason is not None:
+        pytest.skip(reason)
+    page = CustomerPage()
+    yield page
+    page.close()
+
+
+def start_player(page_url: str, seconds: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["node", str(JS / "play.js"), json.dumps({"page": page_url, "seconds": seconds})],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def player_result(proc: subprocess.Popen[str], timeout: float = 120) -> dict[str, Any]:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return dict(json.loads(out))
