@@ -82,18 +82,19 @@ class FakeMaster:
         self.video_track = PacketTrack("video", video, loops=loops) if video else None
         self.audio_track = PacketTrack("audio", audio, loops=loops) if audio else None
         self.received_audio: list[Any] = []
+        self.received_video: list[Any] = []
         self.pc.on("track", self._on_track)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio":
-            t = asyncio.ensure_future(self._drain(track))
-            self._tasks.add(t)
+        sink = self.received_audio if track.kind == "audio" else self.received_video
+        t = asyncio.ensure_future(self._drain(track, sink))
+        self._tasks.add(t)
 
-    async def _drain(self, track: MediaStreamTrack) -> None:
+    async def _drain(self, track: MediaStreamTrack, sink: list[Any]) -> None:
         try:
             while True:
-                self.received_audio.append(await track.recv())
+                sink.append(await track.recv())
         except MediaStreamError:
             pass
 

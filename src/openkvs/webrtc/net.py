@@ -83,6 +83,23 @@ def advertised_candidate_lines(candidate: str, hosts: Sequence[str]) -> list[str
     ]
 
 
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+def configure_sockets(receive_buffer: int = UDP_RECEIVE_BUFFER) -> None:
+    """Give every ICE socket a receive buffer that holds a whole burst-sent 1080p keyframe.
+
+    aioice sizes its sockets from ``aioice.turn.UDP_SOCKET_BUFFER_SIZE`` (256 KB); senders that
+    do not pace (many cameras, aiortc) send a keyframe of several hundred KB in one burst, and
+    what overflows the buffer is lost beyond what NACK can repair. The kernel caps the value at
+    net.core.rmem_max.
+    """
+    import aioice.turn
+
+    if aioice.turn.UDP_SOCKET_BUFFER_SIZE < receive_buffer:
+        aioice.turn.UDP_SOCKET_BUFFER_SIZE = receive_buffer
+
+
 class PortRange:
     """Confine aioice's host-candidate sockets to [low, high] on the given loop."""
 

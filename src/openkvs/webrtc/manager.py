@@ -1,0 +1,234 @@
+"""The storage-session manager: JoinStorageSession(AsViewer) calls in, WebRTC sessions out.
+
+It implements ``control.sessions.StorageSessions`` (the API side) and the signaling hub's
+``StorageEndpoint`` (participants' answers and candidates, disconnects). One master session per
+channel — the latest JoinStorageSession wins and replaces the previous one, whose partial
+fragment is flushed and kept. Each channel is independent: a failing session never disturbs
+another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .. import clock
+from ..config import Settings
+from ..control.fragments import FragmentStore
+from ..control.resources import ControlPlane
+from ..errors import ClientLimitExceededException, InvalidArgumentException
+from ..signaling.hub import SignalingHub
+from ..signaling.turn import ice_server_list
+from ..store.base import Channel, Stream
+from . import net, tap
+from .audio import ChannelAudio
+from .master import MasterSession
+from .viewer import ViewerSession
+
+logger = logging.getLogger(__name__)
+
+MAX_VIEWERS_MESSAGE = "The maximum number of viewers connected to the session has been reached."
+
+
+class StorageSessionManager:
+    def __init__(
+        self,
+        settings: Settings,
+        control: ControlPlane,
+        fragments: FragmentStore,
+        hub: SignalingHub,
+    ) -> None:
+        self.settings = settings
+        self.control = control
+        self.fragments = fragments
+        self.hub = hub
+        self.masters: dict[str, MasterSession] = {}
+        self.viewers: dict[str, dict[str, ViewerSession]] = {}
+        self.audio: dict[str, ChannelAudio] = {}
+        self.ended: list[dict[str, Any]] = []  # stats of recently ended sessions
+        self._numbers = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pool: ThreadPoolExecutor | None = None
+        self._ports: net.PortRange | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        tap.check_internals()
+        tap.register_h264_profiles()
+        net.configure_sockets()
+        self._pool = ThreadPoolExecutor(
+            max(2, os.cpu_count() or 2), thread_name_prefix="openkvs-media"
+        )
+        s = self.settings
+        if s.webrtc_port_min and s.webrtc_port_max:
+            self._ports = net.PortRange(s.webrtc_port_min, s.webrtc_port_max)
+            self._ports.install(asyncio.get_running_loop())
+        self.hub.set_storage_endpoint(self)
+
+    async def stop(self) -> None:
+        self.hub.set_storage_endpoint(None)
+        sessions: list[Any] = list(self.masters.values())
+        for viewers in self.viewers.values():
+            sessions += list(viewers.values())
+        await asyncio.gather(
+            *(s.stop("server shutting down") for s in sessions), return_exceptions=True
+        )
+        for task in list(self._tasks):
+            task.cancel()
+        if self._ports is not None:
+            self._ports.uninstall()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def ice_servers(self) -> list[Any]:
+        s = self.settings
+
+        def mint(client_id: str) -> list[dict[str, Any]]:
+            # The server's own allocations live as long as a session may: a day.
+            return ice_server_list(
+                uris=s.turn_uris,
+                secret=s.turn_secret,
+                ttl=max(s.turn_ttl, 86_400),
+                client_id=client_id,
+                now=clock.now(),
+            )
+
+        return net.ice_servers(s, mint)
+
+    # -- StorageSessions (the API side) ------------------------------------------------------------
+
+    async def join_master(self, channel: Channel, stream: Stream) -> None:
+        assert self._pool is not None, "storage sessions not started"
+        arn = channel.arn
+
+        async def send(message_type: str, payload: str | None) -> None:
+            await self.hub.send(arn, None, message_type, payload)
+
+        session = MasterSession(
+            channel=channel,
+            stream=stream,
+            settings=self.settings,
+            send=send,
+            fragments=self.fragments,
+            pool=self._pool,
+            ice_servers=self.ice_servers(),
+            on_end=self._master_ended,
+            number=next(self._numbers),
+            audio=self.audio.setdefault(arn, ChannelAudio()),
+        )
+        previous = self.masters.get(arn)
+        self.masters[arn] = session
+        for viewer in self.viewers.get(arn, {}).values():
+            viewer.attach_master(session)
+        if previous is not None:
+            previous.stop("replaced by a newer JoinStorageSession")
+        self._spawn(session.start(), f"offer {channel.name}")
+
+    async def join_viewer(self, channel: Channel, stream: Stream, client_id: str) -> None:
+        assert self._pool is not None, "storage sessions not started"
+        arn = channel.arn
+        viewers = self.viewers.setdefault(arn, {})
+        previous = viewers.get(client_id)
+        if previous is None and len(viewers) >= self.settings.storage_max_viewers:
+            raise ClientLimitExceededException(MAX_VIEWERS_MESSAGE)
+
+        async def send(message_type: str, payload: str | None) -> None:
+            await self.hub.send(arn, client_id, message_type, payload)
+
+        session = ViewerSession(
+            channel=channel,
+            client_id=client_id,
+            settings=self.settings,
+            send=send,
+            ice_servers=self.ice_servers(),
+            on_end=self._viewer_ended,
+            number=next(self._numbers),
+            audio=self.audio.setdefault(arn, ChannelAudio()),
+        )
+        viewers[client_id] = session
+        if previous is not None:
+            previous.stop("replaced by a newer JoinStorageSessionAsViewer")
+        master = self.masters.get(arn)
+        if master is not None:
+            session.attach_master(master)
+        self._spawn(session.start(), f"offer {channel.name}/{client_id}")
+
+    async def channel_closed(self, channel: Channel) -> None:
+        master = self.masters.get(channel.arn)
+        if master is not None:
+            master.stop("channel deleted or media storage disabled")
+        for viewer in list(self.viewers.get(channel.arn, {}).values()):
+            viewer.stop("channel deleted or media storage disabled")
+
+    async def _master_ended(self, session: MasterSession, reason: str) -> None:
+        self.ended.append(session.stats())
+        del self.ended[:-100]
+        if self.masters.get(session.channel.arn) is session:
+            del self.masters[session.channel.arn]
+            for viewer in self.viewers.get(session.channel.arn, {}).values():
+                viewer.detach_master(session)
+        self._forget_audio(session.channel.arn)
+
+    async def _viewer_ended(self, session: ViewerSession, reason: str) -> None:
+        viewers = self.viewers.get(session.channel.arn, {})
+        if viewers.get(session.client_id) is session:
+            del viewers[session.client_id]
+        if not viewers:
+            self.viewers.pop(session.channel.arn, None)
+        self._forget_audio(session.channel.arn)
+
+    def _forget_audio(self, arn: str) -> None:
+        if arn not in self.masters and not self.viewers.get(arn):
+            self.audio.pop(arn, None)
+
+    # -- StorageEndpoint (the signaling side) ----------------------------------------------------
+
+    async def on_message(
+        self, channel_arn: str, client_id: str | None, message_type: str, payload: str
+    ) -> None:
+        if client_id is None:
+            session: Any = self.masters.get(channel_arn)
+            who = "the master"
+        else:
+            session = self.viewers.get(channel_arn, {}).get(client_id)
+            who = f"viewer {client_id}"
+        if session is None or session.state.value == "ended":
+            raise InvalidArgumentException(
+                f"No storage session is waiting for {who}; call JoinStorageSession first."
+            )
+        await session.on_message(message_type, payload)
+
+    async def on_disconnect(self, channel_arn: str, client_id: str | None) -> None:
+        if client_id is None:
+            master = self.masters.get(channel_arn)
+            if master is not None and master.state.value != "new":
+                master.stop("the master's signaling connection closed")
+        else:
+            viewer = self.viewers.get(channel_arn, {}).get(client_id)
+            if viewer is not None:
+                viewer.stop("the viewer's signaling connection closed")
+
+    # -- observability -----------------------------------------------------------------------------
+
+    def stats(self) -> list[dict[str, Any]]:
+        out = [m.stats() for m in self.masters.values()]
+        for viewers in self.viewers.values():
+            out += [v.stats() for v in viewers.values()]
+        return out
+
+    async def wait_idle(self) -> None:
+        """Wait until background offer tasks finished (tests)."""
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*list(self._tasks))

@@ -1,0 +1,177 @@
+"""What master and viewer storage sessions share: the peer connection, signaling, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiortc import RTCPeerConnection
+from aiortc.sdp import SessionDescription
+
+from .. import clock
+from ..config import Settings
+from ..errors import InvalidArgumentException
+from ..store.base import Channel
+from . import net
+from .peer import OfferingPeer, Send
+
+logger = logging.getLogger(__name__)
+
+
+class State(enum.Enum):
+    NEW = "new"
+    OFFERED = "offered"
+    CONNECTED = "connected"
+    ENDED = "ended"
+
+
+class CodecCheckingPeer(OfferingPeer):
+    """Refuses answers whose live media lines carry no H.264 (video) or Opus (audio)."""
+
+    def check_answer(self, sdp: str) -> None:
+        parsed = SessionDescription.parse(sdp)
+        for media in parsed.media:
+            names = {c.mimeType.lower() for c in media.rtp.codecs}
+            if media.kind == "video" and media.port != 0 and "video/h264" not in names:
+                raise InvalidArgumentException(
+                    "The SDP answer's video has no H.264 codec; the storage session only "
+                    "accepts H.264 video."
+                )
+            if media.kind == "audio" and media.port != 0 and "audio/opus" not in names:
+                raise InvalidArgumentException(
+                    "The SDP answer's audio has no Opus codec; the storage session only "
+                    "accepts Opus audio."
+                )
+
+
+class StorageSession:
+    role = "session"
+
+    def __init__(
+        self,
+        *,
+        channel: Channel,
+        settings: Settings,
+        send: Send,
+        ice_servers: list[Any],
+        on_end: Callable[[Any, str], Awaitable[None]],
+        number: int,
+        label: str,
+    ) -> None:
+        self.channel = channel
+        self.settings = settings
+        self.number = number
+        self.prefix = f"[{channel.name} {label} #{number}] "
+        self.state = State.NEW
+        self.started_at = clock.monotonic()
+        self.connected_at: float | None = None
+        self.end_reason: str | None = None
+        self._on_end = on_end
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping: asyncio.Task[None] | None = None
+        self.pc = RTCPeerConnection(net.configuration(ice_servers))
+        self.peer = CodecCheckingPeer(self.pc, send, settings.webrtc_advertised_hosts, self.prefix)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self) -> None:
+        self.spawn(self._watchdog(), "storage watchdog")
+        try:
+            await self.peer.offer()
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("%scould not send the offer: %s", self.prefix, exc)
+            self.stop(f"offer failed: {exc}")
+            return
+        if self.state is State.NEW:
+            self.state = State.OFFERED
+        logger.info("%soffer sent", self.prefix)
+
+    def stop(self, reason: str) -> asyncio.Task[None]:
+        """End the session (idempotent); returns the task that finishes it."""
+        if self._stopping is None:
+            self.end_reason = reason
+            self.state = State.ENDED
+            self._stopping = asyncio.ensure_future(self._stop(reason))
+        return self._stopping
+
+    async def _stop(self, reason: str) -> None:
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        await self.peer.close()
+        await self.finish(reason)
+        logger.info("%sended (%s)", self.prefix, reason)
+        await self._on_end(self, reason)
+
+    async def finish(self, reason: str) -> None:
+        """Subclasses flush and release what they own."""
+
+    def check(self, now: float) -> str | None:
+        """Subclasses: a reason to end the session now, checked twice a second."""
+        return None
+
+    async def _watchdog(self) -> None:
+        s = self.settings
+        while self.state is not State.ENDED:
+            await asyncio.sleep(0.5)
+            now = clock.monotonic()
+            if self.state is not State.CONNECTED:
+                wait = max(s.storage_connect_timeout, self.channel.message_ttl + 10.0)
+                if now - self.started_at > wait:
+                    self.stop("the participant did not connect")
+                    return
+                continue
+            reason = self.check(now)
+            if reason is not None:
+                self.stop(reason)
+                return
+
+    def on_connected(self) -> None:
+        """Subclasses: the peer connection is up."""
+
+    async def _on_state(self) -> None:
+        state = self.pc.connectionState
+        if state == "connected" and self.state is not State.ENDED:
+            self.state = State.CONNECTED
+            self.connected_at = clock.monotonic()
+            self.on_connected()
+            logger.info("%sconnected", self.prefix)
+        elif state in ("failed", "closed") and self.state is not State.ENDED:
+            self.stop(f"peer connection {state}")
+
+    async def on_message(self, message_type: str, payload: str) -> None:
+        if self.state is State.ENDED:
+            raise InvalidArgumentException("This storage session has ended; join again.")
+        if message_type == "SDP_ANSWER":
+            try:
+                await self.peer.on_answer(payload)
+            except InvalidArgumentException as exc:
+                self.stop(f"unusable answer: {exc.message}")
+                raise
+        elif message_type == "ICE_CANDIDATE":
+            await self.peer.on_candidate(payload)
+        else:
+            raise InvalidArgumentException(
+                f"The storage session does not accept {message_type[:40]} messages."
+            )
+
+    def base_stats(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel.name,
+            "role": self.role,
+            "session": self.number,
+            "state": self.state.value,
+            "connected_seconds": (clock.monotonic() - self.connected_at)
+            if self.connected_at
+            else 0.0,
+            "end_reason": self.end_reason,
+        }
