@@ -1,7 +1,8 @@
 """Test media made once with PyAV (libx264, libopus, aac) and cached per test session.
 
-Everything here is deterministic for given parameters: frames carry a moving pattern plus seeded
-noise, so keyframes are realistically large (the noise level controls their size).
+Everything here is deterministic for given parameters: frames carry a slowly moving pattern over
+a fixed seeded noise field, so keyframes are large (the noise level controls their size) while
+P frames stay small, like a real camera looking at a detailed, mostly still scene.
 """
 
 from __future__ import annotations
@@ -22,18 +23,21 @@ class EncodedFrame:
     keyframe: bool
 
 
-def _pattern(width: int, height: int, i: int, noise: float, rng: np.random.Generator) -> np.ndarray:
+def _pattern(
+    width: int, height: int, i: int, noise: np.ndarray | None, motion: bool = False
+) -> np.ndarray:
     y = np.arange(height, dtype=np.float32)[:, None]
     x = np.arange(width, dtype=np.float32)[None, :]
-    base = 128 + 60 * np.sin((x + 4 * i) / 37.0) * np.cos((y - 2 * i) / 23.0)
+    m = i if motion else 0
+    base = 128 + 60 * np.sin((x + 4 * m) / 37.0) * np.cos((y - 2 * m) / 23.0)
     img = np.repeat(base[:, :, None], 3, axis=2)
-    img[:, :, 1] = 128 + 60 * np.cos((x - 3 * i) / 29.0)
-    img[:, :, 2] = (x + y + 5 * i) % 256
+    img[:, :, 1] = 128 + 60 * np.cos((x - 3 * m) / 29.0)
+    img[:, :, 2] = (x + y + 5 * m) % 256
     # A bright block that moves one block per frame, so frames are distinguishable.
     bx = (i * 16) % max(16, width - 64)
     img[32:96, bx : bx + 64, :] = 240
-    if noise:
-        img += rng.normal(0, noise, img.shape).astype(np.float32)
+    if noise is not None:
+        img += noise
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -47,6 +51,7 @@ def h264_clip(
     gop: int | None = None,
     noise: float = 4.0,
     crf: int = 23,
+    motion: bool = False,
 ) -> tuple[EncodedFrame, ...]:
     """Encode a synthetic clip; every keyframe is an IDR carrying SPS and PPS in-band."""
     gop = gop or fps
@@ -61,11 +66,15 @@ def h264_clip(
         "crf": str(crf),
         "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:repeat-headers=1",
     }
+    # A fixed noise field: keyframes are large (detail), P frames small (only the motion).
     rng = np.random.default_rng(1234)
+    field = rng.normal(0, noise, (height, width, 3)).astype(np.float32) if noise else None
     out: list[EncodedFrame] = []
     n = int(round(seconds * fps))
     for i in range(n):
-        frame = av.VideoFrame.from_ndarray(_pattern(width, height, i, noise, rng), format="rgb24")
+        frame = av.VideoFrame.from_ndarray(
+            _pattern(width, height, i, field, motion), format="rgb24"
+        )
         frame = frame.reformat(format="yuv420p")
         frame.pts = i
         for pkt in ctx.encode(frame):

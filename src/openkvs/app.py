@@ -9,7 +9,9 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from .api import kinesisvideo, webrtc_storage
+from .api import archived_media, kinesisvideo, media, webrtc_storage
+from .api import playback as playback_api
+from .api import signaling as signaling_api
 from .api.dispatch import REQUEST_ID_KEY, ROUTE_KEY, SERVICE_KEY, ApiDispatcher, request_id
 from .api.models import Route
 from .api.protocol import error_response, wire_error
@@ -21,7 +23,9 @@ from .control.resources import ControlPlane
 from .control.retention import RetentionTask
 from .control.sessions import RecordingSessions, StorageSessions
 from .errors import InternalFailure, ServiceError
+from .playback import routes as playback_routes
 from .services import Services
+from .signaling.ws import SignalingEndpoint
 from .store.fs import FsBlobStore
 from .store.sqlite import SqliteMetadataStore
 
@@ -32,18 +36,7 @@ DISPATCHER_KEY = web.AppKey("openkvs.dispatcher", ApiDispatcher)
 
 # Model operations that later parts of openkvs serve; until then they answer
 # UnsupportedOperationException (400).
-NOT_YET = (
-    *kinesisvideo.UNSUPPORTED,
-    "GetIceServerConfig",
-    "SendAlexaOfferToMaster",
-    "GetMedia",
-    "ListFragments",
-    "GetMediaForFragmentList",
-    "GetHLSStreamingSessionURL",
-    "GetDASHStreamingSessionURL",
-    "GetClip",
-    "GetImages",
-)
+NOT_YET = (*kinesisvideo.UNSUPPORTED,)
 
 CORS_ALLOW_HEADERS = (
     "Authorization, Content-Type, X-Amz-Date, X-Amz-Security-Token, X-Amz-Content-Sha256, "
@@ -158,7 +151,7 @@ def build_services(settings: Settings, sessions: StorageSessions | None = None) 
     store = SqliteMetadataStore(data_dir / "openkvs.db")
     blobs = FsBlobStore(data_dir / "media")
     control = ControlPlane(store, blobs, region=settings.region, account_id=settings.account_id)
-    return Services(
+    services = Services(
         settings=settings,
         control=control,
         credentials=CredentialStore.load(data_dir, settings.credentials),
@@ -168,6 +161,14 @@ def build_services(settings: Settings, sessions: StorageSessions | None = None) 
         resource_limiter=RateLimiter(settings.rate_limit_resource),
         join_limiter=RateLimiter(settings.rate_limit_join_per_channel),
     )
+    if sessions is None and settings.webrtc_enabled:
+        # The WebRTC storage sessions (aiortc is imported only when they are on).
+        from .webrtc.manager import StorageSessionManager
+
+        services.sessions = StorageSessionManager(
+            settings, control, services.fragments, services.hub
+        )
+    return services
 
 
 def build_app(settings: Settings, services: Services | None = None) -> web.Application:
@@ -178,17 +179,43 @@ def build_app(settings: Settings, services: Services | None = None) -> web.Appli
     )
     app[SERVICES_KEY] = services
     dispatcher = ApiDispatcher(
-        services, [kinesisvideo.handlers, webrtc_storage.handlers], unsupported=NOT_YET
+        services,
+        [
+            kinesisvideo.handlers,
+            webrtc_storage.handlers,
+            signaling_api.handlers,
+            media.handlers,
+            archived_media.handlers,
+            playback_api.handlers,
+        ],
+        unsupported=NOT_YET,
     )
+    dispatcher.add_streaming("/putMedia", media.put_media)
     app[DISPATCHER_KEY] = dispatcher
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"service": "openkvs", "status": "ok"})
 
     app.router.add_get("/health", health)
+    # ConnectAsMaster / ConnectAsViewer: the WSS endpoint is the server's root.
+    app.router.add_get("/", SignalingEndpoint(services).handle)
+    # HLS/DASH session resources: GET, authorised by their SessionToken (no SigV4).
+    playback_routes.add_routes(app.router, services.playback)
     app.router.add_route("OPTIONS", "/{tail:.*}", preflight)
     app.router.add_post("/{tail:.*}", dispatcher.handle)
     app.cleanup_ctx.append(_lifecycle(services))
+
+    async def close_signaling(app: web.Application) -> None:
+        # Before aiohttp waits for handlers: open WebSockets get GO_AWAY and are closed.
+        await services.hub.shutdown()
+
+    app.on_shutdown.append(close_signaling)
+
+    async def close_media(app: web.Application) -> None:
+        # Before aiohttp waits for handlers: live GetMedia and PutMedia connections end.
+        await services.dataplane.shutdown()
+
+    app.on_shutdown.append(close_media)
     return app
 
 
@@ -201,11 +228,18 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
         retention = RetentionTask(control, services.settings.storage_retention_interval)
         await services.sessions.start()
         control.on_channel_closed(services.sessions.channel_closed)
+        await services.hub.start()
+        control.on_channel_closed(services.hub.channel_closed)
         await retention.start()
+        await services.dataplane.start()
+        await services.playback.start()
         try:
             yield
         finally:
+            await services.playback.stop()
+            await services.dataplane.stop()
             await retention.stop()
+            await services.hub.stop()
             await services.sessions.stop()
             await services.fragments.stop()
             await control.blobs.stop()

@@ -70,11 +70,13 @@ class Settings:
     signaling_sdp_rate: float = 5.0
     signaling_ice_rate: float = 20.0
     signaling_send_queue: int = 256
+    signaling_ping_interval: float = 30.0  # server WebSocket pings; 0 disables
     # TURN (coturn REST API shared secret)
     turn_uris: tuple[str, ...] = ()
     turn_secret: str | None = None
     turn_ttl: int = 3600
-    # Storage session
+    # Storage session (webrtc_enabled = False answers JoinStorageSession without media)
+    webrtc_enabled: bool = True
     storage_fragment_duration: float = 2.0
     storage_max_session_duration: float = 0.0
     storage_media_timeout: float = 10.0
@@ -82,6 +84,16 @@ class Settings:
     storage_max_viewers: int = 3
     storage_viewer_wait: float = 180.0
     storage_retention_interval: float = 60.0
+    # PutMedia: IDLE acks every putmedia_idle_ack_interval s without data; close after
+    # putmedia_idle_timeout s; error ack 4001 for fragments larger than putmedia_max_fragment_bytes
+    putmedia_idle_timeout: float = 30.0
+    putmedia_idle_ack_interval: float = 5.0
+    putmedia_max_fragment_bytes: int = 50 * 1024 * 1024
+    # Playback (HLS/DASH, GetClip, GetImages): remux/decode threads, cache budget (segments,
+    # parsed fragments and images share it), LIVE/LIVE_REPLAY session cursors kept in memory
+    playback_workers: int = 2
+    playback_cache_mb: int = 128
+    playback_live_sessions: int = 1024
     # Storage peer networking
     webrtc_ice_servers: tuple[str, ...] = ()
     webrtc_advertised_hosts: tuple[str, ...] = ()
@@ -128,6 +140,16 @@ class Settings:
             raise ConfigError("account_id must be 12 digits")
         if self.storage_fragment_duration <= 0:
             raise ConfigError("storage_fragment_duration must be positive")
+        if not 0 < self.putmedia_idle_ack_interval <= self.putmedia_idle_timeout:
+            raise ConfigError(
+                "putmedia_idle_ack_interval must be positive and at most putmedia_idle_timeout"
+            )
+        if not 1024 <= self.putmedia_max_fragment_bytes <= 50 * 1024 * 1024:
+            raise ConfigError("putmedia_max_fragment_bytes must be between 1024 and 52428800")
+        if not 1 <= self.playback_workers <= 64:
+            raise ConfigError("playback_workers must be between 1 and 64")
+        if self.playback_cache_mb < 0 or self.playback_live_sessions < 1:
+            raise ConfigError("playback_cache_mb must be >= 0 and playback_live_sessions >= 1")
         if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
             raise ConfigError("public_url must start with http:// or https://")
 

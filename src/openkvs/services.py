@@ -11,6 +11,9 @@ from .control.fragments import FragmentStore
 from .control.ratelimit import RateLimiter
 from .control.resources import ControlPlane
 from .control.sessions import StorageSessions
+from .dataplane import DataPlane
+from .playback.service import PlaybackService
+from .signaling.hub import SignalingHub
 
 
 @dataclasses.dataclass
@@ -23,5 +26,19 @@ class Services:
     account_limiter: RateLimiter
     resource_limiter: RateLimiter
     join_limiter: RateLimiter
+    # The signaling hub; built from settings and control when not given.
+    hub: SignalingHub = dataclasses.field(default=None)  # type: ignore[assignment]
+    # PutMedia/GetMedia state (writer slots, shutdown signal); built when not given.
+    dataplane: DataPlane = dataclasses.field(default=None)  # type: ignore[assignment]
+    # HLS/DASH sessions, GetClip and GetImages; built when not given.
+    playback: PlaybackService = dataclasses.field(default=None)  # type: ignore[assignment]
     # Filled in by the subsystems that exist: the signaling hub, the fragment store, playback.
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.hub is None:
+            self.hub = SignalingHub(self.settings, self.control)
+        if self.dataplane is None:
+            self.dataplane = DataPlane(self.settings, self.control, self.fragments)
+        if self.playback is None:
+            self.playback = PlaybackService(self.settings, self.control.store, self.fragments)

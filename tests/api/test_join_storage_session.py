@@ -21,6 +21,13 @@ from openkvs.control.sessions import RecordingSessions
 from ..support import ServerThread
 
 
+@pytest.fixture
+def server(make_server: Any) -> ServerThread:
+    # The API side only: joins are recorded by the sessions seam, no WebRTC peer is started.
+    srv: ServerThread = make_server(webrtc_enabled=False)
+    return srv
+
+
 def setup_channel(server: ServerThread, name: str = "ch", storage: bool = True) -> tuple[str, str]:
     kv = server.client("kinesisvideo")
     ch = kv.create_signaling_channel(ChannelName=name)["ChannelARN"]
@@ -157,7 +164,7 @@ def test_boto3_sees_error_names_with_seed_codes(server: ServerThread) -> None:
 
 
 def test_aws_error_codes_switch(make_server: Any) -> None:
-    srv = make_server(aws_error_codes=True)
+    srv = make_server(aws_error_codes=True, webrtc_enabled=False)
     ch, _ = setup_channel(srv)
     r = seed_request(srv, "/joinStorageSession", {"channelArn": ch.rsplit("/", 1)[0] + "/1"})
     assert r.status_code == 404 and r.headers["x-amzn-ErrorType"] == "ResourceNotFoundException"
@@ -168,7 +175,7 @@ def test_aws_error_codes_switch(make_server: Any) -> None:
 
 
 def test_join_rate_limit(make_server: Any) -> None:
-    srv = make_server(rate_limit_join_per_channel=2.0)
+    srv = make_server(rate_limit_join_per_channel=2.0, webrtc_enabled=False)
     ch, _ = setup_channel(srv)
     statuses = [
         seed_request(srv, "/joinStorageSession", {"channelArn": ch}).status_code for _ in range(6)
