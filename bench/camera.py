@@ -2,6 +2,13 @@
 real signaling and JoinStorageSession. Used by the ingest benchmarks as a separate process.
 
     python -m bench.camera --port P --http-port H --data-dir D --channels a,b,c --seconds 20
+    python -m bench.camera ... --channels a,b --send-seconds 12 --linger 1.5
+    python -m bench.camera --offer-url http://127.0.0.1:PORT --send-seconds 12   (baseline peer)
+
+With ``--seconds`` the cameras stream for that long and close (the original behaviour). With
+``--send-seconds`` each camera sends exactly that much media (whole 4 s loops), stays connected
+for ``--linger`` seconds, prints a ``sent`` event with what it sent, then closes. Events are JSON
+lines on stdout.
 """
 
 from __future__ import annotations
@@ -12,32 +19,68 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from tests.mediagen import h264_clip, opus_packets
+from bench.media import LOOP_SECONDS, camera_media
+from tests.webrtc.fake_master import FakeMaster, PacketTrack
 from tests.webrtc.harness import Camera
 from tests.webrtc.procserver import ProcessServer
 
 
 def clip_720p() -> tuple:  # type: ignore[type-arg]
-    # ≈2 Mb/s 1280x720 30 fps main profile, 1 s GOP.
-    return h264_clip(
-        width=1280, height=720, seconds=4.0, profile="main", noise=2, crf=29, motion=True
-    )
+    return camera_media()[0]
+
+
+def emit(event: dict[str, Any]) -> None:
+    print(json.dumps(event), flush=True)
+
+
+def _first_frame_wall(track: PacketTrack | None) -> float | None:
+    start = getattr(track, "_start", None) if track is not None else None
+    if start is None:
+        return None
+    return time.time() - (time.monotonic() - start)
+
+
+def sent_stats(master: FakeMaster) -> dict[str, Any]:
+    v, a = master.video_track, master.audio_track
+    return {
+        "video_frames": len(v.sent) if v else 0,
+        "video_bytes": sum(len(d) for d, _ in v.sent) if v else 0,
+        "audio_frames": len(a.sent) if a else 0,
+        "audio_bytes": sum(len(d) for d, _ in a.sent) if a else 0,
+        "first_video_wall": _first_frame_wall(v),
+        "first_video_pts_ms": v.sent[0][1] if v and v.sent else None,
+    }
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     srv = ProcessServer(Path(args.data_dir))
     srv.port, srv.http_port = args.port, args.http_port
-    video = clip_720p()
-    audio = opus_packets(4.0)
-    loops = max(1, int(args.seconds / 4.0) + 2)
+    video, audio = camera_media()
+    if args.send_seconds:
+        loops = max(1, round(args.send_seconds / LOOP_SECONDS))
+    else:
+        loops = max(1, int(args.seconds / LOOP_SECONDS) + 2)
     cams = [Camera(srv, arn, video, audio, loops=loops) for arn in args.channels.split(",")]  # type: ignore[arg-type]
-    for c in cams:
+    for i, c in enumerate(cams):
+        def report(i: int = i, c: Camera = c) -> None:
+            print(json.dumps({"event": "state", "camera": i, "state": c.master.pc.connectionState,
+                              "ice": c.master.pc.iceConnectionState, "t": time.monotonic()}),
+                  file=sys.stderr, flush=True)
+        c.master.pc.on("connectionstatechange", report)
         await c.connect()
     await asyncio.gather(*(asyncio.to_thread(c.join) for c in cams))
     t0 = time.monotonic()
-    print(json.dumps({"event": "joined", "t": t0}), flush=True)
-    await asyncio.sleep(args.seconds)
+    emit({"event": "joined", "t": t0, "wall": time.time()})
+    if args.send_seconds:
+        limit = loops * LOOP_SECONDS + 60
+        await asyncio.gather(*(c.master.wait_sent(limit) for c in cams), return_exceptions=True)
+        emit({"event": "sending_done", "wall": time.time()})
+        await asyncio.sleep(args.linger)
+        emit({"event": "sent", "cameras": [sent_stats(c.master) for c in cams]})
+    else:
+        await asyncio.sleep(args.seconds)
     sent = [len(c.master.video_track.sent) for c in cams if c.master.video_track]
     for c in cams:
         await c.close()
@@ -45,15 +88,48 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     return {"event": "done", "video_frames_sent": sent, "seconds": time.monotonic() - t0}
 
 
+async def run_direct(args: argparse.Namespace) -> dict[str, object]:
+    """One camera answering an offer fetched over plain HTTP (the baseline receiver's)."""
+    import aiohttp
+
+    video, audio = camera_media()
+    loops = max(1, round(args.send_seconds / LOOP_SECONDS))
+    master = FakeMaster(video, audio, loops=loops)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(args.offer_url + "/offer") as r:
+            offer = await r.text()
+        answer = await master.answer(offer)
+        async with http.post(args.offer_url + "/answer", data=answer) as r:
+            r.raise_for_status()
+    emit({"event": "joined", "t": time.monotonic(), "wall": time.time()})
+    await master.wait_sent(loops * LOOP_SECONDS + 60)
+    emit({"event": "sending_done", "wall": time.time()})
+    await asyncio.sleep(args.linger)
+    emit({"event": "sent", "cameras": [sent_stats(master)]})
+    await master.close()
+    return {"event": "done"}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--http-port", type=int, required=True)
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--channels", required=True)
+    p.add_argument("--port", type=int)
+    p.add_argument("--http-port", type=int)
+    p.add_argument("--data-dir")
+    p.add_argument("--channels")
     p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--send-seconds", type=float, default=0.0)
+    p.add_argument("--linger", type=float, default=1.5)
+    p.add_argument("--offer-url")
     args = p.parse_args()
-    print(json.dumps(asyncio.run(run(args))), flush=True)
+    try:
+        if args.offer_url:
+            result = asyncio.run(run_direct(args))
+        else:
+            result = asyncio.run(run(args))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent as an event
+        emit({"event": "error", "error": repr(exc)})
+        raise
+    emit(result)
 
 
 if __name__ == "__main__":

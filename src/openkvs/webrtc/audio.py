@@ -109,13 +109,17 @@ class ChannelAudio:
         self._listeners: dict[str, _Listener] = {RECORDING: _Listener()}
         self._recording_sources: set[str] = set()
 
-    def push(self, source: str, frame: av.AudioFrame, *, to_recording: bool = True) -> np.ndarray:
+    def push(self, source: str, frame: av.AudioFrame, *, to_recording: bool = True) -> None:
+        targets = [
+            listener
+            for name, listener in self._listeners.items()
+            if name != source and (name != RECORDING or to_recording)
+        ]
+        if not targets:
+            return  # nobody listens (a master alone): skip the conversion
         pcm = to_pcm(frame)
-        for name, listener in self._listeners.items():
-            if name == source or (name == RECORDING and not to_recording):
-                continue
+        for listener in targets:
             listener.add(source, pcm)
-        return pcm
 
     def recording_mix(self, master_frame: av.AudioFrame) -> av.AudioFrame:
         """The master's frame with the viewers' concurrent audio mixed in (for the recording)."""

@@ -19,7 +19,7 @@ import av
 
 from .. import clock
 from ..control.fragments import FragmentStore
-from ..media.aac import AacEncoder
+from ..media.aac import AacEncoder, is_dual_mono
 from ..media.fragmenter import FragmentData, Fragmenter
 from ..media.timeline import SessionClock
 from ..store.base import Fragment, Stream
@@ -132,9 +132,10 @@ class Recorder:
         loop = asyncio.get_running_loop()
         try:
             if self._aac is None:
-                self._aac = await loop.run_in_executor(self._pool, AacEncoder)
+                channels = 1 if is_dual_mono(batch) else 2
+                self._aac = await loop.run_in_executor(self._pool, AacEncoder, channels)
                 asc = self._aac.audio_specific_config
-                self._fragmenter.set_audio_config(asc, 48000, 2)
+                self._fragmenter.set_audio_config(asc, 48000, channels)
             encoder = self._aac
             packets = await loop.run_in_executor(self._pool, encoder.encode, batch)
         except Exception:  # noqa: BLE001 - audio trouble must not stop video recording
