@@ -91,11 +91,13 @@ def _tone(seconds: float, rate: int, freq: float = 440.0) -> np.ndarray:
 
 
 @functools.cache
-def opus_packets(seconds: float = 3.0, freq: float = 440.0) -> tuple[EncodedFrame, ...]:
-    """20 ms Opus packets of a stereo tone at 48 kHz."""
+def opus_packets(
+    seconds: float = 3.0, freq: float = 440.0, channels: int = 2
+) -> tuple[EncodedFrame, ...]:
+    """20 ms Opus packets of a tone at 48 kHz (mono, like browsers, when channels=1)."""
     ctx: Any = av.CodecContext.create("libopus", "w")
     ctx.sample_rate = 48000
-    ctx.layout = "stereo"
+    ctx.layout = "stereo" if channels == 2 else "mono"
     ctx.format = "s16"
     ctx.time_base = fractions.Fraction(1, 48000)
     pcm = _tone(seconds, 48000, freq)

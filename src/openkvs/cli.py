@@ -109,7 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, SERVE_FLAGS)
     _setup_logging(settings.log_level)
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop
 
         uvloop.install()
     except ImportError:

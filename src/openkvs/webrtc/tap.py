@@ -11,7 +11,10 @@ module — reaches into ``RTCRtpReceiver``:
   hundred KB), which delivers access units to the sink directly;
 - the timestamp mapper is replaced by one that unwraps RTP timestamps without rebasing them, so
   they can be related to RTCP sender reports;
-- RTCP sender reports are observed, and keyframes are requested with PLI.
+- RTCP sender reports are observed, and keyframes are requested with PLI;
+- REMB feedback is limited to one report per ``REMB_MIN_INTERVAL_MS``: aiortc's estimator
+  asks for one on every packet while it sees (or, on a loaded server, imagines) overuse, and each
+  costs an SRTCP protect and a send.
 
 Audio receivers keep aiortc's Opus decoder (the recording stores AAC), with the unwrapping mapper.
 ``check_internals()`` fails loudly if a new aiortc release moves any of this; a test calls it.
@@ -46,6 +49,8 @@ _JITTER_BUFFER = _PREFIX + "jitter_buffer"
 _TIMESTAMP_MAPPER = _PREFIX + "timestamp_mapper"
 _KIND = _PREFIX + "kind"
 _RTCP_SSRC = _PREFIX + "rtcp_ssrc"
+_ESTIMATOR = _PREFIX + "remote_bitrate_estimator"
+REMB_MIN_INTERVAL_MS = 500
 
 # H.264 profile-level-ids KVS accepts (constrained-baseline, baseline, main, high,
 # constrained-high, progressive-high), at level 5.2 so senders may go up to 1920x1920.
@@ -111,6 +116,23 @@ class _AssemblingBuffer:
         return pli, None
 
 
+class _ThrottledEstimator:
+    """Wraps aiortc's RemoteBitrateEstimator: same estimate, at most one REMB per interval."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._last_ms: int | None = None
+
+    def add(self, *, arrival_time_ms: int, **kw: Any) -> Any:
+        remb = self._inner.add(arrival_time_ms=arrival_time_ms, **kw)
+        if remb is None:
+            return None
+        if self._last_ms is not None and arrival_time_ms - self._last_ms < REMB_MIN_INTERVAL_MS:
+            return None
+        self._last_ms = arrival_time_ms
+        return remb
+
+
 class _EncodedFrameSink:
     """Stands in for the receiver's ``queue.Queue``: ``put`` runs on the event loop."""
 
@@ -147,7 +169,7 @@ def check_internals() -> None:
     init = rr.RTCRtpReceiver.__init__
     code = init.__code__.co_names + init.__code__.co_consts
     names = set(n for n in code if isinstance(n, str))
-    for attr in (_DECODER_QUEUE, _JITTER_BUFFER, _TIMESTAMP_MAPPER, _KIND):
+    for attr in (_DECODER_QUEUE, _JITTER_BUFFER, _TIMESTAMP_MAPPER, _KIND, _ESTIMATOR):
         if attr not in names:
             raise RuntimeError(f"aiortc RTCRtpReceiver no longer sets {attr}")
     for method in ("_handle_rtp_packet", "_handle_rtcp_packet", "_send_rtcp_pli", "receive"):
@@ -175,6 +197,9 @@ def tap_video(receiver: RTCRtpReceiver, on_frame: VideoCallback) -> None:
     # decoder thread still starts and waits on it until the receiver stops.
     setattr(receiver, _DECODER_QUEUE, _EncodedFrameSink(on_frame))
     setattr(receiver, _JITTER_BUFFER, _AssemblingBuffer(on_frame))
+    estimator = getattr(receiver, _ESTIMATOR)
+    if estimator is not None:
+        setattr(receiver, _ESTIMATOR, _ThrottledEstimator(estimator))
 
 
 def tap_audio(receiver: RTCRtpReceiver) -> None:
