@@ -7,6 +7,7 @@ from pathlib import Path
 
 from openkvs.api.models import all_operations
 from openkvs.app import DISPATCHER_KEY, build_app
+from openkvs.auth.credentials import CredentialStore
 from openkvs.config import Settings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -34,3 +35,13 @@ def test_every_model_operation_is_listed(tmp_path: Path) -> None:
 def test_quickstart_has_the_two_commands() -> None:
     text = README.read_text()
     assert "make run" in text and "make test" in text
+
+
+def test_toml_examples_are_valid_settings(tmp_path: Path) -> None:
+    blocks = re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)
+    assert len(blocks) >= 3
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"example{i}.toml"
+        path.write_text(block)
+        settings = Settings.load({}, path)  # raises ConfigError on any unknown key or bad value
+        CredentialStore.load(tmp_path / f"data{i}", settings.credentials)  # policies parse
