@@ -18,11 +18,24 @@ from typing import Any
 from tests.webrtc.procserver import ProcessServer
 
 TICKS = os.sysconf("SC_CLK_TCK")
+WORKERS = int(os.environ.get("BENCH_WEBRTC_WORKERS", "0"))
 
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process and its live children (storage worker processes)."""
+    total = cpu_seconds(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                total += tree_cpu_seconds(int(child))
+            except FileNotFoundError:
+                pass
+    return total
 
 
 def rss_mb(pid: int) -> float:
@@ -45,7 +58,7 @@ def read_event(stream: Any, name: str) -> dict[str, Any]:
 
 def measure(n: int, seconds: float, warmup: float = 4.0) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
-        srv = ProcessServer(Path(tmp) / "data", log_level="warning")
+        srv = ProcessServer(Path(tmp) / "data", log_level="warning", webrtc_workers=str(WORKERS))
         srv.start()
         try:
             return _measure(srv, n, seconds, warmup)
@@ -87,9 +100,9 @@ def _measure(srv: ProcessServer, n: int, seconds: float, warmup: float) -> dict[
         assert cam.stdout is not None
         read_event(cam.stdout, "joined")
         time.sleep(warmup)
-        c0, t0, r0 = cpu_seconds(srv.proc.pid), time.monotonic(), rss_mb(srv.proc.pid)
+        c0, t0, r0 = tree_cpu_seconds(srv.proc.pid), time.monotonic(), rss_mb(srv.proc.pid)
         time.sleep(seconds)
-        c1, t1, r1 = cpu_seconds(srv.proc.pid), time.monotonic(), rss_mb(srv.proc.pid)
+        c1, t1, r1 = tree_cpu_seconds(srv.proc.pid), time.monotonic(), rss_mb(srv.proc.pid)
         done = read_event(cam.stdout, "done")
         cam.wait(60)
         cpu = c1 - c0

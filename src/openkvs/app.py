@@ -163,11 +163,14 @@ def build_services(settings: Settings, sessions: StorageSessions | None = None) 
     )
     if sessions is None and settings.webrtc_enabled:
         # The WebRTC storage sessions (aiortc is imported only when they are on).
-        from .webrtc.manager import StorageSessionManager
+        if settings.webrtc_workers > 0:
+            from .webrtc.workers import WorkerPool
 
-        services.sessions = StorageSessionManager(
-            settings, control, services.fragments, services.hub
-        )
+            services.sessions = WorkerPool(settings, services.fragments, services.hub)
+        else:
+            from .webrtc.manager import StorageSessionManager
+
+            services.sessions = StorageSessionManager(settings, services.fragments, services.hub)
     return services
 
 

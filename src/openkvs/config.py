@@ -77,6 +77,8 @@ class Settings:
     turn_ttl: int = 3600
     # Storage session (webrtc_enabled = False answers JoinStorageSession without media)
     webrtc_enabled: bool = True
+    # 0: storage sessions run in the server process; N: spread over N worker processes
+    webrtc_workers: int = 0
     storage_fragment_duration: float = 2.0
     storage_max_session_duration: float = 0.0
     storage_media_timeout: float = 10.0
@@ -138,6 +140,8 @@ class Settings:
             raise ConfigError("webrtc_port_min must not exceed webrtc_port_max")
         if not self.account_id.isdigit() or len(self.account_id) != 12:
             raise ConfigError("account_id must be 12 digits")
+        if not 0 <= self.webrtc_workers <= 64:
+            raise ConfigError("webrtc_workers must be between 0 and 64")
         if self.storage_fragment_duration <= 0:
             raise ConfigError("storage_fragment_duration must be positive")
         if not 0 < self.putmedia_idle_ack_interval <= self.putmedia_idle_timeout:

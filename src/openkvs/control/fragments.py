@@ -22,6 +22,11 @@ logger = logging.getLogger(__name__)
 FRAGMENT_MAX_BYTES = 50 * 1024 * 1024
 
 
+def blob_key(stream_id: int, server_ts_ms: int, number: int) -> str:
+    """Where a fragment's MKV lives in the blob store (one folder per stream and hour)."""
+    return f"s{stream_id}/{server_ts_ms // 3_600_000}/{number}.mkv"
+
+
 class FragmentStore:
     def __init__(self, meta: MetadataStore, blobs: BlobStore) -> None:
         self.meta = meta
@@ -67,7 +72,7 @@ class FragmentStore:
             raise ValueError(f"fragment of {len(data)} bytes exceeds {FRAGMENT_MAX_BYTES}")
         server_ts = clock.now_ms() if server_ts_ms is None else server_ts_ms
         number = self._numbers.next() if number is None else number
-        key = f"s{stream.id}/{server_ts // 3_600_000}/{number}.mkv"
+        key = blob_key(stream.id, server_ts, number)
         await self.blobs.put(key, data)
         fragment = Fragment(
             stream_id=stream.id,
@@ -78,16 +83,24 @@ class FragmentStore:
             size=len(data),
             blob_key=key,
         )
+        await self.commit(fragment)
+        return fragment
+
+    async def commit(self, fragment: Fragment) -> None:
+        """Make a fragment whose blob is already durable visible (its metadata row, then the
+        live-tail wake-up). Used by ``append`` and by storage-session worker processes, which
+        write their blobs themselves. On failure the blob is removed."""
         try:
+            if self.meta.stream_by_id(fragment.stream_id) is None:
+                raise ResourceNotFoundException("The stream was deleted.")
             await self.meta.add_fragment(fragment)
         except BaseException:
-            await self.blobs.delete([key])
+            await self.blobs.delete([fragment.blob_key])
             raise
-        self._latest[stream.id] = fragment
-        event = self._changed.pop(stream.id, None)
+        self._latest[fragment.stream_id] = fragment
+        event = self._changed.pop(fragment.stream_id, None)
         if event is not None:
             event.set()
-        return fragment
 
     async def read(self, fragment: Fragment) -> bytes:
         return await self.blobs.get(fragment.blob_key)

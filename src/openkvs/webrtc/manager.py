@@ -14,13 +14,13 @@ import contextlib
 import itertools
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import clock
 from ..config import Settings
 from ..control.fragments import FragmentStore
-from ..control.resources import ControlPlane
 from ..errors import ClientLimitExceededException, InvalidArgumentException
 from ..signaling.hub import SignalingHub
 from ..signaling.turn import ice_server_list
@@ -28,6 +28,7 @@ from ..store.base import Channel, Stream
 from . import net, tap
 from .audio import ChannelAudio
 from .master import MasterSession
+from .seams import FragmentSink, SignalingSink
 from .viewer import ViewerSession
 
 logger = logging.getLogger(__name__)
@@ -39,19 +40,22 @@ class StorageSessionManager:
     def __init__(
         self,
         settings: Settings,
-        control: ControlPlane,
-        fragments: FragmentStore,
-        hub: SignalingHub,
+        fragments: FragmentStore | FragmentSink,
+        hub: SignalingHub | SignalingSink,
+        *,
+        number_base: int = 0,
     ) -> None:
         self.settings = settings
-        self.control = control
         self.fragments = fragments
         self.hub = hub
+        # Called with a session's final stats (plus "current": whether it was still the
+        # channel's session when it ended); worker processes report them to the server.
+        self.on_session_end: Callable[[dict[str, Any]], None] | None = None
         self.masters: dict[str, MasterSession] = {}
         self.viewers: dict[str, dict[str, ViewerSession]] = {}
         self.audio: dict[str, ChannelAudio] = {}
         self.ended: list[dict[str, Any]] = []  # stats of recently ended sessions
-        self._numbers = itertools.count(1)
+        self._numbers = itertools.count(number_base + 1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pool: ThreadPoolExecutor | None = None
         self._ports: net.PortRange | None = None
@@ -172,9 +176,14 @@ class StorageSessionManager:
         for viewer in list(self.viewers.get(channel.arn, {}).values()):
             viewer.stop("channel deleted or media storage disabled")
 
-    async def _master_ended(self, session: MasterSession, reason: str) -> None:
-        self.ended.append(session.stats())
+    def _report(self, stats: dict[str, Any], current: bool) -> None:
+        self.ended.append(stats)
         del self.ended[:-100]
+        if self.on_session_end is not None:
+            self.on_session_end({**stats, "current": current, "channel_arn": stats["channel_arn"]})
+
+    async def _master_ended(self, session: MasterSession, reason: str) -> None:
+        self._report(session.stats(), self.masters.get(session.channel.arn) is session)
         if self.masters.get(session.channel.arn) is session:
             del self.masters[session.channel.arn]
             for viewer in self.viewers.get(session.channel.arn, {}).values():
@@ -183,6 +192,7 @@ class StorageSessionManager:
 
     async def _viewer_ended(self, session: ViewerSession, reason: str) -> None:
         viewers = self.viewers.get(session.channel.arn, {})
+        self._report(session.stats(), viewers.get(session.client_id) is session)
         if viewers.get(session.client_id) is session:
             del viewers[session.client_id]
         if not viewers:

@@ -16,12 +16,12 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from ..config import Settings
-from ..control.fragments import FragmentStore
 from ..store.base import Channel, Stream
 from . import tap
 from .audio import ChannelAudio
 from .peer import Send, h264_preferences, opus_preferences
 from .recorder import Recorder
+from .seams import FragmentSink
 from .session import StorageSession
 
 VideoListener = Callable[[bytes, int], None]
@@ -37,7 +37,7 @@ class MasterSession(StorageSession):
         stream: Stream,
         settings: Settings,
         send: Send,
-        fragments: FragmentStore,
+        fragments: FragmentSink,
         pool: ThreadPoolExecutor,
         ice_servers: list[Any],
         on_end: Callable[[Any, str], Awaitable[None]],

@@ -167,6 +167,7 @@ class StorageSession:
     def base_stats(self) -> dict[str, Any]:
         return {
             "channel": self.channel.name,
+            "channel_arn": self.channel.arn,
             "role": self.role,
             "session": self.number,
             "state": self.state.value,
