@@ -18,16 +18,17 @@ from concurrent.futures import ThreadPoolExecutor
 import av
 
 from .. import clock
-from ..control.fragments import FragmentStore
 from ..media.aac import AacEncoder, is_dual_mono
 from ..media.fragmenter import FragmentData, Fragmenter
 from ..media.timeline import SessionClock
 from ..store.base import Fragment, Stream
+from .seams import FragmentSink
 
 logger = logging.getLogger(__name__)
 
 MAX_PENDING_FRAGMENTS = 64
 AUDIO_BATCH = 5  # 20 ms Opus frames per AAC encoder call
+AAC_FRAME_MS = 1024 * 1000 / 48000
 KEYFRAME_REQUEST_INTERVAL = 0.5
 
 
@@ -58,7 +59,7 @@ class Recorder:
     def __init__(
         self,
         stream: Stream,
-        fragments: FragmentStore,
+        fragments: FragmentSink,
         pool: ThreadPoolExecutor,
         *,
         target_ms: int,
@@ -83,6 +84,7 @@ class Recorder:
         self._audio_busy = False
         self._audio_task: asyncio.Task[None] | None = None
         self._aac: AacEncoder | None = None
+        self._audio_next_ms: float | None = None  # where the next AAC frame may start
         self._closed = False
         self.written: list[Fragment] = []
 
@@ -146,13 +148,30 @@ class Recorder:
             self._audio_busy = False
         # The newest packet's samples end at roughly the arrival time of the batch's last frame.
         for data, pts in packets:
-            ms = self.clock.audio_ms(pts, arrival_ms)
+            ms = self._monotonic_audio_ms(self.clock.audio_ms(pts, arrival_ms))
+            if ms is None:
+                self.stats.dropped_audio += 1
+                continue
             self.stats.aac_frames += 1
             self._enqueue(self._fragmenter.audio(ms, data))
         if len(self._audio_batch) >= AUDIO_BATCH and not self._closed:
             batch, self._audio_batch = self._audio_batch, []
             self._audio_busy = True
             await self._encode_audio(batch, float(clock.now_ms()))
+
+    def _monotonic_audio_ms(self, ms: float) -> float | None:
+        """Keep the recorded audio in order. The media clock can step back: when sender reports
+        move audio from its arrival time onto the sender's lip-sync timeline (browsers capture
+        audio ~100 ms ahead of its arrival), or by a millisecond of report jitter. A frame that
+        would overlap the previous one by up to half a frame is moved just after it; a larger
+        overlap is dropped until the clock has caught up (None)."""
+        start = self._audio_next_ms
+        if start is not None and ms < start:
+            if start - ms > AAC_FRAME_MS / 2:
+                return None
+            ms = start
+        self._audio_next_ms = ms + AAC_FRAME_MS
+        return ms
 
     def _ask_keyframe(self) -> None:
         now = clock.monotonic()
