@@ -240,3 +240,121 @@ def test_chunk_helpers() -> None:
     assert ebml.read_header(blob, at).id == mkv.CLUSTER
     with pytest.raises(ValueError):
         chunks.cluster_offset(blob[:at])
+
+
+def _laced(track: int, relative: int, frames: list[bytes], lacing: str, key: bool = True) -> bytes:
+    """A (Simple)Block payload holding ``frames`` in Xiph, EBML or fixed-size lacing."""
+    head = bytes([len(frames) - 1])
+    if lacing == "xiph":
+        for f in frames[:-1]:
+            head += b"\xff" * (len(f) // 255) + bytes([len(f) % 255])
+    elif lacing == "ebml":
+        head += ebml.encode_size(len(frames[0]))
+        for prev, cur in zip(frames, frames[1:-1], strict=False):
+            delta = len(cur) - len(prev)
+            n = 1
+            while abs(delta) > (1 << (7 * n - 1)) - 1:
+                n += 1
+            head += ((1 << (7 * n)) | (delta + (1 << (7 * n - 1)) - 1)).to_bytes(n, "big")
+    bits = {"xiph": 0x02, "fixed": 0x04, "ebml": 0x06}[lacing]
+    flags = bits | (0x80 if key else 0)
+    return (
+        bytes([0x80 | track])
+        + relative.to_bytes(2, "big", signed=True)
+        + bytes([flags])
+        + head
+        + b"".join(frames)
+    )
+
+
+def _group(payload: bytes, *, reference: bool = False, duration: int | None = None) -> bytes:
+    children = [ebml.element(mkv.BLOCK, payload)]
+    if reference:
+        children.append(ebml.sint(mkv.REFERENCE_BLOCK, -40))
+    if duration is not None:
+        children.append(ebml.uint(mkv.BLOCK_DURATION, duration))
+    return ebml.master(mkv.BLOCK_GROUP, *children)
+
+
+@pytest.mark.parametrize("scale", [1_000_000, 100_000])
+def test_laced_producer_reads_the_same_as_its_stored_fragments(scale: int) -> None:
+    """Lacing (Xiph, EBML, fixed), BlockGroups with ReferenceBlock and BlockDuration, and a
+    TimecodeScale other than 1 ms: ``read_fragment`` of what the producer sent, of what PutMedia
+    stored, and playback's reader all see the same frames."""
+    from openkvs.playback import mkv as playback_mkv
+
+    u = 1_000_000 // scale  # timecode units per millisecond
+    audio = [bytes([0x30 + i]) * (5 + 40 * (i % 3)) for i in range(15)]
+    audio[8:11] = [b"\x21" * 5, b"\x22" * 300, b"\x23" * 7]
+    audio[11:14] = [b"\x24" * 9, b"\x25" * 9, b"\x26" * 9]
+    tracks = mkv.tracks(
+        [
+            mkv.Track(1, mkv.CODEC_H264, b"\x01\x64\x00\x1f", width=64, height=64),
+            mkv.Track(2, mkv.CODEC_AAC, b"\x11\x90", mkv.TRACK_TYPE_AUDIO, sample_rate=48000.0),
+        ]
+    )
+    simple = mkv.SIMPLE_BLOCK
+    a = craft_cluster(
+        1000 * u,
+        [
+            _group(bytes([0x81, 0, 0, 0]) + b"key-a"),
+            ebml.element(simple, _laced(2, 0, audio[0:4], "xiph")),
+            _group(bytes([0x81]) + (40 * u).to_bytes(2, "big") + b"\x00delta-1", reference=True),
+            ebml.element(simple, _laced(2, 80 * u, audio[4:8], "xiph")),
+            _group(bytes([0x81]) + (80 * u).to_bytes(2, "big") + b"\x00delta-2", reference=True),
+        ],
+    )
+    b = craft_cluster(
+        1160 * u,
+        [
+            block(1, 0, b"key-b"),
+            ebml.element(simple, _laced(2, 0, audio[8:11], "ebml")),
+            block(1, 40 * u, b"delta-3", keyframe=False),
+            _group(_laced(2, 60 * u, audio[11:14], "fixed"), duration=60 * u),
+        ],
+        unknown_size=True,
+    )
+    c = craft_cluster(1300 * u, [block(1, 0, b"key-c"), block(2, 0, audio[14])])
+    data = segment_start(scale=scale) + tracks + a + b + c
+
+    evs = run(data)
+    ready = [e for e in evs if isinstance(e, FragmentReady)]
+    assert [r.timecode_ms for r in ready] == [1000, 1160, 1300]
+    assert [r.rebuild for r in ready] == [True, True, scale != 1_000_000]
+    stored = [mkvstream.assemble(r) for r in ready]
+
+    def rows(blob: bytes) -> list[tuple[int, int, bytes, bool]]:
+        return [(x.track, x.timecode, x.data, x.keyframe) for x in mkv.read_fragment(blob).blocks]
+
+    sent = rows(data)
+    assert [r for s in stored for r in rows(s)] == sent
+    assert [(t, ms, d, k) for t, ms, d, k in sent if t == 1] == [
+        (1, 1000, b"key-a", True),
+        (1, 1040, b"delta-1", False),
+        (1, 1080, b"delta-2", False),
+        (1, 1160, b"key-b", True),
+        (1, 1200, b"delta-3", False),
+        (1, 1300, b"key-c", True),
+    ]
+    # Laced frames are spread over the gap to the next block, the previous step, then the
+    # BlockDuration.
+    assert [(ms, d) for t, ms, d, _ in sent if t == 2] == list(
+        zip([1000 + 20 * i for i in range(14)] + [1300], audio, strict=True)
+    )
+
+    # Playback: the same frames, keyframes and (for stored fragments) times.
+    parsed = playback_mkv.parse_fragment(data)
+    for track in (1, 2):
+        assert [(f.data, f.key) for f in parsed.frames[track]] == [
+            (d, k) for t, _, d, k in sent if t == track
+        ]
+    assert [f.pts_ns for f in parsed.frames[1]] == [
+        (ms - 1000) * 1_000_000 for t, ms, _, _ in sent if t == 1
+    ]
+    for blob in stored:
+        got = playback_mkv.parse_fragment(blob)
+        want = rows(blob)
+        start = min(ms for t, ms, _, _ in want if t == 1)
+        assert [(f.pts_ns, f.data) for n in (1, 2) for f in got.frames[n]] == [
+            ((ms - start) * 1_000_000, d) for n in (1, 2) for t, ms, d, _ in want if t == n
+        ]

@@ -14,6 +14,7 @@ import pytest
 from openkvs.media import ebml, mkv
 
 from ..support import ServerThread, need_tool
+from .ebmlcheck import split_chunks
 from .mediafiles import (
     cluster_timecode,
     clusters,
@@ -495,7 +496,10 @@ async def test_lacing_and_block_groups_are_stored_as_simple_blocks(
     got = []
     for f in stored(server, "laced"):
         blob = server.call(server.services.fragments.read(f))
-        frag = mkv.read_fragment(blob)  # would raise on lacing
+        frag = mkv.read_fragment(blob)
+        # Stored as plain SimpleBlocks: a reader that knows neither lacing nor BlockGroups agrees.
+        (chunk,) = split_chunks(blob)
+        assert chunk.blocks == [(b.track, b.timecode, b.data) for b in frag.blocks]
         got += [(b.track, b.timecode, b.data, b.keyframe) for b in frag.blocks]
         path = tmp_path / f"{f.number}.mkv"
         path.write_bytes(blob)

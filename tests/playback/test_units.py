@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from openkvs.media import mkv as ids  # Matroska element IDs
 from openkvs.playback import codecs, fmp4, images, mkv, timeline, tokens
 from openkvs.playback.cache import ByteLRU
 
@@ -41,19 +42,19 @@ UNKNOWN = b"\x01\xff\xff\xff\xff\xff\xff\xff"
 
 
 def hand_mkv(tracks: bytes, clusters: bytes, *, unknown_segment: bool = False) -> bytes:
-    header = el(mkv.EBML, el(0x4282, b"matroska"))
-    body = el(mkv.INFO, uint(mkv.TIMECODE_SCALE, 1_000_000)) + el(mkv.TRACKS, tracks) + clusters
-    return header + el(mkv.SEGMENT, body, UNKNOWN if unknown_segment else None)
+    header = el(ids.EBML_HEADER, el(0x4282, b"matroska"))
+    body = el(ids.INFO, uint(ids.TIMECODE_SCALE, 1_000_000)) + el(ids.TRACKS, tracks) + clusters
+    return header + el(ids.SEGMENT, body, UNKNOWN if unknown_segment else None)
 
 
 def track_entry(number: int, kind: int, codec: str, private: bytes = b"", **extra: bytes) -> bytes:
-    body = uint(mkv.TRACK_NUMBER, number) + uint(mkv.TRACK_TYPE, kind)
-    body += el(mkv.CODEC_ID, codec.encode())
+    body = uint(ids.TRACK_NUMBER, number) + uint(ids.TRACK_TYPE, kind)
+    body += el(ids.CODEC_ID, codec.encode())
     if private:
-        body += el(mkv.CODEC_PRIVATE, private)
+        body += el(ids.CODEC_PRIVATE, private)
     for value in extra.values():
         body += value
-    return el(mkv.TRACK_ENTRY, body)
+    return el(ids.TRACK_ENTRY, body)
 
 
 def block(track: int, rel: int, flags: int, payload: bytes) -> bytes:
@@ -105,9 +106,9 @@ def test_laced_blocks_and_unknown_sizes(lacing: str) -> None:
         flags = 0x84
     payload = block(2, 10, flags, head + b"".join(frames))
     asc = bytes([0x11, 0x90])  # AAC LC, 48 kHz, 2 channels
-    audio = el(mkv.AUDIO, el(mkv.SAMPLING_FREQUENCY, struct.pack(">d", 48000.0)))
+    audio = el(ids.AUDIO, el(ids.SAMPLING_FREQUENCY, struct.pack(">d", 48000.0)))
     tracks = track_entry(2, 2, "A_AAC", asc, audio=audio)
-    cluster = el(mkv.CLUSTER, uint(mkv.TIMECODE, 5000) + el(mkv.SIMPLE_BLOCK, payload), UNKNOWN)
+    cluster = el(ids.CLUSTER, uint(ids.TIMECODE, 5000) + el(ids.SIMPLE_BLOCK, payload), UNKNOWN)
     parsed = mkv.parse_fragment(hand_mkv(tracks, cluster, unknown_segment=True))
     got = parsed.frames[2]
     assert [x.data for x in got] == frames
@@ -117,9 +118,9 @@ def test_laced_blocks_and_unknown_sizes(lacing: str) -> None:
 
 def test_block_group_keyframes_follow_reference_blocks() -> None:
     tracks = track_entry(1, 1, "V_MPEG4/ISO/AVC", b"\x01")
-    key = el(mkv.BLOCK_GROUP, el(mkv.BLOCK, block(1, 0, 0, b"k")))
-    delta = el(mkv.BLOCK_GROUP, el(mkv.BLOCK, block(1, 40, 0, b"d")) + uint(mkv.REFERENCE_BLOCK, 1))
-    cluster = el(mkv.CLUSTER, uint(mkv.TIMECODE, 0) + key + delta)
+    key = el(ids.BLOCK_GROUP, el(ids.BLOCK, block(1, 0, 0, b"k")))
+    delta = el(ids.BLOCK_GROUP, el(ids.BLOCK, block(1, 40, 0, b"d")) + uint(ids.REFERENCE_BLOCK, 1))
+    cluster = el(ids.CLUSTER, uint(ids.TIMECODE, 0) + key + delta)
     parsed = mkv.parse_fragment(hand_mkv(tracks, cluster))
     assert [(x.data, x.key, x.pts_ns) for x in parsed.frames[1]] == [
         (b"k", True, 0),
@@ -132,8 +133,8 @@ def test_block_group_keyframes_follow_reference_blocks() -> None:
     [
         (b"", "not an EBML document"),
         (b"\x1a\x45\xdf\xa3\x84ab", "overruns its parent"),
-        (el(mkv.EBML, b""), "no Segment element"),
-        (el(mkv.EBML, b"") + el(mkv.SEGMENT, b""), "fragment has no Tracks"),
+        (el(ids.EBML_HEADER, b""), "no Segment element"),
+        (el(ids.EBML_HEADER, b"") + el(ids.SEGMENT, b""), "fragment has no Tracks"),
         (b"\x00\x00\x00", "invalid EBML length marker"),
     ],
 )

@@ -1,4 +1,5 @@
-"""EBML (the binary format under Matroska): element encoding and a reader for whole buffers.
+"""EBML (the binary format under Matroska): element encoding, and the one reader of vints and
+element headers (for whole buffers, and with ``Truncated`` for push parsers).
 
 Element IDs are given with their length-marker bits included (``0x1A45DFA3``), as in the
 Matroska specification. Sizes are variable-length integers; ``UNKNOWN_SIZE`` marks an element
@@ -67,30 +68,88 @@ def unknown_size_header(element_id: int) -> bytes:
 
 # -- reading -----------------------------------------------------------------------------------
 
+Buffer = bytes | bytearray | memoryview
 
-def read_vint(data: bytes | memoryview, pos: int, *, is_id: bool = False) -> tuple[int, int]:
-    """Read a vint at ``pos``; return (value, length). IDs keep their marker bits.
 
-    Raises ``ValueError`` if the data is truncated or the first byte is invalid. For sizes, an
-    all-ones value is returned as ``UNKNOWN_SIZE``.
+class Truncated(ValueError):
+    """The data ends before the number or element header being read does.
+
+    A push parser waits for more bytes on this one; every other ``ValueError`` from this module
+    means bytes that can never be EBML.
     """
-    if pos >= len(data):
-        raise ValueError("EBML data is truncated")
+
+
+def read_vint(
+    data: Buffer, pos: int, *, is_id: bool = False, end: int | None = None, unknown: bool = True
+) -> tuple[int, int]:
+    """Read a vint at ``pos``, bounded by ``end`` (default: the end of ``data``).
+
+    Returns (value, length). IDs (``is_id``) keep their marker bits and are at most 4 bytes. For
+    other vints an all-ones value is returned as ``UNKNOWN_SIZE`` (what it means for an element
+    size) unless ``unknown`` is False (plain numbers: block track numbers, lace sizes).
+
+    Raises ``Truncated`` when the vint runs past ``end``, ``ValueError`` when its first byte is
+    invalid.
+    """
+    if end is None:
+        end = len(data)
+    if pos >= end:
+        raise Truncated(f"EBML data is truncated at offset {pos}")
     first = data[pos]
     if first == 0:
-        raise ValueError("invalid EBML vint (first byte is zero)")
-    length = 8 - first.bit_length() + 1
+        raise ValueError(f"invalid EBML length marker at offset {pos}")
+    length = 9 - first.bit_length()
     if is_id and length > 4:
-        raise ValueError("invalid EBML element ID length")
-    if pos + length > len(data):
-        raise ValueError("EBML data is truncated")
-    raw = int.from_bytes(data[pos : pos + length], "big")
+        raise ValueError(f"invalid EBML element ID at offset {pos}")
+    if pos + length > end:
+        raise Truncated(f"EBML data is truncated at offset {pos}")
+    raw = first if length == 1 else int.from_bytes(data[pos : pos + length], "big")
     if is_id:
         return raw, length
-    value = raw & ((1 << (7 * length)) - 1)
-    if value == (1 << (7 * length)) - 1:
+    mask = (1 << (7 * length)) - 1
+    value = raw & mask
+    if unknown and value == mask:
         return UNKNOWN_SIZE, length
     return value, length
+
+
+def read_signed_vint(data: Buffer, pos: int, end: int) -> tuple[int, int]:
+    """Read a signed vint (the size differences of EBML lacing); return (value, length)."""
+    raw, length = read_vint(data, pos, end=end, unknown=False)
+    return raw - ((1 << (7 * length - 1)) - 1), length
+
+
+def header_at(data: Buffer, pos: int, end: int | None = None) -> tuple[int, int, int]:
+    """(id, size, payload offset) of the element whose header starts at ``pos``.
+
+    The tuple form of ``read_header``, for loops over many elements. ``size`` may be
+    ``UNKNOWN_SIZE``; the payload itself is not checked against ``end``. Errors are those of
+    ``read_vint``.
+    """
+    if end is None:
+        end = len(data)
+    # Fast path: a well-formed header that fits; anything else goes through read_vint, which
+    # raises the precise error.
+    if pos < end:
+        first = data[pos]
+        if first >= 0x10:
+            size_pos = pos + 9 - first.bit_length()
+            if size_pos < end:
+                s0 = data[size_pos]
+                if s0:
+                    m = 9 - s0.bit_length()
+                    body = size_pos + m
+                    if body <= end:
+                        eid = first
+                        if size_pos > pos + 1:
+                            eid = int.from_bytes(data[pos:size_pos], "big")
+                        mask = (1 << (7 * m)) - 1
+                        size = s0 if m == 1 else int.from_bytes(data[size_pos:body], "big")
+                        size &= mask
+                        return eid, (UNKNOWN_SIZE if size == mask else size), body
+    eid, n = read_vint(data, pos, is_id=True, end=end)
+    size, m = read_vint(data, pos + n, end=end)
+    return eid, size, pos + n + m
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,15 +166,12 @@ class Element:
         return self.data_start + self.size
 
 
-def read_header(data: bytes | memoryview, pos: int) -> Element:
-    eid, n = read_vint(data, pos, is_id=True)
-    size, m = read_vint(data, pos + n)
-    return Element(eid, pos, pos + n + m, size)
+def read_header(data: Buffer, pos: int) -> Element:
+    eid, size, data_start = header_at(data, pos)
+    return Element(eid, pos, data_start, size)
 
 
-def iter_elements(
-    data: bytes | memoryview, start: int = 0, end: int | None = None
-) -> Iterator[Element]:
+def iter_elements(data: Buffer, start: int = 0, end: int | None = None) -> Iterator[Element]:
     """Iterate over sibling elements in ``data[start:end]`` (known sizes only)."""
     end = len(data) if end is None else end
     pos = start
@@ -129,13 +185,18 @@ def iter_elements(
         pos = el.end
 
 
-def read_uint(data: bytes | memoryview, el: Element) -> int:
-    if el.size > 8:
+def uint_at(data: Buffer, start: int, end: int) -> int:
+    """The unsigned integer whose payload is ``data[start:end]`` (empty means 0)."""
+    if end - start > 8:
         raise ValueError("EBML unsigned integer longer than 8 bytes")
-    return int.from_bytes(data[el.data_start : el.end], "big")
+    return int.from_bytes(data[start:end], "big")
 
 
-def read_float(data: bytes | memoryview, el: Element) -> float:
+def read_uint(data: Buffer, el: Element) -> int:
+    return uint_at(data, el.data_start, el.end)
+
+
+def read_float(data: Buffer, el: Element) -> float:
     raw = bytes(data[el.data_start : el.end])
     if el.size == 4:
         return float(struct.unpack(">f", raw)[0])
@@ -146,9 +207,9 @@ def read_float(data: bytes | memoryview, el: Element) -> float:
     raise ValueError("EBML float must be 4 or 8 bytes")
 
 
-def read_string(data: bytes | memoryview, el: Element) -> str:
+def read_string(data: Buffer, el: Element) -> str:
     return bytes(data[el.data_start : el.end]).rstrip(b"\x00").decode("utf-8", "replace")
 
 
-def read_bytes(data: bytes | memoryview, el: Element) -> bytes:
+def read_bytes(data: Buffer, el: Element) -> bytes:
     return bytes(data[el.data_start : el.end])

@@ -6,19 +6,32 @@ milliseconds. Blocks are SimpleBlocks with timecodes relative to the cluster (in
 fragment spans at most 32.767 s). Because the Segment size is unknown, elements such as GetMedia's
 trailing Tags can be appended to a stored fragment without rewriting it.
 
-``read_fragment`` parses whole MKV buffers (ours or a producer's), including unknown-size
-Segments and Clusters, into tracks and blocks.
+This module is the one home of Matroska element IDs and of Matroska reading, shared by
+``read_fragment`` here, the PutMedia parser (``mkvstream``) and playback (``playback/mkv.py``) so
+that every reader agrees on what a fragment holds: ``read_block_element`` (SimpleBlocks,
+BlockGroups, lacing), ``read_track`` (TrackEntry), ``frame_times`` (timing of laced frames) and
+``scan_fragment`` (a whole buffer, including unknown-size Segments and Clusters). EBML itself
+(vints, element headers) is ``ebml``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 from . import ebml
 from .ebml import float64, master, string, uint
 
 EBML_HEADER = 0x1A45DFA3
+EBML_VERSION = 0x4286
+EBML_READ_VERSION = 0x42F7
+EBML_MAX_ID_LENGTH = 0x42F2
+EBML_MAX_SIZE_LENGTH = 0x42F3
+DOC_TYPE = 0x4282
+DOC_TYPE_VERSION = 0x4287
+DOC_TYPE_READ_VERSION = 0x4285
 SEGMENT = 0x18538067
 SEEK_HEAD = 0x114D9B74
 INFO = 0x1549A966
@@ -37,6 +50,7 @@ CODEC_PRIVATE = 0x63A2
 CODEC_NAME = 0x258688
 TRACK_NAME = 0x536E
 DEFAULT_DURATION = 0x23E383
+CODEC_DELAY = 0x56AA
 VIDEO = 0xE0
 PIXEL_WIDTH = 0xB0
 PIXEL_HEIGHT = 0xBA
@@ -62,6 +76,8 @@ ATTACHMENTS = 0x1941A469
 VOID = 0xEC
 
 LEVEL1 = {SEEK_HEAD, INFO, TRACKS, CLUSTER, TAGS, CUES, CHAPTERS, ATTACHMENTS}
+# An unknown-size Cluster ends where one of these starts.
+END_OF_CLUSTER = LEVEL1 | {EBML_HEADER, SEGMENT}
 
 TRACK_TYPE_VIDEO = 1
 TRACK_TYPE_AUDIO = 2
@@ -84,6 +100,8 @@ class Track:
     channels: int = 0
     name: str = ""
     uid: int = 0
+    default_duration_ns: int = 0
+    codec_delay_ns: int = 0  # Matroska CodecDelay: to subtract from every block timestamp
 
     @property
     def is_video(self) -> bool:
@@ -119,13 +137,13 @@ class Fragment:
 def ebml_header() -> bytes:
     return master(
         EBML_HEADER,
-        uint(0x4286, 1),  # EBMLVersion
-        uint(0x42F7, 1),  # EBMLReadVersion
-        uint(0x42F2, 4),  # EBMLMaxIDLength
-        uint(0x42F3, 8),  # EBMLMaxSizeLength
-        string(0x4282, "matroska"),  # DocType
-        uint(0x4287, 4),  # DocTypeVersion
-        uint(0x4285, 2),  # DocTypeReadVersion
+        uint(EBML_VERSION, 1),
+        uint(EBML_READ_VERSION, 1),
+        uint(EBML_MAX_ID_LENGTH, 4),
+        uint(EBML_MAX_SIZE_LENGTH, 8),
+        string(DOC_TYPE, "matroska"),
+        uint(DOC_TYPE_VERSION, 4),
+        uint(DOC_TYPE_READ_VERSION, 2),
     )
 
 
@@ -148,6 +166,10 @@ def track_entry(t: Track) -> bytes:
         children.append(string(TRACK_NAME, t.name))
     if t.codec_private:
         children.append(ebml.element(CODEC_PRIVATE, t.codec_private))
+    if t.default_duration_ns:
+        children.append(uint(DEFAULT_DURATION, t.default_duration_ns))
+    if t.codec_delay_ns:
+        children.append(uint(CODEC_DELAY, t.codec_delay_ns))
     if t.track_type == TRACK_TYPE_VIDEO:
         children.append(master(VIDEO, uint(PIXEL_WIDTH, t.width), uint(PIXEL_HEIGHT, t.height)))
     elif t.track_type == TRACK_TYPE_AUDIO:
@@ -208,49 +230,160 @@ def write_fragment(
 
 # -- reading -----------------------------------------------------------------------------------
 
+LACING_NONE, LACING_XIPH, LACING_FIXED, LACING_EBML = 0, 1, 2, 3
 
-def _read_track(data: bytes, el: ebml.Element) -> Track:
-    fields: dict[str, object] = {}
+Span = tuple[int, int]  # [start, end) of one frame in the buffer it was read from
+# A SimpleBlock or BlockGroup as read: (track, timecode relative to its cluster, keyframe, laced,
+# frame spans, BlockDuration or None), times in the Segment's timecode units.
+BlockData = tuple[int, int, bool, bool, tuple[Span, ...], int | None]
+# A block of ``scan_fragment``: (track, absolute timecode, keyframe, frame spans, BlockDuration
+# or None), times in the Segment's timecode units.
+RawBlock = tuple[int, int, bool, tuple[Span, ...], int | None]
+
+
+def to_ms(units: int, scale: int) -> int:
+    """Timecode units of ``scale`` nanoseconds → milliseconds, rounded half up."""
+    if scale == 1_000_000:
+        return units
+    return (units * scale + 500_000) // 1_000_000
+
+
+def lace_sizes(data: ebml.Buffer, pos: int, end: int, lacing: int) -> tuple[list[int], int]:
+    """Frame sizes of a laced block (lace header at ``pos``); returns (sizes, first frame pos)."""
+    if pos >= end:
+        raise ValueError("laced block is truncated")
+    count = data[pos] + 1
+    pos += 1
+    sizes: list[int] = []
+    if lacing == LACING_XIPH:
+        for _ in range(count - 1):
+            size = 0
+            while True:
+                if pos >= end:
+                    raise ValueError("Xiph lace header is truncated")
+                b = data[pos]
+                pos += 1
+                size += b
+                if b != 255:
+                    break
+            sizes.append(size)
+    elif lacing == LACING_EBML:
+        first, n = ebml.read_vint(data, pos, end=end, unknown=False)
+        pos += n
+        sizes.append(first)
+        for _ in range(count - 2):
+            delta, n = ebml.read_signed_vint(data, pos, end)
+            pos += n
+            size = sizes[-1] + delta
+            if size < 0:
+                raise ValueError("EBML lace size is negative")
+            sizes.append(size)
+    elif lacing == LACING_FIXED:
+        total = end - pos
+        if total % count:
+            raise ValueError("fixed-size lace does not divide evenly")
+        return [total // count] * count, pos
+    last = end - pos - sum(sizes)
+    if last < 0:
+        raise ValueError("lace sizes exceed the block")
+    sizes.append(last)
+    return sizes, pos
+
+
+def read_block(data: ebml.Buffer, start: int, end: int) -> tuple[int, int, int, tuple[Span, ...]]:
+    """The (Simple)Block payload ``data[start:end]`` → (track, relative timecode, flags, frame
+    spans). A laced block (``flags & 0x06``) gives one span per frame."""
+    track, n = ebml.read_vint(data, start, end=end, unknown=False)
+    pos = start + n
+    if pos + 3 > end:
+        raise ValueError("block is truncated")
+    relative = int.from_bytes(data[pos : pos + 2], "big", signed=True)
+    flags = data[pos + 2]
+    pos += 3
+    lacing = (flags >> 1) & 3
+    if lacing == LACING_NONE:
+        return track, relative, flags, ((pos, end),)
+    sizes, pos = lace_sizes(data, pos, end, lacing)
+    frames = []
+    for size in sizes:
+        frames.append((pos, pos + size))
+        pos += size
+    return track, relative, flags, tuple(frames)
+
+
+def read_block_element(data: ebml.Buffer, eid: int, start: int, end: int) -> BlockData | None:
+    """A SimpleBlock or BlockGroup whose payload is ``data[start:end]``; None for a BlockGroup
+    without a Block. A Block in a BlockGroup is a keyframe when no ReferenceBlock is there."""
+    if eid == SIMPLE_BLOCK:
+        track, relative, flags, frames = read_block(data, start, end)
+        return track, relative, bool(flags & 0x80), bool(flags & 0x06), frames, None
+    block: Span | None = None
+    referenced = False
+    duration: int | None = None
+    for c in ebml.iter_elements(data, start, end):
+        if c.id == BLOCK:
+            block = (c.data_start, c.end)
+        elif c.id == REFERENCE_BLOCK:
+            referenced = True
+        elif c.id == BLOCK_DURATION:
+            duration = ebml.read_uint(data, c)
+    if block is None:
+        return None
+    track, relative, flags, frames = read_block(data, block[0], block[1])
+    return track, relative, not referenced, bool(flags & 0x06), frames, duration
+
+
+def parse_block(payload: bytes) -> tuple[int, int, bool, bytes]:
+    """Parse an unlaced (Simple)Block payload → (track, relative timecode, keyframe flag, frame
+    data). Raises ``ValueError`` for a laced block (``read_block`` reads those)."""
+    track, relative, flags, frames = read_block(payload, 0, len(payload))
+    if flags & 0x06:
+        raise ValueError("laced blocks are not supported")
+    return track, relative, bool(flags & 0x80), payload[frames[0][0] :]
+
+
+# What a TrackEntry's children, and those of its Video and Audio elements, set: (Track field,
+# reader).
+_Field = tuple[str, Callable[[ebml.Buffer, ebml.Element], object]]
+_TRACK_FIELDS: dict[int, _Field] = {
+    TRACK_NUMBER: ("number", ebml.read_uint),
+    TRACK_UID: ("uid", ebml.read_uint),
+    TRACK_TYPE: ("track_type", ebml.read_uint),
+    CODEC_ID: ("codec_id", ebml.read_string),
+    CODEC_PRIVATE: ("codec_private", ebml.read_bytes),
+    TRACK_NAME: ("name", ebml.read_string),
+    DEFAULT_DURATION: ("default_duration_ns", ebml.read_uint),
+    CODEC_DELAY: ("codec_delay_ns", ebml.read_uint),
+}
+_TRACK_SETTINGS: dict[int, _Field] = {
+    PIXEL_WIDTH: ("width", ebml.read_uint),
+    PIXEL_HEIGHT: ("height", ebml.read_uint),
+    SAMPLING_FREQUENCY: ("sample_rate", ebml.read_float),
+    CHANNELS: ("channels", ebml.read_uint),
+}
+
+
+def read_track(data: ebml.Buffer, el: ebml.Element) -> Track:
+    """A TrackEntry. A missing TrackType reads as 0 (neither video nor audio)."""
+    fields: dict[str, object] = {"track_type": 0}
     for c in ebml.iter_elements(data, el.data_start, el.end):
-        if c.id == TRACK_NUMBER:
-            fields["number"] = ebml.read_uint(data, c)
-        elif c.id == TRACK_UID:
-            fields["uid"] = ebml.read_uint(data, c)
-        elif c.id == TRACK_TYPE:
-            fields["track_type"] = ebml.read_uint(data, c)
-        elif c.id == CODEC_ID:
-            fields["codec_id"] = ebml.read_string(data, c)
-        elif c.id == CODEC_PRIVATE:
-            fields["codec_private"] = ebml.read_bytes(data, c)
-        elif c.id == TRACK_NAME:
-            fields["name"] = ebml.read_string(data, c)
-        elif c.id == VIDEO:
+        if c.id == VIDEO or c.id == AUDIO:
             for v in ebml.iter_elements(data, c.data_start, c.end):
-                if v.id == PIXEL_WIDTH:
-                    fields["width"] = ebml.read_uint(data, v)
-                elif v.id == PIXEL_HEIGHT:
-                    fields["height"] = ebml.read_uint(data, v)
-        elif c.id == AUDIO:
-            for a in ebml.iter_elements(data, c.data_start, c.end):
-                if a.id == SAMPLING_FREQUENCY:
-                    fields["sample_rate"] = ebml.read_float(data, a)
-                elif a.id == CHANNELS:
-                    fields["channels"] = ebml.read_uint(data, a)
+                _set_field(data, v, _TRACK_SETTINGS, fields)
+        else:
+            _set_field(data, c, _TRACK_FIELDS, fields)
     if "number" not in fields or "codec_id" not in fields:
         raise ValueError("TrackEntry lacks TrackNumber or CodecID")
     return Track(**fields)  # type: ignore[arg-type]
 
 
-def parse_block(payload: bytes) -> tuple[int, int, bool, bytes]:
-    """Parse a (Simple)Block payload → (track, relative timecode, keyframe flag, frame data)."""
-    track, n = ebml.read_vint(payload, 0)
-    if len(payload) < n + 3:
-        raise ValueError("block is truncated")
-    relative = int.from_bytes(payload[n : n + 2], "big", signed=True)
-    flags = payload[n + 2]
-    if flags & 0x06:
-        raise ValueError("laced blocks are not supported")
-    return track, relative, bool(flags & 0x80), payload[n + 3 :]
+def _set_field(
+    data: ebml.Buffer, el: ebml.Element, table: Mapping[int, _Field], fields: dict[str, object]
+) -> None:
+    field = table.get(el.id)
+    if field is not None:
+        name, read = field
+        fields[name] = read(data, el)
 
 
 def _read_tags(data: bytes, el: ebml.Element, out: dict[str, str]) -> None:
@@ -270,82 +403,188 @@ def _read_tags(data: bytes, el: ebml.Element, out: dict[str, str]) -> None:
                 out[name] = value
 
 
-def read_fragment(data: bytes) -> Fragment:
-    """Parse a whole MKV buffer: tracks, every block of every cluster, and tags."""
-    pos = 0
-    head = ebml.read_header(data, 0)
-    if head.id != EBML_HEADER:
-        raise ValueError("not an MKV file (no EBML header)")
-    pos = head.end
-    seg = ebml.read_header(data, pos)
-    if seg.id != SEGMENT:
-        raise ValueError("no Segment after the EBML header")
-    seg_end = len(data) if seg.size == ebml.UNKNOWN_SIZE else min(seg.end, len(data))
-    pos = seg.data_start
+class ClusterSpan(NamedTuple):
+    timecode: int | None  # the Cluster's Timecode, None when it has none
+    first: int  # its blocks are ``Layout.blocks[first:last]``
+    last: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """What ``scan_fragment`` found: parsed header elements and every block, unconverted."""
+
+    timecode_scale: int
+    tracks: tuple[Track, ...]
+    blocks: list[RawBlock]
+    clusters: tuple[ClusterSpan, ...]
+    tags: tuple[ebml.Element, ...]  # Tags elements, unparsed
+
+
+def scan_fragment(data: bytes, *, max_blocks: int | None = None) -> Layout:
+    """Walk a whole MKV buffer: the EBML header, then the first Segment's Info, Tracks, Tags and
+    Clusters (known or unknown size) up to its end or to the next EBML header (GetMedia streams
+    concatenate fragments). A known-size Segment longer than ``data`` is read up to its end.
+
+    Raises ``ValueError`` on malformed data, or when there are more than ``max_blocks`` blocks.
+    """
+    size = len(data)
+    if not size:
+        raise ValueError("not an EBML document (no data)")
+    eid, length, pos = ebml.header_at(data, 0)
+    if eid != EBML_HEADER:
+        raise ValueError("not an EBML document (no EBML header)")
+    while eid != SEGMENT:
+        if length == ebml.UNKNOWN_SIZE or pos + length > size:
+            raise ValueError(f"element 0x{eid:X} overruns its parent")
+        pos += length
+        if pos >= size:
+            raise ValueError("no Segment element")
+        eid, length, pos = ebml.header_at(data, pos)
+    seg_end = size if length == ebml.UNKNOWN_SIZE else min(pos + length, size)
+    limit = sys.maxsize if max_blocks is None else max_blocks
     scale = 1_000_000
-    track_list: list[Track] = []
-    blocks: list[Block] = []
-    found_tags: dict[str, str] = {}
-    first_cluster: int | None = None
+    tracks: list[Track] = []
+    blocks: list[RawBlock] = []
+    clusters: list[ClusterSpan] = []
+    tags: list[ebml.Element] = []
     while pos < seg_end:
-        el = ebml.read_header(data, pos)
-        if el.id == EBML_HEADER:
-            break  # a following chunk (GetMedia streams concatenate fragments)
-        if el.id == CLUSTER:
-            end = seg_end if el.size == ebml.UNKNOWN_SIZE else el.end
-            cpos = el.data_start
-            tc = 0
-            while cpos < end:
-                c = ebml.read_header(data, cpos)
-                if el.size == ebml.UNKNOWN_SIZE and (c.id in LEVEL1 or c.id == EBML_HEADER):
-                    break
-                if c.size == ebml.UNKNOWN_SIZE or c.end > len(data):
-                    raise ValueError("cluster child is truncated")
-                if c.id == TIMECODE:
-                    tc = ebml.read_uint(data, c)
-                    if first_cluster is None:
-                        first_cluster = tc
-                elif c.id == SIMPLE_BLOCK:
-                    track, rel, key, frame = parse_block(data[c.data_start : c.end])
-                    blocks.append(Block(track, tc + rel, frame, key))
-                elif c.id == BLOCK_GROUP:
-                    ref = False
-                    payload = None
-                    for g in ebml.iter_elements(data, c.data_start, c.end):
-                        if g.id == BLOCK:
-                            payload = data[g.data_start : g.end]
-                        elif g.id == REFERENCE_BLOCK:
-                            ref = True
-                    if payload is not None:
-                        track, rel, _, frame = parse_block(payload)
-                        blocks.append(Block(track, tc + rel, frame, not ref))
-                cpos = c.end
-            pos = cpos
+        start = pos
+        eid, length, pos = ebml.header_at(data, pos, seg_end)
+        if eid == EBML_HEADER:
+            break
+        if eid == CLUSTER:
+            first = len(blocks)
+            if length == ebml.UNKNOWN_SIZE:
+                timecode, pos = _read_cluster(data, pos, seg_end, True, blocks, limit)
+            elif pos + length > seg_end:
+                raise ValueError("a Cluster overruns the Segment")
+            else:
+                timecode, pos = _read_cluster(data, pos, pos + length, False, blocks, limit)
+            clusters.append(ClusterSpan(timecode, first, len(blocks)))
             continue
-        if el.size == ebml.UNKNOWN_SIZE:
-            raise ValueError(f"unknown-size element 0x{el.id:X} is not supported here")
-        if el.end > len(data):
-            raise ValueError("MKV data is truncated")
-        if el.id == INFO:
+        if length == ebml.UNKNOWN_SIZE:
+            raise ValueError(f"unknown-size element 0x{eid:X} is not supported here")
+        el = ebml.Element(eid, start, pos, length)
+        if el.end > size:
+            raise ValueError(f"element 0x{eid:X} overruns the Segment")
+        if eid == INFO:
             for c in ebml.iter_elements(data, el.data_start, el.end):
                 if c.id == TIMECODE_SCALE:
-                    scale = ebml.read_uint(data, c)
-        elif el.id == TRACKS:
+                    scale = ebml.read_uint(data, c) or 1_000_000
+        elif eid == TRACKS:
             for c in ebml.iter_elements(data, el.data_start, el.end):
                 if c.id == TRACK_ENTRY:
-                    track_list.append(_read_track(data, c))
-        elif el.id == TAGS:
-            _read_tags(data, el, found_tags)
+                    tracks.append(read_track(data, c))
+        elif eid == TAGS:
+            tags.append(el)
         pos = el.end
-    if scale != 1_000_000:
-        factor = scale / 1_000_000
-        blocks = [dataclasses.replace(b, timecode=round(b.timecode * factor)) for b in blocks]
-        if first_cluster is not None:
-            first_cluster = round(first_cluster * factor)
+    return Layout(scale, tuple(tracks), blocks, tuple(clusters), tuple(tags))
+
+
+def _read_cluster(
+    data: bytes, pos: int, end: int, unknown: bool, out: list[RawBlock], limit: int
+) -> tuple[int | None, int]:
+    """Append the blocks of the Cluster body starting at ``pos`` to ``out``; return (its
+    Timecode or None, where it ends). An ``unknown``-size Cluster ends at the next level-1
+    element or at ``end``."""
+    timecode: int | None = None
+    base = 0
+    while pos < end:
+        eid, length, body = ebml.header_at(data, pos, end)
+        if unknown and eid in END_OF_CLUSTER:
+            return timecode, pos
+        stop = body + length
+        if length == ebml.UNKNOWN_SIZE or stop > end:
+            raise ValueError(f"element 0x{eid:X} does not fit in its Cluster")
+        if eid == SIMPLE_BLOCK or eid == BLOCK_GROUP:
+            block = read_block_element(data, eid, body, stop)
+            if block is not None:
+                track, relative, keyframe, _, frames, duration = block
+                out.append((track, base + relative, keyframe, frames, duration))
+                if len(out) > limit:
+                    raise ValueError("fragment has too many blocks")
+        elif eid == TIMECODE:
+            timecode = base = ebml.uint_at(data, body, stop)
+        pos = stop
+    return timecode, pos
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockRef:
+    """One (Simple)Block of a cluster; ``frames`` are spans of the buffer it was read from."""
+
+    track: int
+    ms: int  # absolute presentation time in milliseconds
+    keyframe: bool
+    frames: tuple[Span, ...]
+    duration_ms: int | None = None
+
+
+def frame_times(blocks: Sequence[BlockRef], default_ns: Mapping[int, int]) -> list[list[int]]:
+    """Presentation times of every frame of one cluster's blocks. Laced frames are spread over
+    their block's span: the track's DefaultDuration (``default_ns``), else the gap to the
+    track's next block, else the BlockDuration, else the track's previous step."""
+    next_ms: dict[int, int | None] = {}
+    nexts: list[int | None] = [None] * len(blocks)
+    for idx in range(len(blocks) - 1, -1, -1):
+        b = blocks[idx]
+        nexts[idx] = next_ms.get(b.track)
+        next_ms[b.track] = b.ms
+    times: list[list[int]] = []
+    last_step: dict[int, float] = {}
+    for idx, b in enumerate(blocks):
+        n = len(b.frames)
+        if n == 1:
+            times.append([b.ms])
+            continue
+        default = default_ns.get(b.track, 0)
+        nxt = nexts[idx]
+        if default:
+            step = default / 1_000_000
+        elif nxt is not None and nxt > b.ms:
+            step = (nxt - b.ms) / n
+        elif b.duration_ms:
+            step = b.duration_ms / n
+        else:
+            step = last_step.get(b.track, 0.0)
+        last_step[b.track] = step
+        times.append([b.ms + round(k * step) for k in range(n)])
+    return times
+
+
+def read_fragment(data: bytes) -> Fragment:
+    """Parse a whole MKV buffer: tracks, every frame of every cluster, and tags.
+
+    Laced blocks give one ``Block`` per frame, timed as the PutMedia parser stores them
+    (``frame_times``), so a producer's file and its stored fragments read the same.
+    """
+    layout = scan_fragment(data)
+    scale = layout.timecode_scale
+    blocks: list[Block] = []
+    default_ns: dict[int, int] | None = None
+    for cluster in layout.clusters:
+        raw = layout.blocks[cluster.first : cluster.last]
+        if all(len(frames) == 1 for _, _, _, frames, _ in raw):
+            for track, timecode, keyframe, ((s, e),), _ in raw:
+                blocks.append(Block(track, to_ms(timecode, scale), data[s:e], keyframe))
+            continue
+        if default_ns is None:
+            default_ns = {t.number: t.default_duration_ns for t in layout.tracks}
+        refs = [
+            BlockRef(t, to_ms(tc, scale), k, f, None if d is None else to_ms(d, scale))
+            for t, tc, k, f, d in raw
+        ]
+        for b, times in zip(refs, frame_times(refs, default_ns), strict=True):
+            for (s, e), ms in zip(b.frames, times, strict=True):
+                blocks.append(Block(b.track, ms, data[s:e], b.keyframe))
+    found_tags: dict[str, str] = {}
+    for el in layout.tags:
+        _read_tags(data, el, found_tags)
+    first = next((c.timecode for c in layout.clusters if c.timecode is not None), None)
     return Fragment(
-        tracks=tuple(track_list),
+        tracks=layout.tracks,
         blocks=tuple(blocks),
-        cluster_timecode=first_cluster or 0,
+        cluster_timecode=0 if first is None else to_ms(first, scale),
         timecode_scale=scale,
         tags=found_tags,
     )

@@ -1,9 +1,11 @@
-"""Blocks of a buffered Matroska Cluster: lace decoding, frame timing, and the rewrite of a
-producer's Cluster into the stored fragment format of ``mkv.py``.
+"""Blocks of a buffered Matroska Cluster: its duration, and the rewrite of a producer's Cluster
+into the stored fragment format of ``mkv.py``.
 
 Used by ``mkvstream`` (the PutMedia parser). Clusters made only of unlaced SimpleBlocks in
 milliseconds are kept byte for byte; laced blocks, BlockGroups and other timecode scales are
-rewritten as one SimpleBlock per frame, so every stored fragment reads the same way.
+rewritten as one SimpleBlock per frame, so every stored fragment reads the same way. Block and
+lace parsing and the timing of laced frames are ``mkv.read_block_element`` and
+``mkv.frame_times``, shared with every other Matroska reader.
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from . import ebml, mkv
-
-LACING_NONE, LACING_XIPH, LACING_FIXED, LACING_EBML = 0, 1, 2, 3
+from .mkv import BlockRef
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,73 +33,6 @@ class StreamHeader:
 
     def track(self, number: int) -> TrackInfo | None:
         return next((t for t in self.tracks if t.number == number), None)
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockRef:
-    """One (Simple)Block of a buffered cluster; ``frames`` are spans of the cluster body."""
-
-    track: int
-    ms: int  # absolute presentation time in milliseconds
-    keyframe: bool
-    frames: tuple[tuple[int, int], ...]
-    duration_ms: int | None = None
-
-
-def vint_at(data: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[int, int]:
-    if pos >= end:
-        raise ValueError("block is truncated")
-    first = data[pos]
-    if first == 0:
-        raise ValueError("invalid vint in block")
-    length = 9 - first.bit_length()
-    if pos + length > end:
-        raise ValueError("block is truncated")
-    value = int.from_bytes(data[pos : pos + length], "big") & ((1 << (7 * length)) - 1)
-    return value, length
-
-
-def lace_sizes(data: bytearray, pos: int, end: int, lacing: int) -> tuple[list[int], int]:
-    """Frame sizes of a laced block (lace header at ``pos``); returns (sizes, first frame pos)."""
-    if pos >= end:
-        raise ValueError("laced block is truncated")
-    count = data[pos] + 1
-    pos += 1
-    sizes: list[int] = []
-    if lacing == LACING_XIPH:
-        for _ in range(count - 1):
-            size = 0
-            while True:
-                if pos >= end:
-                    raise ValueError("Xiph lace header is truncated")
-                b = data[pos]
-                pos += 1
-                size += b
-                if b != 255:
-                    break
-            sizes.append(size)
-    elif lacing == LACING_EBML:
-        first, n = vint_at(data, pos, end)
-        pos += n
-        sizes.append(first)
-        for _ in range(count - 2):
-            raw, n = vint_at(data, pos, end)
-            pos += n
-            delta = raw - ((1 << (7 * n - 1)) - 1)
-            size = sizes[-1] + delta
-            if size < 0:
-                raise ValueError("EBML lace size is negative")
-            sizes.append(size)
-    elif lacing == LACING_FIXED:
-        total = end - pos
-        if total % count:
-            raise ValueError("fixed-size lace does not divide evenly")
-        return [total // count] * count, pos
-    last = end - pos - sum(sizes)
-    if last < 0:
-        raise ValueError("lace sizes exceed the block")
-    sizes.append(last)
-    return sizes, pos
 
 
 def fragment_duration(header: StreamHeader, blocks: Sequence[BlockRef], cluster_ms: int) -> int:
@@ -125,32 +59,7 @@ def fragment_duration(header: StreamHeader, blocks: Sequence[BlockRef], cluster_
 
 def frame_times(header: StreamHeader, blocks: Sequence[BlockRef]) -> list[list[int]]:
     """Presentation times of every frame; laced frames are spread over their block's span."""
-    next_ms: dict[int, int | None] = {}
-    nexts: list[int | None] = [None] * len(blocks)
-    for idx in range(len(blocks) - 1, -1, -1):
-        b = blocks[idx]
-        nexts[idx] = next_ms.get(b.track)
-        next_ms[b.track] = b.ms
-    times: list[list[int]] = []
-    last_step: dict[int, float] = {}
-    for idx, b in enumerate(blocks):
-        n = len(b.frames)
-        if n == 1:
-            times.append([b.ms])
-            continue
-        track = header.track(b.track)
-        nxt = nexts[idx]
-        if track is not None and track.default_duration_ns:
-            step = track.default_duration_ns / 1_000_000
-        elif nxt is not None and nxt > b.ms:
-            step = (nxt - b.ms) / n
-        elif b.duration_ms:
-            step = b.duration_ms / n
-        else:
-            step = last_step.get(b.track, 0.0)
-        last_step[b.track] = step
-        times.append([b.ms + round(k * step) for k in range(n)])
-    return times
+    return mkv.frame_times(blocks, {t.number: t.default_duration_ns for t in header.tracks})
 
 
 def rewrap(

@@ -28,16 +28,8 @@ import dataclasses
 import enum
 
 from . import ebml, mkv
-from .mkvblocks import (
-    LACING_NONE,
-    BlockRef,
-    StreamHeader,
-    TrackInfo,
-    fragment_duration,
-    lace_sizes,
-    rewrap,
-    vint_at,
-)
+from .mkv import BlockRef
+from .mkvblocks import StreamHeader, TrackInfo, fragment_duration, rewrap
 
 MAX_TRACKS = 3
 MAX_FRAGMENT_MS = 10_000
@@ -45,10 +37,6 @@ MAX_HEADER_ELEMENT_BYTES = 1024 * 1024  # Info, Tracks
 MAX_TAGS_BYTES = 64 * 1024  # producer Tags attached to one fragment
 MAX_EBML_HEADER_BYTES = 4096
 RESERVED_TAG_PREFIX = "AWS_KINESISVIDEO"
-
-_DEFAULT_DURATION = 0x23E383
-_DOC_TYPE = 0x4282
-_END_OF_CLUSTER = mkv.LEVEL1 | {mkv.EBML_HEADER, mkv.SEGMENT}
 
 
 class Problem(enum.Enum):
@@ -137,55 +125,17 @@ class _Pending:
     body_start: int = 0
 
 
-def _header(buf: bytearray, i: int) -> tuple[int, int, int] | None:
-    """(id, size, header length) of the element at ``buf[i]``, or None if more bytes are needed.
-
-    Raises _Fatal on bytes that cannot start an EBML element.
-    """
-    n = len(buf)
-    if i >= n:
-        return None
-    first = buf[i]
-    if first == 0 or first < 0x10:
-        raise _Fatal(Problem.INVALID_MKV_DATA, f"invalid EBML element ID byte 0x{first:02X}")
-    id_len = 9 - first.bit_length()
-    if i + id_len >= n:
-        return None
-    eid = int.from_bytes(buf[i : i + id_len], "big")
-    s0 = buf[i + id_len]
-    if s0 == 0:
-        raise _Fatal(Problem.INVALID_MKV_DATA, f"invalid EBML size of element 0x{eid:X}")
-    size_len = 9 - s0.bit_length()
-    end = i + id_len + size_len
-    if end > n:
-        return None
-    raw = int.from_bytes(buf[i + id_len : end], "big") & ((1 << (7 * size_len)) - 1)
-    size = ebml.UNKNOWN_SIZE if raw == (1 << (7 * size_len)) - 1 else raw
-    return eid, size, id_len + size_len
-
-
 def _read_tracks(data: bytes) -> tuple[TrackInfo, ...]:
     tracks: list[TrackInfo] = []
     for entry in ebml.iter_elements(data):
         if entry.id != mkv.TRACK_ENTRY:
             continue
-        number = track_type = 0
-        codec = ""
-        default_ns = 0
-        for c in ebml.iter_elements(data, entry.data_start, entry.end):
-            if c.id == mkv.TRACK_NUMBER:
-                number = ebml.read_uint(data, c)
-            elif c.id == mkv.TRACK_TYPE:
-                track_type = ebml.read_uint(data, c)
-            elif c.id == mkv.CODEC_ID:
-                codec = ebml.read_string(data, c)
-            elif c.id == _DEFAULT_DURATION:
-                default_ns = ebml.read_uint(data, c)
-        if not 0 < number < 127:
-            raise ValueError(f"track number {number} is outside 1..126")
-        if not codec:
-            raise ValueError(f"track {number} has no CodecID")
-        tracks.append(TrackInfo(number, codec, track_type, default_ns))
+        t = mkv.read_track(data, entry)
+        if not 0 < t.number < 127:
+            raise ValueError(f"track number {t.number} is outside 1..126")
+        if not t.codec_id:
+            raise ValueError(f"track {t.number} has no CodecID")
+        tracks.append(TrackInfo(t.number, t.codec_id, t.track_type, t.default_duration_ns))
     if len({t.number for t in tracks}) != len(tracks):
         raise ValueError("two tracks share a track number")
     return tuple(tracks)
@@ -331,10 +281,18 @@ class MkvStreamParser:
                     if pos >= self._seg_end:
                         self._state = _State.TOP
                         continue
-                hdr = _header(buf, i)
-                if hdr is None:
+                if i >= len(buf):
                     break
-                eid, size, hlen = hdr
+                try:
+                    eid, size, payload = ebml.header_at(buf, i)
+                except ebml.Truncated:
+                    break  # wait for the rest of the header
+                except ValueError as exc:
+                    raise _Fatal(
+                        Problem.INVALID_MKV_DATA,
+                        f"invalid EBML element header at byte {self._off + i} of the stream",
+                    ) from exc
+                hlen = payload - i
                 if self._state is _State.TOP:
                     consumed = self._top(eid, size, hlen, pos)
                 elif self._state is _State.SEGMENT:
@@ -434,7 +392,7 @@ class MkvStreamParser:
     def _cluster_child(
         self, eid: int, size: int, hlen: int, pos: int, buf: bytearray, i: int
     ) -> int:
-        if self._cl_end is None and eid in _END_OF_CLUSTER:
+        if self._cl_end is None and eid in mkv.END_OF_CLUSTER:
             self._end_cluster()
             return 0
         if size == ebml.UNKNOWN_SIZE:
@@ -480,10 +438,7 @@ class MkvStreamParser:
 
     def _to_ms(self, units: int) -> int:
         assert self.header is not None
-        scale = self.header.timecode_scale
-        if scale == 1_000_000:
-            return units
-        return (units * scale + 500_000) // 1_000_000
+        return mkv.to_ms(units, self.header.timecode_scale)
 
     def _done(self, p: _Pending) -> None:
         eid = p.element_id
@@ -513,7 +468,11 @@ class MkvStreamParser:
     def _ebml_header(self, data: bytes) -> None:
         try:
             doc_type = next(
-                (ebml.read_string(data, e) for e in ebml.iter_elements(data) if e.id == _DOC_TYPE),
+                (
+                    ebml.read_string(data, e)
+                    for e in ebml.iter_elements(data)
+                    if e.id == mkv.DOC_TYPE
+                ),
                 "matroska",
             )
         except ValueError as exc:
@@ -576,44 +535,16 @@ class MkvStreamParser:
 
     def _block_done(self, eid: int, start: int) -> None:
         """Parse the block element just copied into ``self._body[start:]``."""
-        body = self._body
-        end = len(body)
-        duration: int | None = None
-        reference = False
-        if eid == mkv.BLOCK_GROUP:
-            self._cl_rebuild = True
-            block: tuple[int, int] | None = None
-            try:
-                with memoryview(body) as mv:
-                    for c in ebml.iter_elements(mv, start, end):
-                        if c.id == mkv.BLOCK:
-                            block = (c.data_start, c.end)
-                        elif c.id == mkv.REFERENCE_BLOCK:
-                            reference = True
-                        elif c.id == mkv.BLOCK_DURATION:
-                            duration = ebml.read_uint(mv, c)
-            except ValueError as exc:
-                raise _Fatal(Problem.INVALID_MKV_DATA, f"invalid BlockGroup: {exc}") from exc
-            if block is None:
-                raise _Fatal(Problem.INVALID_MKV_DATA, "BlockGroup without a Block")
-            b_start, b_end = block
-        else:
-            b_start, b_end = start, end
         try:
-            track, n = vint_at(body, b_start, b_end)
-            if b_start + n + 3 > b_end:
-                raise ValueError("block is truncated")
-            relative = int.from_bytes(body[b_start + n : b_start + n + 2], "big", signed=True)
-            flags = body[b_start + n + 2]
-            data_pos = b_start + n + 3
-            lacing = (flags >> 1) & 0x03
-            if lacing != LACING_NONE:
-                self._cl_rebuild = True
-                sizes, data_pos = lace_sizes(body, data_pos, b_end, lacing)
-            else:
-                sizes = [b_end - data_pos]
+            block = mkv.read_block_element(self._body, eid, start, len(self._body))
         except ValueError as exc:
-            raise _Fatal(Problem.INVALID_MKV_DATA, f"invalid block: {exc}") from exc
+            what = "BlockGroup" if eid == mkv.BLOCK_GROUP else "block"
+            raise _Fatal(Problem.INVALID_MKV_DATA, f"invalid {what}: {exc}") from exc
+        if block is None:
+            raise _Fatal(Problem.INVALID_MKV_DATA, "BlockGroup without a Block")
+        track, relative, keyframe, laced, frames, duration = block
+        if laced or eid == mkv.BLOCK_GROUP:
+            self._cl_rebuild = True
         assert self.header is not None and self._cl_tc is not None
         if self.header.track(track) is None:
             raise _Reject(
@@ -626,19 +557,9 @@ class MkvStreamParser:
                 Problem.MAX_FRAGMENT_DURATION_REACHED,
                 f"the fragment spans more than {self.max_fragment_ms} ms",
             )
-        keyframe = bool(flags & 0x80) if eid == mkv.SIMPLE_BLOCK else not reference
-        frames = []
-        pos = data_pos
-        for size in sizes:
-            frames.append((pos, pos + size))
-            pos += size
         self._blocks.append(
             BlockRef(
-                track,
-                ms,
-                keyframe,
-                tuple(frames),
-                None if duration is None else self._to_ms(duration),
+                track, ms, keyframe, frames, None if duration is None else self._to_ms(duration)
             )
         )
 
