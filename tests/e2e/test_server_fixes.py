@@ -1,5 +1,6 @@
 """Regression tests for server bugs that the browser end-to-end tests exposed, reproduced without
-a browser so they run fast and pin the exact condition."""
+a browser so they run fast and pin the exact condition: the real Recorder and FragmentStore, fed
+the way a browser's media arrives."""
 
 from __future__ import annotations
 
@@ -32,40 +33,47 @@ def tone_frame(pts: int) -> av.AudioFrame:
     return frame
 
 
-def test_recorded_audio_stays_in_order_when_sender_reports_move_it_earlier(
-    make_server: Callable[..., ServerThread],
-) -> None:
-    """Chrome's RTCP sender reports put its audio ~85 ms earlier than the arrival time the
-    recorder anchored it at. The recorder used to write the next AAC frames over the previous
-    ones (FFmpeg: "non monotonically increasing dts"); they must stay strictly in order, with
-    only the overlapping ~85 ms dropped."""
-    server = make_server()
+def record(
+    server: ServerThread,
+    stream_name: str,
+    *,
+    sender_report_at: int | None = None,
+    audio_stall: tuple[int, int] | None = None,
+) -> tuple[Recorder, list[tuple[int, int, list[int]]]]:
+    """Feed a Recorder 3 s of H.264 (keyframe every 0.5 s) and 20 ms audio frames, in media
+    order. ``sender_report_at``: at that audio frame, sender reports place audio 85 ms earlier
+    than its arrival (what Chrome's reports do). ``audio_stall=(first, last)``: those audio
+    frames are held back and delivered in one burst after ``last`` (a busy event loop).
+    Returns the recorder and each stored fragment's (start, end, audio block times)."""
     kv = server.client("kinesisvideo")
-    kv.create_stream(StreamName="sr-jump", DataRetentionInHours=1)
-    stream = server.services.control.get_stream(name="sr-jump")
+    kv.create_stream(StreamName=stream_name, DataRetentionInHours=1)
+    stream = server.services.control.get_stream(name=stream_name)
     video = h264_clip(width=320, height=180, seconds=3.0, gop=15, noise=2.0)
     pool = ThreadPoolExecutor(2)
 
-    async def record() -> Recorder:
+    async def run() -> Recorder:
         recorder = Recorder(
-            stream,
-            server.services.fragments,
-            pool,
-            target_ms=1000,
-            request_keyframe=lambda: False,
+            stream, server.services.fragments, pool, target_ms=1000, request_keyframe=lambda: False
         )
         recorder.start()
         frames = iter(video)
         next_video = next(frames, None)
-        for i in range(150):  # 3 s of 20 ms audio frames, video interleaved at its own times
+        held: list[av.AudioFrame] = []
+        for i in range(150):
             now_ms = i * 20
             while next_video is not None and next_video.pts_ms <= now_ms:
                 recorder.on_video(next_video.data, int(round(next_video.pts_ms * 90)))
                 next_video = next(frames, None)
-            recorder.on_audio(tone_frame(i * 960))
-            if i == 50:
-                # Both tracks' sender reports at the same NTP instant: video RTP 0 and audio RTP
-                # 4080, i.e. the audio was captured 85 ms before its arrival suggested.
+            frame = tone_frame(i * 960)
+            if audio_stall is not None and audio_stall[0] <= i <= audio_stall[1]:
+                held.append(frame)
+            else:
+                recorder.on_audio(frame)
+            if audio_stall is not None and i == audio_stall[1]:
+                for late in held:
+                    recorder.on_audio(late)
+                    await asyncio.sleep(0.002)
+            if i == sender_report_at:
                 recorder.on_sender_report("video", 1000.0, 0)
                 recorder.on_sender_report("audio", 1000.0, 4080)
             await asyncio.sleep(0.002)
@@ -74,17 +82,49 @@ def test_recorded_audio_stays_in_order_when_sender_reports_move_it_earlier(
         return recorder
 
     try:
-        recorder = server.call(record())
+        recorder = server.call(run())
     finally:
         pool.shutdown()
-    stored = server.call(server.services.fragments.list_fragments(stream, limit=100))
-    assert len(stored) >= 2
-    times: list[int] = []
-    for frag in stored:
+    out = []
+    for frag in server.call(server.services.fragments.list_fragments(stream, limit=100)):
         parsed = mkv.read_fragment(server.call(server.services.fragments.read(frag)))
-        times += [b.timecode for b in parsed.blocks if b.track == 2]
+        audio = [b.timecode for b in parsed.blocks if b.track == 2]
+        out.append((frag.producer_ts, frag.producer_ts + frag.duration_ms, audio))
+    return recorder, out
+
+
+def test_recorded_audio_stays_in_order_when_sender_reports_move_it_earlier(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    """Chrome's RTCP sender reports put its audio ~85 ms earlier than the arrival time the
+    recorder anchored it at. The recorder used to write the next AAC frames over the previous
+    ones (FFmpeg: "non monotonically increasing dts"); they must stay strictly in order, with
+    only the overlapping ~85 ms dropped."""
+    recorder, fragments = record(make_server(), "sr-jump", sender_report_at=50)
+    assert len(fragments) >= 2
+    times = [t for _, _, audio in fragments for t in audio]
     assert times == sorted(times) and len(set(times)) == len(times), times
     steps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert all(20 <= s <= 22 for s in steps), steps  # contiguous: no overlap, no hole
     # Only what overlapped was dropped: about 85 ms, i.e. 3 to 5 AAC frames.
     assert 3 <= recorder.stats.dropped_audio <= 5, recorder.stats
+
+
+def test_fragments_keep_their_audio_when_it_arrives_late(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    """While a viewer joins, the event loop is busy and a browser master's audio reaches the
+    recorder up to ~900 ms after the video of the same moment. Fragments closed meanwhile used
+    to be stored without their last audio (the recorder waited 700 ms of video), which hls.js
+    reports as buffer holes; every fragment must keep its audio to its end."""
+    # Audio frames 40-89 (0.8 s to 1.8 s, across the fragment boundary at 1 s) arrive in one
+    # burst at 1.8 s: the audio of 0.8 s comes 1 s late.
+    recorder, fragments = record(make_server(), "late-audio", audio_stall=(40, 89))
+    assert len(fragments) >= 3
+    for start, end, audio in fragments[:-1]:  # the last one is cut short by the hang-up
+        assert audio, (start, end)
+        assert audio[0] - start <= 25 and end - audio[-1] <= 45, (start, end, audio[0], audio[-1])
+        steps = [b - a for a, b in zip(audio, audio[1:], strict=False)]
+        assert all(20 <= s <= 22 for s in steps), steps
+    # At most the AAC encoder's priming frame, which starts before the first keyframe.
+    assert recorder.stats.dropped_audio <= 1, recorder.stats

@@ -117,3 +117,22 @@ class AacEncoder:
             for pkt in self._ctx.encode(af):
                 out.append((bytes(pkt), int(pkt.pts)))
         return out
+
+    def flush(self) -> list[tuple[bytes, int]]:
+        """End of input: the samples still pending (padded with silence to a whole frame) and
+        the frames the encoder holds back for its look-ahead. The encoder takes no more input."""
+        out: list[tuple[bytes, int]] = []
+        if self._pending.shape[1] and self._pending_pts is not None:
+            pad = FRAME - self._pending.shape[1]
+            chunk = np.ascontiguousarray(
+                np.hstack([self._pending, np.zeros((self.channels, pad), dtype=np.float32)])
+            )
+            af = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=self._ctx.layout.name)
+            af.sample_rate = SAMPLE_RATE
+            af.pts = self._pending_pts
+            af.time_base = fractions.Fraction(1, SAMPLE_RATE)
+            self._pending = self._pending[:, :0]
+            self._pending_pts = None
+            out += [(bytes(pkt), int(pkt.pts)) for pkt in self._ctx.encode(af)]
+        out += [(bytes(pkt), int(pkt.pts)) for pkt in self._ctx.encode(None)]
+        return out

@@ -29,6 +29,12 @@ logger = logging.getLogger(__name__)
 MAX_PENDING_FRAGMENTS = 64
 AUDIO_BATCH = 5  # 20 ms Opus frames per AAC encoder call
 AAC_FRAME_MS = 1024 * 1000 / 48000
+# How far (in video time) a closed fragment waits for its audio. Audio normally trails video by
+# ~200 ms (Opus decode, mixing, 100 ms AAC batches), but a busy loop (another peer joining, its
+# DTLS handshake) delays it by most of a second; a fragment emitted before its audio arrived
+# loses that audio for good, which players see as a hole. Fragments are emitted as soon as the
+# audio has caught up, so this only costs latency while audio is stalled.
+AUDIO_GRACE_MS = 2000
 KEYFRAME_REQUEST_INTERVAL = 0.5
 
 
@@ -72,7 +78,7 @@ class Recorder:
         self.stats = RecorderStats(last_media_at=clock.monotonic())
         self.clock = SessionClock()
         self._pool = pool
-        self._fragmenter = Fragmenter(target_ms=target_ms)
+        self._fragmenter = Fragmenter(target_ms=target_ms, audio_grace_ms=AUDIO_GRACE_MS)
         self._request_keyframe = request_keyframe
         self._last_key_request = 0.0
         self._prefix = log_prefix
@@ -130,16 +136,22 @@ class Recorder:
             self._audio_busy = True
             self._audio_task = asyncio.create_task(self._encode_audio(batch, float(clock.now_ms())))
 
-    async def _encode_audio(self, batch: list[av.AudioFrame], arrival_ms: float) -> None:
+    async def _encode_audio(
+        self, batch: list[av.AudioFrame], arrival_ms: float, *, final: bool = False
+    ) -> None:
         loop = asyncio.get_running_loop()
         try:
             if self._aac is None:
+                if not batch:
+                    return
                 channels = 1 if is_dual_mono(batch) else 2
                 self._aac = await loop.run_in_executor(self._pool, AacEncoder, channels)
                 asc = self._aac.audio_specific_config
                 self._fragmenter.set_audio_config(asc, 48000, channels)
             encoder = self._aac
             packets = await loop.run_in_executor(self._pool, encoder.encode, batch)
+            if final:
+                packets += await loop.run_in_executor(self._pool, encoder.flush)
         except Exception:  # noqa: BLE001 - audio trouble must not stop video recording
             logger.exception("%sAAC encoding failed", self._prefix)
             self.stats.dropped_audio += len(batch)
@@ -230,6 +242,11 @@ class Recorder:
             with contextlib.suppress(Exception):
                 await self._audio_task
         self._closed = True
+        # The audio that arrived before the hang-up is recorded too: the frames short of a
+        # batch, and what the AAC encoder holds back for its look-ahead.
+        batch, self._audio_batch = self._audio_batch, []
+        with contextlib.suppress(Exception):
+            await self._encode_audio(batch, float(clock.now_ms()), final=True)
         self._enqueue(self._fragmenter.flush())
         fs = self._fragmenter.stats
         self.stats.dropped_video = fs.dropped_video
