@@ -181,11 +181,21 @@ def parse_timestamp(value: Any) -> float | None:
     return None
 
 
+# Types that serialize as they are: nothing inside to drop or convert.
+_PLAIN = frozenset({str, int, float, bool})
+
+
 def _clean(value: Any) -> Any:
+    """A handler's output made ready for JSON: members that are None are left out of objects,
+    tuples become lists and datetimes epoch seconds. Plain scalars (by far most values, e.g. in
+    a long ListFragments page) are taken as they are, without a call per value, and an object
+    holding only those is not copied."""
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items() if v is not None}
+        if _PLAIN.issuperset(map(type, value.values())):
+            return value  # no None, nothing nested: serialize it as it is (checked in C)
+        return {k: v if type(v) in _PLAIN else _clean(v) for k, v in value.items() if v is not None}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [v if type(v) in _PLAIN else _clean(v) for v in value]
     if isinstance(value, dt.datetime):
         return value.timestamp()
     return value

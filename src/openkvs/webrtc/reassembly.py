@@ -25,7 +25,7 @@ def starts_nal(payload: bytes) -> bool:
     return True
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class _Packet:
     seq: int  # extended
     ts: int  # 32-bit
@@ -55,14 +55,16 @@ class FrameAssembler:
         self._highest: int | None = None
         self._need_keyframe = True  # until the first complete keyframe
         self._last_progress = 0.0  # when a frame was last emitted or skipped
+        # Every sequence number in [_next, _scan) is present, carries the head frame's timestamp
+        # and no marker: scanning resumes here, so a frame of n packets costs O(n), not O(n²).
+        self._scan = 0
 
     def _extend(self, seq16: int) -> int:
         highest = self._highest
         if highest is None:
             return seq16 + (1 << 16)  # head-room so early reordering never goes negative
-        base = highest & ~0xFFFF
-        candidates = (base - 0x10000 + seq16, base + seq16, base + 0x10000 + seq16)
-        return min(candidates, key=lambda c: abs(c - highest))
+        diff = (seq16 - highest) & 0xFFFF
+        return highest + diff if diff < 0x8000 else highest + diff - 0x10000
 
     def add(
         self, seq16: int, ts: int, marker: bool, payload: bytes, data: bytes, now: float
@@ -73,7 +75,7 @@ class FrameAssembler:
         if self._highest is None or seq > self._highest:
             self._highest = seq
         if self._next is None:
-            self._next = seq
+            self._next = self._scan = seq
         if seq < self._next or seq in self._packets:
             self.stats.duplicates += 1
             return False, []
@@ -100,26 +102,23 @@ class FrameAssembler:
     def _take_frame(self) -> list[tuple[bytes, int, bool]] | None:
         """Emit the frame at ``_next`` if complete; None if it is not (yet)."""
         assert self._next is not None
-        first = self._packets.get(self._next)
+        packets = self._packets
+        first = packets.get(self._next)
         if first is None:
             return None
-        seq = self._next
-        parts = []
+        seq = max(self._scan, self._next)
         while True:
-            p = self._packets.get(seq)
+            p = packets.get(seq)
             if p is None:
+                self._scan = seq
                 return None  # a hole inside the frame, or its end not here yet
             if p.ts != first.ts:
                 break  # the next frame began: ours ended at seq - 1 without a marker
-            parts.append(p)
             seq += 1
             if p.marker:
                 break
-        else:  # pragma: no cover
-            return None
-        for p in parts:
-            del self._packets[p.seq]
-        self._next = seq
+        parts = [packets.pop(s) for s in range(self._next, seq)]
+        self._next = self._scan = seq
         data = b"".join(p.data for p in parts)
         if not first.start:
             # The frame's beginning was never seen (we joined mid-frame): unusable.
@@ -147,6 +146,7 @@ class FrameAssembler:
             del self._packets[s]
         else:
             self._next = (self._highest or later[-1]) + 1
+        self._scan = self._next
         self.stats.gaps_skipped += 1
         self.stats.dropped_frames += 1
         self._need_keyframe = True
