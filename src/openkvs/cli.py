@@ -137,6 +137,14 @@ def cmd_credentials(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    settings = _settings(args, SERVE_FLAGS)
+    _setup_logging(args.log_level or "warning")  # keep the terminal for the progress line
+    return demo.main(settings, args)
+
+
 SERVICE_IDS = (
     "Kinesis Video",
     "Kinesis Video Archived Media",
@@ -171,6 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
     creds = sub.add_parser("credentials", help="print shell exports for boto3 and the AWS CLI")
     common(creds)
     creds.set_defaults(func=cmd_credentials)
+
+    demo = sub.add_parser(
+        "demo", help="record a synthetic WebRTC camera into a new stream, with playback URLs"
+    )
+    common(demo)
+    demo.add_argument("--channel", help="channel and stream name (default openkvs-demo)")
+    demo.add_argument("--resolution", help="test pattern size, WxH (default 1280x720)")
+    demo.add_argument("--duration", type=float, help="seconds to stream (default: until Ctrl-C)")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 
