@@ -21,14 +21,38 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.media import LOOP_SECONDS, camera_media
 from tests.webrtc.fake_master import FakeMaster, PacketTrack
 from tests.webrtc.harness import Camera
 from tests.webrtc.procserver import ProcessServer
 
+from bench.media import LOOP_SECONDS, camera_media
+
 
 def clip_720p() -> tuple:  # type: ignore[type-arg]
     return camera_media()[0]
+
+
+class TimedTrack(PacketTrack):
+    """A PacketTrack that also notes when each frame actually left (wall clock) and how late."""
+
+    def __init__(self, kind: str, frames: Any, *, loops: int = 1) -> None:
+        super().__init__(kind, frames, loops=loops)
+        self.walls: list[tuple[float, float]] = []  # (pts_ms, wall time it was handed over)
+        self.max_lag = 0.0
+
+    async def recv(self) -> Any:
+        packet = await super().recv()
+        pts_ms = self.sent[-1][1]
+        start = getattr(self, "_start", None)
+        if start is not None:
+            self.max_lag = max(self.max_lag, time.monotonic() - (start + pts_ms / 1000))
+        self.walls.append((round(pts_ms, 2), round(time.time(), 4)))
+        return packet
+
+
+def timed(master: FakeMaster, video: Any, loops: int) -> None:
+    """Swap the camera's video track for a TimedTrack (before the offer is answered)."""
+    master.video_track = TimedTrack("video", video, loops=loops)
 
 
 def emit(event: dict[str, Any]) -> None:
@@ -51,6 +75,8 @@ def sent_stats(master: FakeMaster) -> dict[str, Any]:
         "audio_bytes": sum(len(d) for d, _ in a.sent) if a else 0,
         "first_video_wall": _first_frame_wall(v),
         "first_video_pts_ms": v.sent[0][1] if v and v.sent else None,
+        "max_send_lag_ms": round(v.max_lag * 1000, 1) if isinstance(v, TimedTrack) else None,
+        "send_walls": v.walls if isinstance(v, TimedTrack) else None,
     }
 
 
@@ -63,11 +89,25 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     else:
         loops = max(1, int(args.seconds / LOOP_SECONDS) + 2)
     cams = [Camera(srv, arn, video, audio, loops=loops) for arn in args.channels.split(",")]  # type: ignore[arg-type]
+    for c in cams:
+        timed(c.master, video, loops)
     for i, c in enumerate(cams):
+
         def report(i: int = i, c: Camera = c) -> None:
-            print(json.dumps({"event": "state", "camera": i, "state": c.master.pc.connectionState,
-                              "ice": c.master.pc.iceConnectionState, "t": time.monotonic()}),
-                  file=sys.stderr, flush=True)
+            print(
+                json.dumps(
+                    {
+                        "event": "state",
+                        "camera": i,
+                        "state": c.master.pc.connectionState,
+                        "ice": c.master.pc.iceConnectionState,
+                        "t": time.monotonic(),
+                    }
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
+
         c.master.pc.on("connectionstatechange", report)
         await c.connect()
     await asyncio.gather(*(asyncio.to_thread(c.join) for c in cams))
@@ -95,6 +135,7 @@ async def run_direct(args: argparse.Namespace) -> dict[str, object]:
     video, audio = camera_media()
     loops = max(1, round(args.send_seconds / LOOP_SECONDS))
     master = FakeMaster(video, audio, loops=loops)
+    timed(master, video, loops)
     async with aiohttp.ClientSession() as http:
         async with http.get(args.offer_url + "/offer") as r:
             offer = await r.text()

@@ -1,0 +1,266 @@
+"""Ingest cost: openkvs vs the baseline (aiortc MediaRecorder) vs the floor, in one run.
+
+openkvs: the server as a process, N cameras in another process (bench.camera) through real
+signaling and JoinStorageSession; server CPU from /proc over a window while every camera sends.
+A trial also reads the store back (frames stored vs sent, durability, stored bytes), so the
+capacity search and the storage-overhead figures use the same function.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from . import common
+from .common import PY, ROOT, cpu_seconds, log, read_event, rss_mb
+from .media import LOOP_SECONDS
+
+LAST_TRIALS: list[dict[str, Any]] = []  # this run's ingest trials (quick capacity reuses them)
+
+
+def send_seconds_for(warmup: float, window: float) -> float:
+    return math.ceil((warmup + window + 1.0) / LOOP_SECONDS) * LOOP_SECONDS
+
+
+def trial(
+    n: int,
+    *,
+    window: float,
+    warmup: float = 3.0,
+    settings: dict[str, str] | None = None,
+    profile_out: Path | None = None,
+    linger: float = 3.0,
+) -> dict[str, Any]:
+    """N concurrent storage sessions; CPU and RSS over ``window`` s; then the store read back."""
+    with common.tmpdir("ingest-") as tmp, common.server(tmp / "data", **(settings or {})) as srv:
+        assert srv.proc is not None
+        pid = srv.proc.pid
+        arns = common.provision(srv, n)
+        names = common.stream_names(arns)
+        rss_idle = rss_mb(pid)
+        send_s = send_seconds_for(warmup, window)
+        t_start = time.monotonic()
+        cam = common.start_cameras(srv, arns, send_seconds=send_s, linger=linger)
+        assert cam.stdout is not None
+        try:
+            read_event(cam.stdout, "joined")
+            joined_s = time.monotonic() - t_start
+            time.sleep(warmup)
+            spies = []
+            if profile_out is not None:
+                # Two samplers on the same window: every busy thread, and the GIL holder only.
+                spies = [
+                    _start_pyspy(pid, window, profile_out),
+                    _start_pyspy(pid, window, profile_out.with_suffix(".gil.txt"), gil=True),
+                ]
+            c0, t0, cc0 = cpu_seconds(pid), time.monotonic(), cpu_seconds(cam.pid)
+            time.sleep(window)
+            c1, t1, cc1 = cpu_seconds(pid), time.monotonic(), cpu_seconds(cam.pid)
+            rss_busy = rss_mb(pid)
+            for spy in spies:
+                if spy is not None:
+                    spy.wait(window + 60)
+            sent = read_event(cam.stdout, "sent")["cameras"]
+            read_event(cam.stdout, "done")
+            cam.wait(60)
+        finally:
+            if cam.poll() is None:
+                cam.kill()
+                cam.wait()
+        common.wait_sessions_ended(srv, names)
+        srv.stop()  # flushes whatever is still open
+        store = common.read_back(srv.data_dir, names, [c.get("send_walls") for c in sent])
+    elapsed = t1 - t0
+    cpu = c1 - c0
+    per_stream = []
+    lost = 0
+    durable: list[float] = []
+    durable_media: list[float] = []
+    stored_bytes = received_bytes = payload = 0
+    for name, s in zip(names, sent, strict=True):
+        st = store[name]
+        lost += max(0, s["video_frames"] - st["video_frames"])
+        durable += st["durable_after_s"]
+        durable_media += st["durable_after_media_clock_s"]
+        stored_bytes += st["stored_bytes"]
+        received_bytes += s["video_bytes"] + s["audio_bytes"]
+        payload += st["video_payload_bytes"] + st["audio_payload_bytes"]
+        per_stream.append(
+            {
+                "sent_video_frames": s["video_frames"],
+                "stored_video_frames": st["video_frames"],
+                "fragments": st["fragments"],
+            }
+        )
+    frames_equal = all(p["sent_video_frames"] == p["stored_video_frames"] for p in per_stream)
+    return {
+        "sessions": n,
+        "window_s": round(elapsed, 2),
+        "join_all_s": round(joined_s, 2),
+        "server_cpu_s": round(cpu, 3),
+        "cpu_per_stream_second": round(cpu / (elapsed * n), 4),
+        "server_cpu_percent_of_core": round(100 * cpu / elapsed, 1),
+        "camera_cpu_percent_of_core": round(100 * (cc1 - cc0) / elapsed, 1),
+        "rss_idle_mb": round(rss_idle, 1),
+        "rss_busy_mb": round(rss_busy, 1),
+        "rss_per_session_mb": round((rss_busy - rss_idle) / n, 2),
+        "frames_sent": sum(p["sent_video_frames"] for p in per_stream),
+        "frames_stored": sum(p["stored_video_frames"] for p in per_stream),
+        "frames_lost": lost,
+        "frames_equal": frames_equal,
+        "fragments": sum(p["fragments"] for p in per_stream),
+        "durable_after": common.summary_ms(durable),
+        "durable_within_2s": bool(durable) and max(durable) <= 2.0,
+        "durable_after_media_clock": common.summary_ms(durable_media),
+        "camera_max_send_lag_ms": max((c.get("max_send_lag_ms") or 0.0) for c in sent),
+        "loadavg_end": round(os.getloadavg()[0], 2),
+        "stored_bytes": stored_bytes,
+        "received_media_bytes": received_bytes,
+        "stored_payload_bytes": payload,
+        "per_stream": per_stream if n <= 4 else None,
+    }
+
+
+def _start_pyspy(
+    pid: int, seconds: float, out: Path, gil: bool = False
+) -> subprocess.Popen[bytes] | None:
+    exe = _pyspy()
+    if exe is None:
+        return None
+    return subprocess.Popen(
+        [
+            *(["sudo", "-n"] if os.geteuid() != 0 else []),
+            str(exe),
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            "200",
+            "--nonblocking",
+            "--threads",
+            *(["--gil"] if gil else []),
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _pyspy() -> Path | None:
+    local = Path(PY).parent / "py-spy"
+    if local.exists():
+        return local
+    return common.ensure_tool("py-spy", "py-spy")
+
+
+def baseline(*, window: float, warmup: float = 3.0) -> dict[str, Any]:
+    """aiortc's MediaRecorder (decode + libx264/AAC re-encode to MP4) recording one camera."""
+    with common.tmpdir("baseline-") as tmp:
+        rec = subprocess.Popen(
+            [PY, "-m", "bench.baseline", "--out", str(tmp / "out.mp4")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        assert rec.stdout is not None and rec.stdin is not None
+        cam: subprocess.Popen[str] | None = None
+        try:
+            url = read_event(rec.stdout, "ready")["url"]
+            send_s = send_seconds_for(warmup, window)
+            cam = subprocess.Popen(
+                [PY, "-m", "bench.camera", "--offer-url", url, "--send-seconds", str(send_s)],
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+            )
+            assert cam.stdout is not None
+            read_event(cam.stdout, "joined")
+            time.sleep(warmup)
+
+            def frames_so_far() -> int:
+                assert rec.stdin is not None and rec.stdout is not None
+                rec.stdin.write("count\n")
+                rec.stdin.flush()
+                return int(read_event(rec.stdout, "count")["video_frames"])
+
+            f0 = frames_so_far()
+            c0, t0 = cpu_seconds(rec.pid), time.monotonic()
+            time.sleep(window)
+            c1, t1 = cpu_seconds(rec.pid), time.monotonic()
+            f1 = frames_so_far()
+            rss = rss_mb(rec.pid)
+            sent = read_event(cam.stdout, "sent")["cameras"][0]
+            rec.stdin.write("stop\n")
+            rec.stdin.flush()
+            done = read_event(rec.stdout, "done")
+            read_event(cam.stdout, "done")
+        finally:
+            for p in (cam, rec):
+                if p is not None and p.poll() is None:
+                    p.kill()
+                    p.wait()
+    return {
+        "window_s": round(t1 - t0, 2),
+        "cpu_s": round(c1 - c0, 3),
+        "cpu_per_stream_second": round((c1 - c0) / (t1 - t0), 4),
+        "cpu_percent_of_core": round(100 * (c1 - c0) / (t1 - t0), 1),
+        "rss_mb": round(rss, 1),
+        "frames_sent": sent["video_frames"],
+        "frames_recorded": done["video_frames"],
+        "frames_recorded_in_window": f1 - f0,
+        "cpu_per_recorded_stream_second": round((c1 - c0) / max(1e-9, (f1 - f0) / 30), 4)
+        if f1 > f0
+        else None,
+        "out_bytes": done["out_bytes"],
+    }
+
+
+def floor(seconds: float) -> dict[str, Any]:
+    out = subprocess.run(
+        [PY, "-m", "bench.floor", "--seconds", str(seconds)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    import json
+
+    for line in out.stdout.splitlines():
+        if line.startswith("{"):
+            data: dict[str, Any] = json.loads(line)
+            return data
+    raise RuntimeError(out.stderr[-2000:])
+
+
+def run(quick: bool) -> dict[str, Any]:
+    window = 4.0 if quick else 15.0
+    warmup = 2.0 if quick else 3.0
+    log(f"ingest: openkvs, 1 session, {window:g} s window")
+    okvs = trial(1, window=window, warmup=warmup, linger=2.0 if quick else 3.0)
+    LAST_TRIALS.append(okvs)
+    log(f"ingest: openkvs {okvs['cpu_per_stream_second']} CPU-s/stream-s; baseline next")
+    base = baseline(window=window, warmup=warmup)
+    log(f"ingest: baseline {base['cpu_per_stream_second']} CPU-s/stream-s; floor next")
+    fl = floor(4.0 if quick else 20.0)
+    cost = okvs["cpu_per_stream_second"]
+    floor_total = fl["video_and_audio"]["cpu_per_stream_second"]
+    floor_video = fl["video_only"]["cpu_per_stream_second"]
+    return {
+        "openkvs": okvs,
+        "baseline": base,
+        "floor": fl,
+        "ratio_to_baseline": round(cost / base["cpu_per_stream_second"], 4),
+        "ratio_to_floor": round(cost / floor_total, 2),
+        "ratio_to_video_only_floor": round(cost / floor_video, 1),
+        "cpus": os.cpu_count(),
+    }

@@ -1,0 +1,193 @@
+"""Latency: JoinStorageSession → SDP_OFFER at the master; fragment end → listed by ListFragments;
+a frame's capture time → its fragment in the LIVE HLS playlist (1 s fragments).
+
+The server is a separate process; the masters, pollers and the camera process are its clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from typing import Any
+
+import requests
+from tests.signaling.kvs import Client
+
+from . import common
+from .common import log, read_event, summary_ms
+from .media import FPS
+
+
+async def _join_to_offer(srv: Any, arns: list[str], rounds: int) -> list[float]:
+    """Masters connected to every channel; sequential joins, each timed until its offer lands."""
+    clients = [await Client.connect(srv, arn) for arn in arns]
+    kv = srv.client("kinesisvideo")
+    endpoint = kv.get_signaling_channel_endpoint(
+        ChannelARN=arns[0],
+        SingleMasterChannelEndpointConfiguration={"Protocols": ["WEBRTC"], "Role": "MASTER"},
+    )["ResourceEndpointList"][0]["ResourceEndpoint"]
+    storage = srv.client("kinesis-video-webrtc-storage", endpoint=endpoint)
+    storage.join_storage_session(channelArn=arns[0])  # warm the connection pool
+    await clients[0].recv(10)
+    samples: list[float] = []
+    try:
+        for _ in range(rounds):
+            for arn, client in zip(arns, clients, strict=True):
+                t0 = time.perf_counter()
+                await asyncio.to_thread(storage.join_storage_session, channelArn=arn)
+                while True:
+                    msg = await client.recv(10)
+                    if msg.get("messageType") == "SDP_OFFER":
+                        break
+                samples.append(time.perf_counter() - t0)
+                # Drain the trickled candidates so the next wait sees only the next offer.
+                while True:
+                    try:
+                        await client.recv(0.05)
+                    except TimeoutError:
+                        break
+    finally:
+        for c in clients:
+            await c.close()
+    return samples
+
+
+def join_latency(quick: bool) -> dict[str, Any]:
+    channels, rounds = (5, 2) if quick else (10, 10)
+    with common.tmpdir("joinlat-") as tmp, common.server(tmp / "data") as srv:
+        arns = common.provision(srv, channels, prefix="join")
+        samples = asyncio.run(_join_to_offer(srv, arns, rounds))
+    return summary_ms(samples)
+
+
+_FRAGMENT_NO = re.compile(r"FragmentNumber=(\d+)")
+
+
+def _poll_list(am: Any, name: str, seen: dict[int, float], stop: threading.Event) -> int:
+    polls = 0
+    while not stop.is_set():
+        now = time.time()
+        resp = am.list_fragments(
+            StreamName=name,
+            MaxResults=1000,
+            FragmentSelector={
+                "FragmentSelectorType": "SERVER_TIMESTAMP",
+                "TimestampRange": {"StartTimestamp": now - 120, "EndTimestamp": now + 60},
+            },
+        )
+        t = time.time()
+        polls += 1
+        for f in resp["Fragments"]:
+            seen.setdefault(int(f["FragmentNumber"]), t)
+        time.sleep(0.005)
+    return polls
+
+
+def _poll_hls(srv: Any, name: str, seen: dict[int, float], stop: threading.Event) -> int:
+    am = srv.client("kinesis-video-archived-media")
+    url = None
+    while url is None and not stop.is_set():
+        try:
+            url = am.get_hls_streaming_session_url(
+                StreamName=name, PlaybackMode="LIVE", Expires=600
+            )["HLSStreamingSessionURL"]
+        except am.exceptions.ResourceNotFoundException:
+            time.sleep(0.05)
+    if url is None:
+        return 0
+    http = requests.Session()
+    master = http.get(url, timeout=10, verify=srv.ca).text
+    media_uri = next(line for line in master.splitlines() if line and not line.startswith("#"))
+    media_url = url.rsplit("/", 1)[0] + "/" + media_uri
+    polls = 0
+    while not stop.is_set():
+        body = http.get(media_url, timeout=10, verify=srv.ca).text
+        t = time.time()
+        polls += 1
+        for m in _FRAGMENT_NO.finditer(body):
+            seen.setdefault(int(m.group(1)), t)
+        time.sleep(0.02)
+    return polls
+
+
+def live_latency(quick: bool) -> dict[str, Any]:
+    """One camera, 1 s fragments; ListFragments and the LIVE HLS playlist polled side by side."""
+    send_seconds = 8.0 if quick else 20.0
+    listed: dict[int, float] = {}
+    in_hls: dict[int, float] = {}
+    stop = threading.Event()
+    with (
+        common.tmpdir("livelat-") as tmp,
+        common.server(tmp / "data", storage_fragment_duration="1.0") as srv,
+    ):
+        arns = common.provision(srv, 1, prefix="live")
+        name = common.stream_names(arns)[0]
+        cam = common.start_cameras(srv, arns, send_seconds=send_seconds, linger=2.5)
+        assert cam.stdout is not None
+        am = srv.client("kinesis-video-archived-media")
+        polls: dict[str, int] = {}
+        threads = [
+            threading.Thread(
+                target=lambda: polls.__setitem__("list", _poll_list(am, name, listed, stop))
+            ),
+            threading.Thread(
+                target=lambda: polls.__setitem__("hls", _poll_hls(srv, name, in_hls, stop))
+            ),
+        ]
+        try:
+            read_event(cam.stdout, "joined")
+            for th in threads:
+                th.start()
+            sent = read_event(cam.stdout, "sent")["cameras"][0]
+            stop.set()
+            for th in threads:
+                th.join(30)
+            read_event(cam.stdout, "done")
+            cam.wait(30)
+        finally:
+            stop.set()
+            if cam.poll() is None:
+                cam.kill()
+                cam.wait()
+        rows = common.fragment_rows(srv.data_dir, [name])[name]
+    if not rows:
+        raise RuntimeError("the live-latency camera stored no fragments")
+    # The media clock is anchored at the arrival of the first frame; the camera knows when it
+    # sent that frame, so capture time = media time - (anchor - first send).
+    offset_ms = rows[0]["producer_ts"] - sent["first_video_wall"] * 1000
+    list_lat: list[float] = []
+    frame_lat: list[float] = []
+    newest_lat: list[float] = []
+    oldest_lat: list[float] = []
+    for r in rows[:-1]:  # the last one is flushed when the session ends
+        end_ms = r["producer_ts"] + r["duration_ms"]
+        if r["number"] in listed:
+            list_lat.append(listed[r["number"]] - end_ms / 1000)
+        if r["number"] in in_hls:
+            t = in_hls[r["number"]]
+            n_frames = max(1, round(r["duration_ms"] * FPS / 1000))
+            for k in range(n_frames):
+                capture_ms = r["producer_ts"] + k * 1000 / FPS - offset_ms
+                frame_lat.append(t - capture_ms / 1000)
+            oldest_lat.append(t - (r["producer_ts"] - offset_ms) / 1000)
+            newest_lat.append(t - (end_ms - 1000 / FPS - offset_ms) / 1000)
+    return {
+        "fragment_duration_s": 1.0,
+        "anchor_offset_ms": round(offset_ms, 1),
+        "fragments": len(rows),
+        "polls": polls,
+        "fragment_end_to_listed": summary_ms(list_lat),
+        "capture_to_hls_playlist_per_frame": summary_ms(frame_lat),
+        "capture_to_hls_newest_frame": summary_ms(newest_lat),
+        "capture_to_hls_oldest_frame": summary_ms(oldest_lat),
+    }
+
+
+def run(quick: bool) -> dict[str, Any]:
+    log("latency: JoinStorageSession -> SDP_OFFER")
+    join = join_latency(quick)
+    log(f"latency: join->offer p50 {join['p50_ms']} ms p99 {join['p99_ms']} ms; live next")
+    live = live_latency(quick)
+    return {"join_to_offer": join, **live}

@@ -1,0 +1,142 @@
+"""Smoke tests of the benchmark suite's pieces (the suite itself runs with ``make bench``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from bench.media import camera_media
+
+from bench import __main__ as bench_main
+from bench import api, capacity, common, floor, profile, report
+
+from ..support import ServerThread
+
+
+def test_floor_stores_every_frame_of_the_camera() -> None:
+    video, _audio = camera_media()
+    out = floor.measure(4.0)
+    for case in ("video_only", "video_and_audio"):
+        r = out[case]
+        assert r["video_frames"] == len(video), r
+        assert r["fragments"] >= 2 and r["stored_bytes"] > 0.9 * sum(len(f.data) for f in video)
+        assert r["cpu_s"] > 0
+    assert out["video_and_audio"]["packets"] > out["video_only"]["packets"]
+
+
+def test_signed_requests_for_wrk_are_accepted_and_tampering_is_not(server: ServerThread) -> None:
+    kv = server.client("kinesisvideo")
+    arn = kv.create_signaling_channel(ChannelName="wrk")["ChannelARN"]
+    akid, secret = server.keys
+    url = server.http_endpoint
+    path, headers, body = api.signed(
+        url, "/describeSignalingChannel", {"ChannelARN": arn}, akid, secret
+    )
+    ok = requests.post(url + path, headers=headers, data=body, timeout=10)
+    assert ok.status_code == 200 and ok.json()["ChannelInfo"]["ChannelARN"] == arn
+    bad = requests.post(url + path, headers=headers, data=body.replace("wrk", "wrx"), timeout=10)
+    assert bad.status_code == 403
+    script = api.lua_script([(path, headers, body)], Path(server.settings.data_dir) / "x.lua")
+    text = script.read_text()
+    assert "[ [==[Authorization]==] ]" in text and 'wrk.format("POST"' in text
+
+
+def test_wrk_output_parsing() -> None:
+    sample = """Running 2s test @ http://127.0.0.1:1
+  Latency Distribution
+     50%    1.50ms
+     75%    2.00ms
+     90%    3.00ms
+     99%  850.00us
+  2000 requests in 2.00s, 1.00MB read
+  Non-2xx or 3xx responses: 3
+Requests/sec:   1000.50
+"""
+
+    class Done:
+        stdout = sample
+
+    def fake_run(*_a: Any, **_k: Any) -> Done:
+        return Done()
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(api.subprocess, "run", fake_run)
+    try:
+        r = api.run_wrk("wrk", "http://x", Path("s.lua"), 2)
+    finally:
+        mp.undo()
+    assert r["req_per_s"] == 1000.5 and r["p50_ms"] == 1.5 and r["p99_ms"] == 0.85
+    assert r["requests"] == 2000 and r["non_2xx"] == 3
+
+
+def test_profile_summary(tmp_path: Path) -> None:
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        "thread (1): MainThread;run (asyncio/runners.py:1);Session.__process (pylibsrtp/__init__.py:9) 30\n"
+        "thread (1): MainThread;run (asyncio/runners.py:1);FrameAssembler.add (openkvs/webrtc/reassembly.py:5) 10\n"
+        "thread (2): openkvs-media_0;_worker (concurrent/futures/thread.py:1);AacEncoder.encode (openkvs/media/aac.py:3) 10\n"
+        "thread (3): openkvs-fs_1;_worker (concurrent/futures/thread.py:1) 50\n"
+    )
+    s = profile.summarise(raw)
+    assert s["samples"] == 50 and s["idle_samples_dropped"] == 50
+    assert {t["name"]: t["pct"] for t in s["threads"]} == {
+        "MainThread (event loop)": 80.0,
+        "openkvs-media": 20.0,
+    }
+    areas = {a["name"]: a["pct"] for a in s["areas"]}
+    assert areas["SRTP (pylibsrtp)"] == 60.0 and areas["openkvs reassembly + tap"] == 20.0
+    assert s["self"][0] == {"name": "Session.__process (pylibsrtp/__init__.py)", "pct": 60.0}
+
+
+def test_percentiles_and_capacity_rule() -> None:
+    xs = [float(i) for i in range(1, 101)]
+    assert common.pct(xs, 50) == 50.0 and common.pct(xs, 99) == 99.0 and common.pct(xs, 100) == 100
+    ok = {"frames_equal": True, "durable_within_2s": True}
+    assert capacity.passes(ok)
+    assert not capacity.passes({**ok, "frames_equal": False})
+    assert not capacity.passes({**ok, "durable_within_2s": False})
+
+
+def test_report_marks_each_target(tmp_path: Path) -> None:
+    results = {
+        "mode": "quick",
+        "sections": {
+            "ingest": {"ratio_to_baseline": 0.05, "ratio_to_floor": 3.5},
+            "capacity": {"max_sessions": 7, "search_complete": True, "trials": []},
+            "latency": {
+                "join_to_offer": {"p99_ms": 12.0},
+                "capture_to_hls_playlist_per_frame": {"p50_ms": 2500.0},
+            },
+            "api": {
+                "moto DescribeStream": {"req_per_s": 100.0},
+                "openkvs JoinStorageSession": {"req_per_s": 1500.0, "p99_ms": 20.0, "non_2xx": 0},
+                "openkvs DescribeSignalingChannel": {
+                    "req_per_s": 1500.0,
+                    "p99_ms": 80.0,
+                    "non_2xx": 0,
+                },
+            },
+        },
+    }
+    got = {w: ok for w, _t, _v, ok in report.targets(results["sections"])}
+    assert got["Ingest CPU vs aiortc MediaRecorder"] is True
+    assert got["Ingest CPU vs floor (same work, no network)"] is False
+    assert got["Capacity (0 lost frames, durable ≤ 2 s)"] is False
+    assert got["JoinStorageSession → SDP_OFFER p99"] is True
+    assert got["Capture → LIVE HLS playlist p50 (1 s fragments)"] is False
+    assert got["JoinStorageSession at 64 clients vs moto DescribeStream"] is True
+    assert got["DescribeSignalingChannel at 64 clients vs moto DescribeStream"] is False  # p99
+    assert got["GetImages vs FFmpeg CLI"] is None
+    md = report.render(results)
+    assert "## Targets" in md and "## Closing note" in md and "**not met**" in md
+
+
+def test_cli_refuses_unknown_sections(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench_main.main(["--only", "nope"])
+    assert exc.value.code == 2
+    assert "unknown section" in capsys.readouterr().err
+    assert json.loads(json.dumps(bench_main.machine()))["cpus"] >= 1
