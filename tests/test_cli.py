@@ -106,13 +106,11 @@ def test_serve_credentials_and_shutdown(served) -> None:  # type: ignore[no-unty
     ).stdout
     env = env_from(out)
     assert env["OPENKVS_ENDPOINT"] == f"https://127.0.0.1:{port}"
-    # The shell eval path works for real.
+    # The shell eval path works for real, and that shell can still run openkvs (the OPENKVS_*
+    # client variables it now holds are not server settings).
+    creds = shlex.join([sys.executable, "-m", "openkvs", "credentials", "--data-dir", str(data)])
     shell = subprocess.run(
-        [
-            "bash",
-            "-c",
-            f'eval "$({shlex.join([sys.executable, "-m", "openkvs", "credentials", "--data-dir", str(data)])})"; echo $AWS_ACCESS_KEY_ID',
-        ],
+        ["bash", "-c", f'eval "$({creds})" && {creds} >/dev/null && echo $AWS_ACCESS_KEY_ID'],
         capture_output=True,
         text=True,
         check=True,

@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "OPENKVS_"
+# Variables for clients, printed by `openkvs credentials`: a shell prepared with
+# `eval "$(openkvs credentials)"` must still be able to start the server or the demo.
+CLIENT_ENV = frozenset({ENV_PREFIX + "ENDPOINT", ENV_PREFIX + "HTTP_ENDPOINT"})
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -115,7 +118,7 @@ class Settings:
         if config_file is not None:
             values.update(_read_toml(config_file))
         for key, raw in (environ or {}).items():
-            if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG" or key in CLIENT_ENV:
                 continue
             name = key[len(ENV_PREFIX) :].lower()
             if name not in _FIELDS or name == "credentials":
