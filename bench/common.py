@@ -47,6 +47,45 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def descendants(pid: int) -> list[int]:
+    """The live child processes of ``pid``, recursively (the storage worker processes)."""
+    out: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return out
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for child in map(int, children):
+            out += [child, *descendants(child)]
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process, its threads and its live descendants (worker processes)."""
+    total = cpu_seconds(pid)
+    for child in descendants(pid):
+        try:
+            total += cpu_seconds(child)
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS of a process plus its live descendants'."""
+    total = rss_mb(pid)
+    for child in descendants(pid):
+        try:
+            total += rss_mb(child)
+        except FileNotFoundError:
+            pass
+    return total
+
+
 def children_cpu_seconds(pid: int) -> float:
     """CPU of a process plus its reaped children (cutime/cstime)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

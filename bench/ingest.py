@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import common
-from .common import PY, ROOT, cpu_seconds, log, read_event, rss_mb
+from .common import PY, ROOT, cpu_seconds, log, read_event, rss_mb, tree_cpu_seconds, tree_rss_mb
 from .media import LOOP_SECONDS
 
 LAST_TRIALS: list[dict[str, Any]] = []  # this run's ingest trials (quick capacity reuses them)
@@ -41,7 +41,7 @@ def trial(
         pid = srv.proc.pid
         arns = common.provision(srv, n)
         names = common.stream_names(arns)
-        rss_idle = rss_mb(pid)
+        rss_idle = tree_rss_mb(pid)
         send_s = send_seconds_for(warmup, window)
         t_start = time.monotonic()
         cam = common.start_cameras(srv, arns, send_seconds=send_s, linger=linger)
@@ -57,10 +57,11 @@ def trial(
                     _start_pyspy(pid, window, profile_out),
                     _start_pyspy(pid, window, profile_out.with_suffix(".gil.txt"), gil=True),
                 ]
-            c0, t0, cc0 = cpu_seconds(pid), time.monotonic(), cpu_seconds(cam.pid)
+            # The server's CPU and memory include its storage worker processes, if any.
+            c0, t0, cc0 = tree_cpu_seconds(pid), time.monotonic(), cpu_seconds(cam.pid)
             time.sleep(window)
-            c1, t1, cc1 = cpu_seconds(pid), time.monotonic(), cpu_seconds(cam.pid)
-            rss_busy = rss_mb(pid)
+            c1, t1, cc1 = tree_cpu_seconds(pid), time.monotonic(), cpu_seconds(cam.pid)
+            rss_busy = tree_rss_mb(pid)
             for spy in spies:
                 if spy is not None:
                     spy.wait(window + 60)
@@ -99,6 +100,7 @@ def trial(
     frames_equal = all(p["sent_video_frames"] == p["stored_video_frames"] for p in per_stream)
     return {
         "sessions": n,
+        "webrtc_workers": int((settings or {}).get("webrtc_workers", 0)),
         "window_s": round(elapsed, 2),
         "join_all_s": round(joined_s, 2),
         "server_cpu_s": round(cpu, 3),

@@ -249,7 +249,15 @@ def _capacity(d: dict[str, Any] | None) -> list[str]:
     if not d or "error" in d:
         return L
     L += [
-        f"N concurrent cameras (one process) against one server; each trial streams for a "
+        "N concurrent cameras (one process) against one server"
+        + (
+            f" running its storage sessions in {d['webrtc_workers']} worker processes "
+            f"(`webrtc_workers = {d['webrtc_workers']}`, one per core; server CPU and RSS include "
+            "them)"
+            if d.get("webrtc_workers")
+            else " running its storage sessions in its own process"
+        )
+        + f"; each trial streams for a "
         f"{d['window_s']} s measurement window (+3 s warm-up and the rest of the 4 s loop), then "
         "every stream is read back from the store. Pass = frames stored == frames sent for every "
         "stream and every fragment durable (fsynced and renamed into place) within "
