@@ -9,6 +9,7 @@ format, quality, size).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import bisect
 import dataclasses
@@ -186,10 +187,17 @@ async def get_images(
             results[i] = ("Error", NO_MEDIA)
         else:
             groups.setdefault(f.number, (f, []))[1].append(i)
-    for f, indices in groups.values():
-        for i, value in await _fragment_images(
-            svc, stream, f, indices, times_ms, selector, options
-        ):
+    # Fragments are decoded side by side, as many at once as the playback pool has workers (FFmpeg
+    # releases the GIL while it decodes and encodes); one request never fills the pool's queue.
+    lanes = asyncio.Semaphore(max(1, svc.settings.playback_workers))
+
+    async def one(f: Fragment, indices: list[int]) -> list[tuple[int, tuple[str, str]]]:
+        async with lanes:
+            return await _fragment_images(svc, stream, f, indices, times_ms, selector, options)
+
+    per_fragment = await asyncio.gather(*(one(f, ix) for f, ix in groups.values()))
+    for values in per_fragment:
+        for i, value in values:
             results[i] = value
     out = []
     for i, t in enumerate(times_ms):
