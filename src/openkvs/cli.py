@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, heap
 from .auth.credentials import default_principal
 from .config import ConfigError, Settings
 
@@ -82,6 +82,7 @@ async def _serve(settings: Settings) -> int:
 
     server = Server(settings)
     bound = await server.start()
+    heap.settle()
     tls, plain = advertised(settings, bound.port, bound.http_port)
     logger.info("openkvs %s listening", __version__)
     logger.info("  HTTPS + WSS endpoint: %s", tls)

@@ -34,7 +34,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .. import errors
+from .. import errors, heap
 from ..config import Settings
 from ..control.fragments import FragmentStore, blob_key
 from ..store.base import Channel, Fragment, Stream
@@ -471,6 +471,7 @@ async def _worker(settings: Settings, sock: socket.socket, index: int) -> None:
     )
     manager.on_session_end = lambda stats: link.notify("ended", stats=stats)
     await manager.start()
+    heap.settle()
     runner = asyncio.ensure_future(link.run())
     closed = asyncio.ensure_future(link.closed.wait())
     stopped = asyncio.ensure_future(stop.wait())
