@@ -41,8 +41,8 @@ def _trial(n: int, window: float) -> dict[str, Any]:
 
 def run(quick: bool, budget_s: float | None = None) -> dict[str, Any]:
     window = 4.0 if quick else 10.0
-    max_trials = 1 if quick else 12
-    budget = budget_s if budget_s is not None else (45.0 if quick else 420.0)
+    max_trials = 1 if quick else 16
+    budget = budget_s if budget_s is not None else (45.0 if quick else 540.0)
     t_start = time.monotonic()
     trials: list[dict[str, Any]] = []
     good, bad = 0, None
