@@ -453,7 +453,7 @@ def _storage(ing: dict[str, Any] | None, cap: dict[str, Any] | None) -> list[str
         f"From the ingest run: the camera sent {o['received_media_bytes']:,} bytes of media "
         f"(H.264 access units + Opus packets); the store holds {o['stored_bytes']:,} bytes in "
         f"{o['fragments']} fragments: **{ratio:.3f}** of what was received (target ≤ 1.02). The "
-        "audio is stored as AAC (96 kb/s) rather than the received Opus, so the ratio mixes "
+        "audio is stored as AAC (64 kb/s mono, 96 kb/s stereo) rather than the received Opus, so the ratio mixes "
         f"container overhead with the audio transcode; the MKV container alone is {container:.4f}× "
         "its stored payload (video access units + AAC frames).",
         "",
