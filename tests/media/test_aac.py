@@ -44,3 +44,27 @@ def test_flush_emits_every_pending_sample(samples: int) -> None:
 def test_flush_with_nothing_pending() -> None:
     enc = AacEncoder(channels=2)
     assert enc.flush() == []
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("layout", ["mono", "stereo"])
+@pytest.mark.parametrize("fmt", ["s16", "s16p", "fltp"])
+def test_pcm_conversion_matches_the_general_path(channels: int, layout: str, fmt: str) -> None:
+    """Every input layout and format becomes the same float planes (first channel for mono)."""
+    rng = np.random.default_rng(3)
+    n_in = 1 if layout == "mono" else 2
+    ints = rng.integers(-32768, 32767, size=(n_in, 960), dtype=np.int16)
+    if fmt == "s16":
+        frame = av.AudioFrame.from_ndarray(ints.T.reshape(1, -1), format="s16", layout=layout)
+    elif fmt == "s16p":
+        frame = av.AudioFrame.from_ndarray(ints, format="s16p", layout=layout)
+    else:
+        frame = av.AudioFrame.from_ndarray(
+            ints.astype(np.float32) / 32768, format="fltp", layout=layout
+        )
+    frame.sample_rate = SAMPLE_RATE
+    want = ints.astype(np.float32) / 32768
+    want = want[:1] if channels == 1 else (np.vstack([want, want]) if n_in == 1 else want)
+    got = AacEncoder(channels=channels)._pcm(frame)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert np.allclose(got, want, atol=1e-6)
