@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,26 +64,24 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU of a process, its threads and its live descendants (worker processes)."""
-    total = cpu_seconds(pid)
+def _tree_sum(pid: int, of: Callable[[int], float]) -> float:
+    total = of(pid)
     for child in descendants(pid):
         try:
-            total += cpu_seconds(child)
+            total += of(child)
         except FileNotFoundError:
-            pass
+            pass  # ended meanwhile
     return total
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process, its threads and its live descendants (worker processes)."""
+    return _tree_sum(pid, cpu_seconds)
 
 
 def tree_rss_mb(pid: int) -> float:
     """RSS of a process plus its live descendants'."""
-    total = rss_mb(pid)
-    for child in descendants(pid):
-        try:
-            total += rss_mb(child)
-        except FileNotFoundError:
-            pass
-    return total
+    return _tree_sum(pid, rss_mb)
 
 
 def children_cpu_seconds(pid: int) -> float:

@@ -140,3 +140,31 @@ def test_cli_refuses_unknown_sections(capsys: pytest.CaptureFixture[str]) -> Non
     assert exc.value.code == 2
     assert "unknown section" in capsys.readouterr().err
     assert json.loads(json.dumps(bench_main.machine()))["cpus"] >= 1
+
+
+def test_tree_cpu_and_rss_include_live_child_processes() -> None:
+    """The capacity figures count the server's storage worker processes too."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nt = time.process_time()\n"
+            "while time.process_time() - t < 0.4: pass\ntime.sleep(30)",
+        ]
+    )
+    try:
+        me = os.getpid()
+        assert child.pid in common.descendants(me)
+        deadline = time.monotonic() + 20
+        while common.tree_cpu_seconds(me) - common.cpu_seconds(me) < 0.3:
+            assert time.monotonic() < deadline, "the child's CPU was not counted"
+            time.sleep(0.05)
+        assert common.tree_rss_mb(me) > common.rss_mb(me)
+    finally:
+        child.kill()
+        child.wait()
