@@ -199,7 +199,8 @@ async def put_media(
     if status != 200:
         error = await p.read_error()
         await p.end_and_close()
-        raise AssertionError(f"PutMedia answered {status}: {error}")
+        error_type = p.response_headers.get("x-amzn-errortype", "")
+        raise AssertionError(f"PutMedia answered {status} {error_type}: {error}")
     sender = asyncio.ensure_future(_send_all(p, data, piece))
     acks = await p.acks_until_end()
     await sender

@@ -329,8 +329,10 @@ async def test_producer_vanishing_mid_cluster(server: ServerThread) -> None:
             )
             break
         except AssertionError as exc:
-            assert "ConnectionLimitExceeded" in str(exc)
+            assert "ConnectionLimitExceeded" in str(exc), exc
             await asyncio.sleep(0.1)
+    else:
+        pytest.fail("the vanished producer's writer slot was not freed within 5 s")
     assert events(acks).count("PERSISTED") == 3
     frags = stored(server, "vanish")
     # The first fragment and the three of the second upload; nothing of the cut-off cluster.
