@@ -7,18 +7,17 @@ viewers' mixed audio out).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from aiortc import MediaStreamTrack
-from aiortc.mediastreams import MediaStreamError
+import av
 
 from ..config import Settings
 from ..store.base import Channel, Stream
 from . import tap
 from .audio import ChannelAudio
+from .opus_in import OpusIn
 from .peer import Send, h264_preferences, opus_preferences
 from .recorder import Recorder
 from .seams import FragmentSink
@@ -68,7 +67,10 @@ class MasterSession(StorageSession):
             log_prefix=self.prefix,
         )
         tap.tap_video(self.video.receiver, self._on_video)
-        tap.tap_audio(self.audio.receiver)
+        self.opus_in = OpusIn(
+            pool, self._on_audio_frames, live=lambda: self.audio_mix.listeners > 1
+        )
+        tap.tap_audio(self.audio.receiver, self._on_opus)
         tap.observe_sender_reports(
             self.video.receiver,
             lambda r: self.recorder.on_sender_report("video", r.ntp_seconds, r.rtp_timestamp),
@@ -78,13 +80,13 @@ class MasterSession(StorageSession):
             lambda r: self.recorder.on_sender_report("audio", r.ntp_seconds, r.rtp_timestamp),
         )
         self.video_listeners: list[VideoListener] = []
-        self.pc.on("track", self._on_track)
 
     async def start(self) -> None:
         self.recorder.start()
         await super().start()
 
     async def finish(self, reason: str) -> None:
+        await self.opus_in.close()  # what arrived before the end goes into the recording
         self.audio_mix.remove("master")
         await self.recorder.close()
 
@@ -106,16 +108,14 @@ class MasterSession(StorageSession):
         for listener in self.video_listeners:
             listener(annexb, rtp_ts)
 
-    def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio":
-            self.spawn(self._read_audio(track), "master audio")
+    def _on_opus(self, data: bytes, rtp_ts: int) -> None:
+        self.recorder.audio_arrived(rtp_ts)
+        self.opus_in.add(data, rtp_ts)
 
-    async def _read_audio(self, track: MediaStreamTrack) -> None:
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                frame: Any = await track.recv()
-                self.audio_mix.push("master", frame, to_recording=False)
-                self.recorder.on_audio(self.audio_mix.recording_mix(frame))
+    def _on_audio_frames(self, frames: list[av.AudioFrame]) -> None:
+        for frame in frames:
+            self.audio_mix.push("master", frame, to_recording=False)
+            self.recorder.on_audio(self.audio_mix.recording_mix(frame))
 
     def request_keyframe(self) -> bool:
         return tap.request_keyframe(self.video.receiver)

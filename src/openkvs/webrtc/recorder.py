@@ -122,6 +122,15 @@ class Recorder:
         track = self.clock.video if kind == "video" else self.clock.audio
         track.sender_report(ntp_seconds * 1000.0, rtp_ts)
 
+    def audio_arrived(self, rtp_ts: int) -> None:
+        """An encoded audio packet arrived (it is decoded later, in a batch): anchor the audio
+        clock at the arrival of the first one, and count it as media for the session's timeout."""
+        if self._closed:
+            return
+        self.stats.last_media_at = clock.monotonic()
+        if self.clock.audio.anchor_ts is None:
+            self.clock.audio_ms(rtp_ts, float(clock.now_ms()))
+
     def on_audio(self, frame: av.AudioFrame) -> None:
         if self._closed:
             return

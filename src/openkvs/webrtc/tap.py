@@ -16,7 +16,9 @@ module — reaches into ``RTCRtpReceiver``:
   asks for one on every packet while it sees (or, on a loaded server, imagines) overuse, and each
   costs an SRTCP protect and a send.
 
-Audio receivers keep aiortc's Opus decoder (the recording stores AAC), with the unwrapping mapper.
+Audio receivers keep aiortc's jitter buffer; their decoder queue is replaced by the same sink, so
+the encoded Opus packets (with unwrapped RTP timestamps) reach a callback on the event loop and
+are decoded in batches by ``opus_in`` instead of in aiortc's decoder thread.
 ``check_internals()`` fails loudly if a new aiortc release moves any of this; a test calls it.
 """
 
@@ -66,6 +68,7 @@ class SenderReport:
 
 
 VideoCallback = Callable[[bytes, int], None]  # (Annex B access unit, unwrapped RTP timestamp)
+AudioCallback = Callable[[bytes, int], None]  # (Opus packet, unwrapped RTP timestamp)
 ReportCallback = Callable[[SenderReport], None]
 
 
@@ -150,7 +153,7 @@ class _ThrottledEstimator:
 class _EncodedFrameSink:
     """Stands in for the receiver's ``queue.Queue``: ``put`` runs on the event loop."""
 
-    def __init__(self, callback: VideoCallback) -> None:
+    def __init__(self, callback: VideoCallback | AudioCallback) -> None:
         self._callback = callback
         self._stopped = threading.Event()
 
@@ -216,9 +219,13 @@ def tap_video(receiver: RTCRtpReceiver, on_frame: VideoCallback) -> None:
         setattr(receiver, _ESTIMATOR, _ThrottledEstimator(estimator))
 
 
-def tap_audio(receiver: RTCRtpReceiver) -> None:
-    """Keep decoding audio, but with unwrapped (not rebased) RTP timestamps as frame pts."""
+def tap_audio(receiver: RTCRtpReceiver, on_packet: AudioCallback) -> None:
+    """Deliver the receiver's encoded audio packets to ``on_packet`` instead of decoding them,
+    with unwrapped (not rebased) RTP timestamps. Call before the receiver starts."""
+    if getattr(receiver, _KIND) != "audio":
+        raise ValueError("tap_audio needs an audio receiver")
     setattr(receiver, _TIMESTAMP_MAPPER, UnwrappingMapper())
+    setattr(receiver, _DECODER_QUEUE, _EncodedFrameSink(on_packet))
 
 
 def observe_sender_reports(receiver: RTCRtpReceiver, on_report: ReportCallback) -> None:

@@ -1,0 +1,122 @@
+"""The master's Opus packets, decoded in the media pool a batch at a time.
+
+aiortc decodes each received audio packet in a thread of its own per track and hands every
+decoded 20 ms frame back to the event loop with ``run_coroutine_threadsafe``: two thread hops
+and GIL hand-offs per packet, which cost a storage session more than the Opus decoding itself.
+Here the frame tap delivers the encoded packets on the event loop, and they are decoded in the
+session's worker pool ``BATCH`` at a time (one hop per 100 ms), or one at a time while a viewer
+listens live. A partial batch waits at most ``BATCH_WAIT`` seconds, so silence suppression
+(fewer packets) does not hold audio back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import cast
+
+import av
+from aiortc.codecs.opus import OpusDecoder
+from aiortc.jitterbuffer import JitterFrame
+
+logger = logging.getLogger(__name__)
+
+BATCH = 5  # 20 ms packets per decoding job
+BATCH_WAIT = 0.1  # seconds a partial batch may wait
+MAX_PENDING = 250  # packets held while the pool is behind (5 s); older ones are dropped
+
+FramesCallback = Callable[[list[av.AudioFrame]], None]
+
+
+class OpusIn:
+    def __init__(
+        self, pool: Executor, on_frames: FramesCallback, live: Callable[[], bool] = lambda: False
+    ) -> None:
+        self._pool = pool
+        self._on_frames = on_frames
+        self._live = live  # True while somebody listens live: decode without batching
+        self._decoder = OpusDecoder()
+        self._batch: list[JitterFrame] = []
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self.packets = 0
+        self.dropped = 0
+        self.decode_errors = 0
+
+    def add(self, data: bytes, timestamp: int) -> None:
+        """One Opus packet (its unwrapped RTP timestamp); called on the event loop."""
+        if self._closed:
+            return
+        self.packets += 1
+        if not data:
+            # Nothing to decode; and FFmpeg would take an empty packet as the end of the stream
+            # and decode nothing more.
+            self.dropped += 1
+            return
+        if len(self._batch) >= MAX_PENDING:
+            del self._batch[0]
+            self.dropped += 1
+        self._batch.append(JitterFrame(data, timestamp))
+        if len(self._batch) >= (1 if self._live() else BATCH):
+            self._kick()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(BATCH_WAIT, self._kick)
+
+    def _kick(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None or not self._batch:
+            return  # the running job picks the batch up when it is done
+        batch, self._batch = self._batch, []
+        self._task = asyncio.ensure_future(self._decode(batch))
+
+    async def _decode(self, batch: list[JitterFrame]) -> None:
+        try:
+            frames = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._decode_sync, batch
+            )
+        except Exception:  # noqa: BLE001 - audio trouble must not stop the session
+            logger.exception("Opus decoding failed")
+            frames = []
+        finally:
+            self._task = None
+        if frames:
+            try:
+                self._on_frames(frames)
+            except Exception:  # noqa: BLE001
+                logger.exception("audio frame callback failed")
+        if self._batch and not self._closed:
+            if len(self._batch) >= (1 if self._live() else BATCH):
+                self._kick()
+            elif self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(BATCH_WAIT, self._kick)
+
+    def _decode_sync(self, batch: list[JitterFrame]) -> list[av.AudioFrame]:
+        """In the pool; one job at a time, so the decoder's state is never shared."""
+        out: list[av.AudioFrame] = []
+        for packet in batch:
+            try:
+                out += cast(list[av.AudioFrame], self._decoder.decode(packet))
+            except av.FFmpegError:
+                self.decode_errors += 1  # a corrupt packet: the decoder carries on
+        return out
+
+    async def close(self) -> None:
+        """Decode what has arrived (the session is ending), then take no more packets."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
+        if self._batch:
+            batch, self._batch = self._batch, []
+            await self._decode(batch)
