@@ -106,16 +106,8 @@ class AacEncoder:
             self._next_pts = pts + pcm.shape[1]
         out: list[tuple[bytes, int]] = []
         while self._pending.shape[1] >= FRAME:
-            chunk = np.ascontiguousarray(self._pending[:, :FRAME])
-            self._pending = self._pending[:, FRAME:]
-            assert self._pending_pts is not None
-            af = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=self._ctx.layout.name)
-            af.sample_rate = SAMPLE_RATE
-            af.pts = self._pending_pts
-            af.time_base = fractions.Fraction(1, SAMPLE_RATE)
-            self._pending_pts += FRAME
-            for pkt in self._ctx.encode(af):
-                out.append((bytes(pkt), int(pkt.pts)))
+            chunk, self._pending = self._pending[:, :FRAME], self._pending[:, FRAME:]
+            out += self._encode_chunk(chunk)
         return out
 
     def flush(self) -> list[tuple[bytes, int]]:
@@ -123,16 +115,21 @@ class AacEncoder:
         the frames the encoder holds back for its look-ahead. The encoder takes no more input."""
         out: list[tuple[bytes, int]] = []
         if self._pending.shape[1] and self._pending_pts is not None:
-            pad = FRAME - self._pending.shape[1]
-            chunk = np.ascontiguousarray(
-                np.hstack([self._pending, np.zeros((self.channels, pad), dtype=np.float32)])
-            )
-            af = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=self._ctx.layout.name)
-            af.sample_rate = SAMPLE_RATE
-            af.pts = self._pending_pts
-            af.time_base = fractions.Fraction(1, SAMPLE_RATE)
-            self._pending = self._pending[:, :0]
+            pad = np.zeros((self.channels, FRAME - self._pending.shape[1]), dtype=np.float32)
+            chunk, self._pending = np.hstack([self._pending, pad]), self._pending[:, :0]
+            out += self._encode_chunk(chunk)
             self._pending_pts = None
-            out += [(bytes(pkt), int(pkt.pts)) for pkt in self._ctx.encode(af)]
         out += [(bytes(pkt), int(pkt.pts)) for pkt in self._ctx.encode(None)]
         return out
+
+    def _encode_chunk(self, chunk: np.ndarray) -> list[tuple[bytes, int]]:
+        """One AAC frame's worth of samples, starting at ``_pending_pts``, into the encoder."""
+        assert self._pending_pts is not None
+        af = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(chunk), format="fltp", layout=self._ctx.layout.name
+        )
+        af.sample_rate = SAMPLE_RATE
+        af.pts = self._pending_pts
+        af.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        self._pending_pts += FRAME
+        return [(bytes(pkt), int(pkt.pts)) for pkt in self._ctx.encode(af)]
