@@ -16,17 +16,17 @@ import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import cast
+from fractions import Fraction
 
 import av
-from aiortc.codecs.opus import OpusDecoder
-from aiortc.jitterbuffer import JitterFrame
 
 logger = logging.getLogger(__name__)
 
 BATCH = 5  # 20 ms packets per decoding job
 BATCH_WAIT = 0.1  # seconds a partial batch may wait
 MAX_PENDING = 250  # packets held while the pool is behind (5 s); older ones are dropped
+RATE = 48000
+TIME_BASE = Fraction(1, RATE)
 
 FramesCallback = Callable[[list[av.AudioFrame]], None]
 
@@ -38,8 +38,13 @@ class OpusIn:
         self._pool = pool
         self._on_frames = on_frames
         self._live = live  # True while somebody listens live: decode without batching
-        self._decoder = OpusDecoder()
-        self._batch: list[JitterFrame] = []
+        # libopus through PyAV, with the output aiortc's decoder gives (the mixer and the AAC
+        # encoder take it): 48 kHz interleaved int16 stereo, pts = the packet's RTP timestamp.
+        self._decoder = av.CodecContext.create("libopus", "r")
+        self._decoder.format = "s16"
+        self._decoder.layout = "stereo"
+        self._decoder.sample_rate = RATE
+        self._batch: list[tuple[bytes, int]] = []
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -60,7 +65,11 @@ class OpusIn:
         if len(self._batch) >= MAX_PENDING:
             del self._batch[0]
             self.dropped += 1
-        self._batch.append(JitterFrame(data, timestamp))
+        self._batch.append((data, timestamp))
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Decode now if the batch is full (or someone listens live), else within BATCH_WAIT."""
         if len(self._batch) >= (1 if self._live() else BATCH):
             self._kick()
         elif self._timer is None:
@@ -75,7 +84,7 @@ class OpusIn:
         batch, self._batch = self._batch, []
         self._task = asyncio.ensure_future(self._decode(batch))
 
-    async def _decode(self, batch: list[JitterFrame]) -> None:
+    async def _decode(self, batch: list[tuple[bytes, int]]) -> None:
         try:
             frames = await asyncio.get_running_loop().run_in_executor(
                 self._pool, self._decode_sync, batch
@@ -91,17 +100,17 @@ class OpusIn:
             except Exception:  # noqa: BLE001
                 logger.exception("audio frame callback failed")
         if self._batch and not self._closed:
-            if len(self._batch) >= (1 if self._live() else BATCH):
-                self._kick()
-            elif self._timer is None:
-                self._timer = asyncio.get_running_loop().call_later(BATCH_WAIT, self._kick)
+            self._schedule()
 
-    def _decode_sync(self, batch: list[JitterFrame]) -> list[av.AudioFrame]:
+    def _decode_sync(self, batch: list[tuple[bytes, int]]) -> list[av.AudioFrame]:
         """In the pool; one job at a time, so the decoder's state is never shared."""
         out: list[av.AudioFrame] = []
-        for packet in batch:
+        for data, timestamp in batch:
+            packet = av.Packet(data)
+            packet.pts = timestamp
+            packet.time_base = TIME_BASE
             try:
-                out += cast(list[av.AudioFrame], self._decoder.decode(packet))
+                out += self._decoder.decode(packet)
             except av.FFmpegError:
                 self.decode_errors += 1  # a corrupt packet: the decoder carries on
         return out
