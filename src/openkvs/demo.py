@@ -22,7 +22,6 @@ import base64
 import contextlib
 import dataclasses
 import datetime as _dt
-import fractions
 import json
 import logging
 import shlex
@@ -34,7 +33,6 @@ import urllib.parse
 from typing import Any, TextIO
 
 import aiohttp
-import av
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -59,8 +57,6 @@ OFFER_WAIT = 6.0  # the KVS JS sample's wait for an offer before joining again
 MAX_JOINS = 6
 CONNECT_TIMEOUT = 45.0
 RETENTION_HOURS = 24
-VIDEO_TB = fractions.Fraction(1, 90000)
-AUDIO_TB = fractions.Fraction(1, 48000)
 BASELINE_PROFILES = ("42e01f", "42001f")
 
 
@@ -295,16 +291,8 @@ class LoopTrack(MediaStreamTrack):
         delay = self._t0[0] + pts_ms / 1000 - clock.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        packet = av.Packet(item.data)
-        if self.kind == "video":
-            packet.pts = int(round(pts_ms * 90))
-            packet.time_base = VIDEO_TB
-        else:
-            packet.pts = int(round(pts_ms * 48))
-            packet.time_base = AUDIO_TB
-        packet.dts = packet.pts
         self.sent += 1
-        return packet
+        return testpattern.encoded_packet(self.kind, item.data, pts_ms)
 
 
 def _b64json(obj: dict[str, Any]) -> str:

@@ -196,6 +196,19 @@ def _frame(background: Planes, index: int) -> np.ndarray:
 # -- encoding -----------------------------------------------------------------------------------
 
 
+VIDEO_TB = fractions.Fraction(1, 90000)
+AUDIO_TB = fractions.Fraction(1, 48000)
+
+
+def encoded_packet(kind: str, data: bytes, pts_ms: float) -> Any:  # av.Packet
+    """A pre-encoded frame as aiortc sends it from a track (RTP clock: 90 kHz video, 48 kHz
+    audio), so a synthetic camera only packetises and never encodes."""
+    packet = av.Packet(data)
+    packet.pts = packet.dts = int(round(pts_ms * (90 if kind == "video" else 48)))
+    packet.time_base = VIDEO_TB if kind == "video" else AUDIO_TB
+    return packet
+
+
 def encode(width: int, height: int) -> TestPattern:
     video = tuple(_encode_video(width, height))
     audio = tuple(_encode_audio())

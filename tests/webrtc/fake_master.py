@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import fractions
 import json
 import time
 from collections.abc import Sequence
 from typing import Any
 
-import av
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
-from ..mediagen import EncodedFrame
+from openkvs.testpattern import encoded_packet
 
-VIDEO_TB = fractions.Fraction(1, 90000)
-AUDIO_TB = fractions.Fraction(1, 48000)
+from ..mediagen import EncodedFrame
 
 
 class PacketTrack(MediaStreamTrack):
@@ -54,16 +51,8 @@ class PacketTrack(MediaStreamTrack):
         delay = self._start + pts_ms / 1000 - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        packet = av.Packet(frame.data)
-        if self.kind == "video":
-            packet.pts = int(round(pts_ms * 90))
-            packet.time_base = VIDEO_TB
-        else:
-            packet.pts = int(round(pts_ms * 48))
-            packet.time_base = AUDIO_TB
-        packet.dts = packet.pts
         self.sent.append((frame.data, pts_ms))
-        return packet
+        return encoded_packet(self.kind, frame.data, pts_ms)
 
     @property
     def done(self) -> bool:
