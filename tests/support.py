@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import random
 import shutil
 import socket
 import threading
@@ -39,6 +40,32 @@ def bound_socket() -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
+
+
+_LOW_PORTS = (10_000, 32_767)  # below Linux's default ephemeral range (32768-60999)
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A loopback port that is free for both TCP and UDP, for a child process to listen on.
+
+    Drawn below the kernel's ephemeral range, so no outgoing connection (or any socket bound
+    to port 0, in this or a parallel test worker) can take it between here and the child's
+    bind; random, so parallel workers do not pick the same one."""
+    for _ in range(200):
+        port = random.randint(*_LOW_PORTS)
+        if port in _handed_out:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                tcp.bind(("127.0.0.1", port))
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 class ServerThread:

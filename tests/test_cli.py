@@ -16,14 +16,7 @@ import boto3
 import pytest
 from cryptography import x509
 
-from .support import bound_socket
-
-
-def free_port() -> int:
-    sock = bound_socket()
-    port = int(sock.getsockname()[1])
-    sock.close()
-    return port
+from .support import free_port
 
 
 def env_from(exports: str) -> dict[str, str]:

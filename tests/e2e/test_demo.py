@@ -27,19 +27,12 @@ import requests
 from openkvs import testpattern
 from openkvs.media import h264, mkv
 
-from ..support import ServerThread, bound_socket, need_tool
+from ..support import ServerThread, free_port, need_tool
 
 pytestmark = pytest.mark.slow
 
 RESOLUTION = (192, 108)
 VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    sock = bound_socket()
-    port = int(sock.getsockname()[1])
-    sock.close()
-    return port
 
 
 def shell_env() -> dict[str, str]:

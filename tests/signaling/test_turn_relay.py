@@ -12,7 +12,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from aioice import stun
@@ -20,19 +20,12 @@ from aioice.turn import create_turn_endpoint
 
 from openkvs.signaling.turn import turn_credentials
 
-from ..support import ServerThread, need_tool
+from ..support import ServerThread, free_port, need_tool
 from .kvs import Client, setup_channel
 from .peers import RED, call
 from .test_https_api import signaling_client
 
 SECRET = "coturn-shared-secret"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", 0))
-        port: int = udp.getsockname()[1]
-    return port
 
 
 def _stun_ready(port: int, deadline: float) -> bool:
@@ -50,14 +43,8 @@ def _stun_ready(port: int, deadline: float) -> bool:
     return False
 
 
-@pytest.fixture
-def coturn(tmp_path: Path) -> Iterator[int]:
-    binary = need_tool("turnserver")
-    if binary is None:
-        pytest.skip("coturn (turnserver) is not installed")
-    port = _free_port()
-    log = open(tmp_path / "turnserver.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
+def _start_coturn(binary: str, tmp_path: Path, port: int, log: IO[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         [
             binary,
             "-n",
@@ -68,6 +55,7 @@ def coturn(tmp_path: Path) -> Iterator[int]:
             "--use-auth-secret",
             f"--static-auth-secret={SECRET}",
             "--realm=openkvs.test",
+            "--no-tcp",
             "--no-tls",
             "--no-dtls",
             "--no-cli",
@@ -81,20 +69,44 @@ def coturn(tmp_path: Path) -> Iterator[int]:
         cwd=tmp_path,
         env={"PATH": os.environ.get("PATH", "")},
     )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
     try:
-        if not _stun_ready(port, time.monotonic() + 10):
-            raise RuntimeError(
-                "coturn did not start: " + (tmp_path / "turnserver.log").read_text()[-2000:]
-            )
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@pytest.fixture
+def coturn(tmp_path: Path) -> Iterator[int]:
+    """coturn on a loopback UDP port. The port is free when picked but another process can
+    still take it before coturn binds; then coturn is started again on a fresh port."""
+    binary = need_tool("turnserver")
+    if binary is None:
+        pytest.skip("coturn (turnserver) is not installed")
+    logs: list[str] = []
+    for attempt in range(3):
+        port = free_port()
+        log_path = tmp_path / f"turnserver-{attempt}.log"
+        with open(log_path, "w") as log:
+            proc = _start_coturn(binary, tmp_path, port, log)
+            try:
+                ready = _stun_ready(port, time.monotonic() + 10)
+            except BaseException:
+                _stop(proc)
+                raise
+            if ready:
+                try:
+                    yield port
+                finally:
+                    _stop(proc)
+                return
+            _stop(proc)
+        logs.append(log_path.read_text()[-1500:])
+    raise RuntimeError("coturn did not start:\n" + "\n---\n".join(logs))
 
 
 async def test_relay_only_call_with_ice_server_config(

@@ -19,14 +19,7 @@ from botocore.config import Config
 from openkvs.auth.credentials import default_principal
 from openkvs.config import Settings
 
-from ..support import bound_socket
-
-
-def free_port() -> int:
-    s = bound_socket()
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
+from ..support import free_port
 
 
 class ProcessServer:

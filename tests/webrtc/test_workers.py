@@ -60,7 +60,9 @@ async def test_worker_errors_come_back_as_status_responses(make_server: Any) -> 
     await asyncio.to_thread(Camera(srv, ch, None).join)
     msg = await client.recv(timeout=10)
     assert msg["messageType"] in ("SDP_OFFER", "ICE_CANDIDATE")
-    await client.send("SDP_ANSWER", b64json({"type": "answer", "sdp": "v=0\r\nnope"}), correlation_id="w1")
+    await client.send(
+        "SDP_ANSWER", b64json({"type": "answer", "sdp": "v=0\r\nnope"}), correlation_id="w1"
+    )
     async with asyncio.timeout(10):
         while True:
             msg = await client.recv(timeout=10)
