@@ -174,6 +174,29 @@ def test_codec_private_records(frags: list[GeneratedFragment]) -> None:
         fmp4.track_spec(mkv.Track(2, 2, "A_AAC", b"\xff"))
 
 
+def test_audio_run_covers_its_segment_start() -> None:
+    # AAC-LC, 48 kHz mono (AudioSpecificConfig 0x1188): 1024-sample frames, timescale 48000.
+    spec = fmp4.track_spec(mkv.Track(2, 2, "A_AAC", b"\x11\x88", sample_rate=48000, channels=1))
+    assert (spec.timescale, spec.frame_length) == (48000, 1024)
+
+    def run(*dts: int) -> fmp4.Samples:
+        n = len(dts)
+        durations = [b - a for a, b in zip(dts, dts[1:], strict=False)] + [1024]
+        return fmp4.Samples(list(dts), durations, [0] * n, [True] * n, [b"x"] * n)
+
+    # Segment at 1000 ms = tick 48000; audio begins 4.7 ms (224 ticks) late: pulled back.
+    late = fmp4.cover_start(spec, run(48224, 49248, 50272), 1000)
+    assert late.dts == [48000, 49248, 50272] and late.durations == [1248, 1024, 1024]
+    # Already covering (a frame lent by the previous fragment), or on the dot: unchanged.
+    for dts in [(47800, 48824), (48000, 49024)]:
+        assert fmp4.cover_start(spec, run(*dts), 1000).dts == list(dts)
+    # More than a frame late is a real gap in the recording: left as it is.
+    assert fmp4.cover_start(spec, run(49025, 50049), 1000).dts == [49025, 50049]
+    # Exactly one frame late still covers; an empty run stays empty.
+    assert fmp4.cover_start(spec, run(49024), 1000).dts == [48000]
+    assert len(fmp4.cover_start(spec, run(), 1000)) == 0
+
+
 # -- tokens ------------------------------------------------------------------------------------
 
 

@@ -196,6 +196,27 @@ def drop_before(samples: Samples, floor: int, slack: int = 0) -> Samples:
     )
 
 
+def cover_start(spec: TrackSpec, samples: Samples, start_ms: int) -> Samples:
+    """Let an audio run that begins at most one frame after ``start_ms`` (the segment's place
+    on the timeline) cover it: its first sample moves back onto the start and lasts that much
+    longer.
+
+    An AAC frame belongs to the fragment it starts in, so a fragment's audio can begin a few
+    milliseconds after its video; when the previous fragment has no frame to lend (see
+    ``service.straddling``: none when the selector timestamps of the two do not line up with
+    their media), a player starting at the segment finds a hole at its very first instant and
+    has to seek over it. Later samples keep their times."""
+    start = _ticks(start_ms * 1_000_000, spec.timescale)
+    if not len(samples) or not start < samples.dts[0] <= start + spec.frame_length:
+        return samples
+    gap = samples.dts[0] - start
+    return dataclasses.replace(
+        samples,
+        dts=[start, *samples.dts[1:]],
+        durations=[samples.durations[0] + gap, *samples.durations[1:]],
+    )
+
+
 # -- boxes ---------------------------------------------------------------------------------------
 
 

@@ -37,6 +37,7 @@ from .fmp4 import (
     TrackSpec,
     UnsupportedCodec,
     audio_samples,
+    cover_start,
     drop_before,
     init_segment,
     media_segment,
@@ -479,6 +480,7 @@ def _render_mp4(
         samples = drop_before(
             audio_samples(spec, lead + frames, start_ms), 0, spec.timescale // 1000
         )
+        samples = cover_start(spec, samples, start_ms)
     return media_segment(spec, samples, (start_ms + 1) & 0xFFFFFFFF)
 
 
