@@ -8,10 +8,12 @@ import os
 import struct
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 from openkvs.media import mkv as ids  # Matroska element IDs
-from openkvs.playback import codecs, fmp4, images, mkv, timeline, tokens
+from openkvs.playback import codecs, fmp4, images, mkv, silence, timeline, tokens
 from openkvs.playback.cache import ByteLRU
 
 from .media import GeneratedFragment, generate
@@ -178,23 +180,51 @@ def test_audio_run_covers_its_segment_start() -> None:
     # AAC-LC, 48 kHz mono (AudioSpecificConfig 0x1188): 1024-sample frames, timescale 48000.
     spec = fmp4.track_spec(mkv.Track(2, 2, "A_AAC", b"\x11\x88", sample_rate=48000, channels=1))
     assert (spec.timescale, spec.frame_length) == (48000, 1024)
+    assert spec.aac is not None
+    quiet = silence.aac_frame(spec.aac)
+    assert quiet is not None and 0 < len(quiet) < 64
 
     def run(*dts: int) -> fmp4.Samples:
         n = len(dts)
         durations = [b - a for a, b in zip(dts, dts[1:], strict=False)] + [1024]
         return fmp4.Samples(list(dts), durations, [0] * n, [True] * n, [b"x"] * n)
 
-    # Segment at 1000 ms = tick 48000; audio begins 4.7 ms (224 ticks) late: pulled back.
-    late = fmp4.cover_start(spec, run(48224, 49248, 50272), 1000)
+    def cover(samples: fmp4.Samples) -> fmp4.Samples:
+        return fmp4.cover_start(spec, samples, 1000, lambda: quiet)
+
+    # The segment starts at 1000 ms = tick 48000. Audio 4.7 ms (224 ticks) late: the first
+    # frame is pulled back onto the start and lasts that much longer.
+    late = cover(run(48224, 49248, 50272))
     assert late.dts == [48000, 49248, 50272] and late.durations == [1248, 1024, 1024]
+    assert late.data == [b"x"] * 3
     # Already covering (a frame lent by the previous fragment), or on the dot: unchanged.
     for dts in [(47800, 48824), (48000, 49024)]:
-        assert fmp4.cover_start(spec, run(*dts), 1000).dts == list(dts)
-    # More than a frame late is a real gap in the recording: left as it is.
-    assert fmp4.cover_start(spec, run(49025, 50049), 1000).dts == [49025, 50049]
-    # Exactly one frame late still covers; an empty run stays empty.
-    assert fmp4.cover_start(spec, run(49024), 1000).dts == [48000]
-    assert len(fmp4.cover_start(spec, run(), 1000)) == 0
+        assert cover(run(*dts)).dts == list(dts)
+    # 62 ms late (2976 ticks): two silent frames from the start, the second lasting up to the
+    # first real frame, whose time is kept.
+    later = cover(run(50976, 52000))
+    assert later.dts == [48000, 49024, 50976, 52000]
+    assert later.durations == [1024, 1952, 1024, 1024]
+    assert later.data == [quiet, quiet, b"x", b"x"] and later.keys == [True] * 4
+    assert later.ctos == [0] * 4
+    # No silent frame for this configuration: a late run is left as it is.
+    assert fmp4.cover_start(spec, run(50976), 1000, lambda: None).dts == [50976]
+    assert len(cover(run())) == 0
+
+
+def test_silent_aac_frames_decode_to_silence() -> None:
+    for asc, channels in [(b"\x11\x88", 1), (b"\x11\x90", 2), (b"\x14\x08", 1)]:
+        config = codecs.parse_asc(asc)
+        frame = silence.aac_frame(config)
+        assert frame is not None, config
+        decoder = av.CodecContext.create("aac", "r")
+        decoder.extradata = asc
+        out = [f.to_ndarray() for _ in range(3) for f in decoder.decode(av.Packet(frame))]
+        assert out and all(a.shape[0] == channels for a in out), config
+        assert max(float(np.abs(a).max()) for a in out) < 1e-4, config
+    # HE-AAC (object type 5) or 960-sample frames: none.
+    assert silence.aac_frame(codecs.AacConfig(5, 48000, 1, 1024)) is None
+    assert silence.aac_frame(codecs.AacConfig(2, 48000, 1, 960)) is None
 
 
 # -- tokens ------------------------------------------------------------------------------------

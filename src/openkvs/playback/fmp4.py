@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from .codecs import AAC_CODEC_ID, H264_CODEC_IDS, AacConfig, AvcConfig, parse_asc, parse_avcc
 from .codecs import with_parameter_sets as _with_ps
@@ -196,24 +196,45 @@ def drop_before(samples: Samples, floor: int, slack: int = 0) -> Samples:
     )
 
 
-def cover_start(spec: TrackSpec, samples: Samples, start_ms: int) -> Samples:
-    """Let an audio run that begins at most one frame after ``start_ms`` (the segment's place
-    on the timeline) cover it: its first sample moves back onto the start and lasts that much
-    longer.
+def cover_start(
+    spec: TrackSpec, samples: Samples, start_ms: int, silence: Callable[[], bytes | None]
+) -> Samples:
+    """Let an audio run that begins after ``start_ms`` (the segment's place on the timeline)
+    cover that first instant.
 
-    An AAC frame belongs to the fragment it starts in, so a fragment's audio can begin a few
-    milliseconds after its video; when the previous fragment has no frame to lend (see
-    ``service.straddling``: none when the selector timestamps of the two do not line up with
-    their media), a player starting at the segment finds a hole at its very first instant and
-    has to seek over it. Later samples keep their times."""
+    An AAC frame belongs to the fragment it starts in, and a recording's audio can begin after
+    its first keyframe, so a segment's audio can start after its video; when the previous
+    fragment has no frame to lend (see ``service.straddling``: none at the start of a
+    recording, or when the selector timestamps of the two do not line up with their media), a
+    player starting at the segment finds a hole at its first instant and has to seek over it.
+
+    Less than a frame late, the first sample moves back onto the start and lasts that much
+    longer. Later, silent frames (``silence()``: one encoded frame, or None if there is none for
+    this configuration) fill the head from the start, the last of them lasting up to the first
+    real frame. Real samples keep their times."""
     start = _ticks(start_ms * 1_000_000, spec.timescale)
-    if not len(samples) or not start < samples.dts[0] <= start + spec.frame_length:
+    if not len(samples) or samples.dts[0] <= start:
         return samples
     gap = samples.dts[0] - start
-    return dataclasses.replace(
-        samples,
-        dts=[start, *samples.dts[1:]],
-        durations=[samples.durations[0] + gap, *samples.durations[1:]],
+    length = spec.frame_length
+    if gap < length:
+        return dataclasses.replace(
+            samples,
+            dts=[start, *samples.dts[1:]],
+            durations=[samples.durations[0] + gap, *samples.durations[1:]],
+        )
+    frame = silence()
+    if frame is None:
+        return samples
+    count = gap // length
+    durations = [length] * count
+    durations[-1] += gap - count * length
+    return Samples(
+        [start + i * length for i in range(count)] + samples.dts,
+        durations + samples.durations,
+        [0] * count + samples.ctos,
+        [True] * count + samples.keys,
+        [frame] * count + samples.data,
     )
 
 

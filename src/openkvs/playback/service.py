@@ -29,7 +29,7 @@ from ..errors import (
     UnsupportedStreamMediaTypeException,
 )
 from ..store.base import Fragment, MetadataStore, Stream
-from . import dash, hls
+from . import dash, hls, silence
 from .cache import ByteLRU
 from .fmp4 import (
     InvalidCodecPrivate,
@@ -480,7 +480,10 @@ def _render_mp4(
         samples = drop_before(
             audio_samples(spec, lead + frames, start_ms), 0, spec.timescale // 1000
         )
-        samples = cover_start(spec, samples, start_ms)
+        config = spec.aac
+        samples = cover_start(
+            spec, samples, start_ms, lambda: None if config is None else silence.aac_frame(config)
+        )
     return media_segment(spec, samples, (start_ms + 1) & 0xFFFFFFFF)
 
 
