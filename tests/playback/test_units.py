@@ -225,6 +225,9 @@ def test_silent_aac_frames_decode_to_silence() -> None:
     # HE-AAC (object type 5) or 960-sample frames: none.
     assert silence.aac_frame(codecs.AacConfig(5, 48000, 1, 1024)) is None
     assert silence.aac_frame(codecs.AacConfig(2, 48000, 1, 960)) is None
+    # Rates FFmpeg's encoder does not take (an explicit 12345 Hz), or none at all: none either.
+    for rate in (12345, 0, 192000):
+        assert silence.aac_frame(codecs.AacConfig(2, rate, 1, 1024)) is None
 
 
 # -- tokens ------------------------------------------------------------------------------------

@@ -25,7 +25,12 @@ AAC_LC = 2
 def aac_frame(config: AacConfig) -> bytes | None:
     """One silent raw AAC frame decodable with ``config``; None when it cannot be made (not
     AAC-LC with 1024-sample frames, or a layout FFmpeg's encoder does not write)."""
-    if config.object_type != AAC_LC or config.frame_length != 1024 or config.channels not in (1, 2):
+    if (
+        config.object_type != AAC_LC
+        or config.frame_length != 1024
+        or config.channels not in (1, 2)
+        or not 0 < config.sample_rate <= 96000
+    ):
         return None
     return _encode(config.sample_rate, config.channels)
 
