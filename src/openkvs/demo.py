@@ -576,10 +576,15 @@ def credentials_command(settings: Settings) -> str:
 
 
 def fetch_commands(
-    settings: Settings, stream: str, start: int, end: int | None, *, boto3: bool = True
+    settings: Settings, stream: str, start_ms: int, end: int | None, *, boto3: bool = True
 ) -> str:
-    """Shell commands (AWS CLI, then boto3) that fetch a clip and images from ``start`` to
-    ``end`` (epoch seconds; None: until the moment the commands run)."""
+    """Shell commands (AWS CLI, then boto3) that fetch a clip and images of the recording that
+    starts at ``start_ms`` (epoch ms) up to ``end`` (epoch seconds; None: until the moment the
+    commands run). The clip's range starts at the second the recording starts in; the images
+    start at the next whole second, inside the recording, so that the first one is not
+    ``NO_MEDIA``."""
+    start = start_ms // 1000
+    first_image = -(-start_ms // 1000)
     shell_end = "$(date +%s)" if end is None else str(end)
     py_end = "int(time.time())" if end is None else str(end)
     selector = (
@@ -593,7 +598,7 @@ def fetch_commands(
         f'    --clip-fragment-selector "{selector}" clip.mp4',
         f"aws kinesis-video-archived-media get-images --stream-name {name} \\",
         "    --image-selector-type SERVER_TIMESTAMP \\",
-        f"    --start-timestamp {start} --end-timestamp {shell_end} \\",
+        f"    --start-timestamp {first_image} --end-timestamp {shell_end} \\",
         "    --sampling-interval 3000 --format JPEG --max-items 3 > images.json",
     ]
     if not boto3:
@@ -610,7 +615,7 @@ def fetch_commands(
             '    "FragmentSelectorType": "SERVER_TIMESTAMP", "TimestampRange": span})',
             'open("clip.mp4", "wb").write(clip["Payload"].read())',
             f'images = am.get_images(StreamName={stream!r}, ImageSelectorType="SERVER_TIMESTAMP",',
-            '    StartTimestamp=span["StartTimestamp"], EndTimestamp=span["EndTimestamp"],',
+            f'    StartTimestamp={first_image}, EndTimestamp=span["EndTimestamp"],',
             '    SamplingInterval=3000, Format="JPEG", MaxResults=3)["Images"]',
             "for i, image in enumerate(images):",
             '    if "ImageContent" in image:',
@@ -754,12 +759,11 @@ async def _record(
         printer.progress(progress.line())
         if not announced and progress.fragments and progress.first_ms is not None:
             announced = True
-            start = progress.first_ms // 1000
             url = await hls_url(api, stream)
             printer.say(f"HLS, live (valid 1 h): {url}")
             printer.say(f'  play it with: ffplay "{url}"   (or VLC, or hls.js in a page)')
             printer.say("Fetch a clip and images of the recording so far, from another shell:")
-            printer.say(fetch_commands(settings, stream, start, None))
+            printer.say(fetch_commands(settings, stream, progress.first_ms, None))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 1.0)
     # Hang up: the server ends the session and stores its last, partial fragment.
@@ -776,11 +780,11 @@ async def _record(
         f"({progress.mbps:.2f} Mbit/s) into stream {stream}."
     )
     if progress.first_ms is not None and progress.last_ms is not None:
-        start, end = progress.first_ms // 1000, -(-progress.last_ms // 1000)
+        end = -(-progress.last_ms // 1000)
         if target.started is not None:
             serve = shlex.join([*openkvs_command(), "serve", *server_flags(settings)])
             printer.say(f"To look at it later, run the server again ({serve}), then:")
         else:
             printer.say("Fetch a clip and images of this recording:")
-        printer.say(fetch_commands(settings, stream, start, end, boto3=False))
+        printer.say(fetch_commands(settings, stream, progress.first_ms, end, boto3=False))
     return 0
