@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from ..support import CI, ServerThread, need_tool
+from ..playback.support import NODE_MODULES, browser_missing
+from ..support import ServerThread
 
 ROOT = Path(__file__).resolve().parents[2]
 JS = Path(__file__).parent / "js"
-NODE_MODULES = ROOT / "node_modules"
 PACKAGES = (
     "amazon-kinesis-video-streams-webrtc",
     "@aws-sdk/client-kinesis-video",
@@ -33,16 +33,9 @@ PACKAGES = (
 
 def browser_ready() -> None:
     """Skip (or, under CI=true, fail) when Chromium, Node or the npm packages are missing."""
-    node = need_tool("node")
-    if node is None:
-        pytest.skip("node is not installed: the browser tests need Node.js to drive Chromium")
-    if need_tool("chromium") is None:
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    for name in PACKAGES:
-        if not (NODE_MODULES / name).is_dir():
-            if CI:
-                raise RuntimeError(f"node_modules/{name} is missing under CI=true: run npm ci")
-            pytest.skip(f"node_modules/{name} is missing: run npm ci")
+    reason = browser_missing(PACKAGES)
+    if reason is not None:
+        pytest.skip(reason)
 
 
 def sdk_version() -> str:

@@ -21,19 +21,22 @@ GetImages shows the camera's picture, and hls.js plays an HLS session in a secon
 from __future__ import annotations
 
 import base64
-import io
 import json
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import av
-import numpy as np
 import pytest
 
-from ..playback.support import CustomerPage, player_result, start_player
+from ..playback.support import (
+    CustomerPage,
+    ffmpeg_decode_errors,
+    ffprobe_json,
+    gray,
+    player_result,
+    start_player,
+)
 from ..support import ServerThread, need_tool
 from ..webrtc.harness import storage_channel
 from .browser import AppSite, api_config, browser_ready, build_app, drive
@@ -135,52 +138,21 @@ def decode_all(paths: list[Path]) -> tuple[int, list[int]]:
     video_frames = 0
     audio_frames: list[int] = []
     for path in paths:
-        streams = ffprobe_streams(path)
+        streams = ffprobe_json(path, "-count_frames", "-show_streams")["streams"]
         video = next(s for s in streams if s["codec_type"] == "video")
         audio = next(s for s in streams if s["codec_type"] == "audio")
         assert video["codec_name"] == "h264" and video["width"] > 0, (path, video)
         assert audio["codec_name"] == "aac" and int(audio["sample_rate"]) == 48000, (path, audio)
         video_frames += int(video["nb_read_frames"])
         audio_frames.append(int(audio.get("nb_read_frames", 0)))
-        assert decode_errors(path) == "", path
+        # The output keeps the input's millisecond time base: a live camera's frames are not
+        # evenly spaced (Chromium sends a late frame and the next one 16 ms later), which
+        # FFmpeg's default 1/frame-rate output time base would fold onto one tick.
+        assert ffmpeg_decode_errors(path, output=("-enc_time_base", "-1")) == "", path
     # Only a session's last fragment may lack audio: a hang-up just after a keyframe leaves a
     # few video frames whose audio was still on its way.
     assert all(n > 0 for n in audio_frames[:-1]), audio_frames
     return video_frames, audio_frames
-
-
-def ffprobe_streams(path: Path) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-of", "json", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return list(json.loads(out.stdout)["streams"])
-
-
-def decode_errors(path: Path) -> str:
-    """Decode everything; FFmpeg's complaints at level error (empty = clean). The output keeps
-    the input's millisecond time base: a live camera's frames are not evenly spaced (Chromium
-    sends a late frame and the next one 16 ms later), which FFmpeg's default 1/frame-rate output
-    time base would fold onto one tick."""
-    out = subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-enc_time_base", "-1"]
-        + ["-f", "null", "-"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stderr.strip()
-
-
-def gray(image_b64: str) -> np.ndarray:
-    with av.open(io.BytesIO(base64.b64decode(image_b64))) as container:
-        frame = next(container.decode(video=0))
-        arr: np.ndarray = frame.to_ndarray(format="gray").astype(np.float64)
-        return arr
 
 
 def test_browser_master_viewer_takeover_and_playback(
@@ -384,7 +356,7 @@ def check_images(server: ServerThread, stream: str, run: list[dict[str, Any]]) -
         SamplingInterval=3000,
         Format="JPEG",
     )["Images"]
-    pictures = [gray(i["ImageContent"]) for i in images if "ImageContent" in i]
+    pictures = [gray(base64.b64decode(i["ImageContent"])) for i in images if "ImageContent" in i]
     assert len(pictures) >= 5, [i.get("Error") for i in images]
     # Chromium's fake camera draws a moving pattern: far from a flat frame (variance 0), and
     # different from one image to the next.

@@ -5,7 +5,6 @@ stops it cleanly, and the AWS CLI and boto3 commands it prints work as printed."
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import re
@@ -19,14 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import av
-import numpy as np
 import pytest
 import requests
 
 from openkvs import testpattern
 from openkvs.media import h264, mkv
 
+from ..playback.support import ffprobe_json, gray
 from ..support import ServerThread, free_port, need_tool
 
 pytestmark = pytest.mark.slow
@@ -127,23 +125,6 @@ def summary(text: str) -> tuple[float, int]:
     return float(m.group(1)), int(m.group(2))
 
 
-def ffprobe(path: Path | str) -> dict[str, Any]:
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return dict(json.loads(out.stdout))
-
-
-def picture_variance(jpeg: bytes) -> float:
-    with av.open(io.BytesIO(jpeg)) as container:
-        frame = next(container.decode(video=0))
-        return float(frame.to_ndarray(format="gray").astype(np.float64).var())
-
-
 def check_hls(url: str, tmp_path: Path) -> None:
     """The master playlist, a media playlist per track, and a first segment that decodes."""
     master = requests.get(url, timeout=30)
@@ -162,7 +143,7 @@ def check_hls(url: str, tmp_path: Path) -> None:
         body += requests.get(urllib.parse.urljoin(playlist_url, segments[0]), timeout=30).content
         path = tmp_path / f"segment-{len(kinds)}.mp4"
         path.write_bytes(body)
-        for stream in ffprobe(path)["streams"]:
+        for stream in ffprobe_json(path, "-show_streams")["streams"]:
             kinds.add(stream["codec_name"])
             if stream["codec_type"] == "video":
                 assert (stream["width"], stream["height"]) == RESOLUTION
@@ -267,7 +248,7 @@ def test_demo_next_to_a_running_server_stops_on_ctrl_c_and_its_commands_work(
             timeout=180,
         )
         assert run.returncode == 0, (block, run.stdout[-2000:], run.stderr[-3000:])
-        clip = ffprobe(work / "clip.mp4")
+        clip = ffprobe_json(work / "clip.mp4", "-show_streams", "-show_format")
         video = next(s for s in clip["streams"] if s["codec_type"] == "video")
         assert video["codec_name"] == "h264" and (video["width"], video["height"]) == RESOLUTION
         assert any(s["codec_name"] == "aac" for s in clip["streams"])
@@ -277,7 +258,7 @@ def test_demo_next_to_a_running_server_stops_on_ctrl_c_and_its_commands_work(
         assert len(images) == 3 if name == "live" else len(images) >= 2, images
         assert all("ImageContent" in i for i in images), [i.get("Error") for i in images]
         contents = [base64.b64decode(i["ImageContent"]) for i in images]
-        assert all(picture_variance(c) > 500 for c in contents)
+        assert all(gray(c).var() > 500 for c in contents)
     jpegs = sorted((tmp_path / "live").glob("image-*.jpg"))
     assert len(jpegs) == 3  # from the boto3 snippet
-    assert all(picture_variance(p.read_bytes()) > 500 for p in jpegs)
+    assert all(gray(p.read_bytes()).var() > 500 for p in jpegs)

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import functools
 import http.server
+import io
 import json
 import re
 import shutil
 import subprocess
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import av
+import numpy as np
 import pytest
 import requests
 
@@ -101,16 +104,26 @@ def ffprobe_json(target: str | Path, *args: str) -> dict[str, Any]:
     return dict(json.loads(out.stdout))
 
 
-def ffmpeg_decode_errors(target: str | Path, *args: str) -> str:
-    """Decode everything with FFmpeg; return what it reported at level error (empty = clean)."""
+def ffmpeg_decode_errors(target: str | Path, *args: str, output: Sequence[str] = ()) -> str:
+    """Decode everything with FFmpeg; return what it reported at level error (empty = clean).
+    ``args`` go before the input, ``output`` options after it."""
     out = subprocess.run(
-        [tool("ffmpeg"), "-nostdin", "-v", "error", *args, "-i", str(target), "-f", "null", "-"],
+        [tool("ffmpeg"), "-nostdin", "-v", "error", *args, "-i", str(target), *output]
+        + ["-f", "null", "-"],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
     return out.stderr.strip()
+
+
+def gray(image: bytes) -> np.ndarray:
+    """A JPEG or PNG decoded to 8-bit gray levels, as float64."""
+    with av.open(io.BytesIO(image)) as container:
+        frame = next(container.decode(video=0))
+        arr: np.ndarray = frame.to_ndarray(format="gray").astype(np.float64)
+        return arr
 
 
 def packet_times(target: str | Path, stream: str) -> list[tuple[float, float]]:
@@ -173,15 +186,17 @@ class CustomerPage:
 
 
 @functools.cache
-def _browser_ready() -> str | None:
-    """Why the browser tests cannot run here (None when they can)."""
+def browser_missing(packages: tuple[str, ...] = ()) -> str | None:
+    """Why the browser tests cannot run here (None when they can): Node, Chromium, the players
+    and Playwright, and the npm ``packages`` a test needs besides."""
     if need_tool("node") is None:
         return "node is not installed"
     if not Path("/usr/bin/chromium").exists() and shutil.which("chromium") is None:
         if CI:
             raise RuntimeError("chromium is required under CI=true")
         return "chromium is not installed"
-    for path in (*LIBRARIES.values(), NODE_MODULES / "playwright-core"):
+    needed = (*LIBRARIES.values(), *(NODE_MODULES / p for p in ("playwright-core", *packages)))
+    for path in needed:
         if not path.exists():
             if CI:
                 raise RuntimeError(f"{path} is missing under CI=true (run npm ci)")
@@ -191,7 +206,7 @@ def _browser_ready() -> str | None:
 
 @pytest.fixture
 def customer_page() -> Iterator[CustomerPage]:
-    reason = _browser_ready()
+    reason = browser_missing()
     if reason is not None:
         pytest.skip(reason)
     page = CustomerPage()

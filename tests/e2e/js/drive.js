@@ -11,20 +11,10 @@
 //    masterSeconds, viewerAfter, viewerSeconds, takeoverSeconds}
 'use strict';
 
-const { chromium } = require('playwright-core');
+const { launch } = require('../../js/chromium.js');
 
 const cfg = JSON.parse(process.argv[2]);
 const result = { pages: {}, marks: {}, console: {}, pageErrors: [], failedRequests: [] };
-
-// The same Chromium flags as tests/playback/js/play.js.
-const CHROMIUM_ARGS = [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-background-networking',
-    '--use-fake-device-for-media-stream',
-    '--use-fake-ui-for-media-stream',
-    '--autoplay-policy=no-user-gesture-required',
-];
 
 function mark(name) {
     result.marks[name] = Date.now();
@@ -62,10 +52,7 @@ async function waitConnected(p, ms) {
 }
 
 async function main() {
-    const browser = await chromium.launch({
-        executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-        args: CHROMIUM_ARGS,
-    });
+    const browser = await launch();
     const pages = {};
     try {
         mark('start');

@@ -4,23 +4,13 @@
 // Usage: node play.js '{"page": "<url>", "seconds": 12}'
 'use strict';
 
-const { chromium } = require('playwright-core');
+const { launch } = require('../../js/chromium.js');
 
 const cfg = JSON.parse(process.argv[2]);
 const result = { samples: [], console: [], pageErrors: [], failedRequests: [] };
 
 (async () => {
-    const browser = await chromium.launch({
-        executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-        args: [
-            '--no-sandbox',
-            '--disable-gpu',
-            '--disable-background-networking',
-            '--use-fake-device-for-media-stream',
-            '--use-fake-ui-for-media-stream',
-            '--autoplay-policy=no-user-gesture-required',
-        ],
-    });
+    const browser = await launch();
     try {
         const page = await browser.newPage();
         page.on('console', (m) => {
