@@ -67,6 +67,10 @@ def test_header_at_matches_read_header_and_waits_on_truncation() -> None:
         (mkv.LACING_XIPH, bytes([2, 255, 45, 7]), [b"a" * 300, b"b" * 7, b"c" * 4]),
         (mkv.LACING_EBML, bytes([2, 0x85, 0x80 | (33 + 63)]), [b"a" * 5, b"b" * 38, b"c" * 2]),
         (mkv.LACING_FIXED, bytes([2]), [b"a" * 4, b"b" * 4, b"c" * 4]),
+        # A lace of one frame (count byte 0) has no sizes in any lacing: the frame fills it.
+        (mkv.LACING_XIPH, bytes([0]), [b"abcd"]),
+        (mkv.LACING_EBML, bytes([0]), [b"abcd"]),
+        (mkv.LACING_FIXED, bytes([0]), [b"abcd"]),
     ],
 )
 def test_read_block_splits_laces(lacing: int, head: bytes, frames: list[bytes]) -> None:

@@ -267,7 +267,7 @@ def lace_sizes(data: ebml.Buffer, pos: int, end: int, lacing: int) -> tuple[list
                 if b != 255:
                     break
             sizes.append(size)
-    elif lacing == LACING_EBML:
+    elif lacing == LACING_EBML and count > 1:  # one frame: no sizes, it fills the block
         first, n = ebml.read_vint(data, pos, end=end, unknown=False)
         pos += n
         sizes.append(first)
