@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "machine": machine(),
         "sections": {},
+        "total_seconds": 0.0,
     }
     previous = Path(args.json)
     if only and previous.exists():

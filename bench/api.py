@@ -3,7 +3,7 @@
 side with moto's server mode answering DescribeStream in the same run.
 
 Requests are signed once with botocore's SigV4 (valid for the server's ±15 min clock window) and
-replayed round-robin over 64 channels/streams; every openkvs request is fully verified (signature,
+replayed round-robin over 64 channels/streams (8 streams for moto); every openkvs request is fully verified (signature,
 credential scope, policy). JoinStorageSession is measured on a server with storage sessions off
 (``webrtc_enabled=false``): the API path (SigV4, model validation, ARN and storage checks, the
 join hand-off) without starting a WebRTC peer per call.
@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from typing import Any
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from tests.support import free_port
 
 from . import common
 from .common import log
@@ -107,21 +107,13 @@ def run_wrk(wrk: str, url: str, script: Path, seconds: float) -> dict[str, Any]:
     return result
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
-
-
 @contextlib.contextmanager
-def moto_server(tmp: Path) -> Iterator[tuple[str, list[tuple[str, dict[str, str], str]], str]]:
+def moto_server() -> Iterator[tuple[str, list[tuple[str, dict[str, str], str]], str]]:
     """moto's server mode (from the tools venv) with 8 streams; yields (url, requests, version)."""
     exe = common.ensure_tool("moto[server]", "moto_server")
     if exe is None:
         raise RuntimeError("moto could not be installed")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [str(exe), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
@@ -186,7 +178,7 @@ def run(quick: bool) -> dict[str, Any]:
     with (
         common.tmpdir("api-") as tmp,
         common.server(tmp / "data", webrtc_enabled="false") as srv,
-        moto_server(tmp) as (moto_url, moto_reqs, moto_version),
+        moto_server() as (moto_url, moto_reqs, moto_version),
     ):
         arns = common.provision(srv, CONNECTIONS, prefix="api")
         names = common.stream_names(arns)

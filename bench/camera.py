@@ -1,13 +1,11 @@
 """Run N synthetic cameras (aiortc, pre-encoded H.264 + Opus) against an openkvs server through
 real signaling and JoinStorageSession. Used by the ingest benchmarks as a separate process.
 
-    python -m bench.camera --port P --http-port H --data-dir D --channels a,b,c --seconds 20
-    python -m bench.camera ... --channels a,b --send-seconds 12 --linger 1.5
+    python -m bench.camera --port P --http-port H --data-dir D --channels a,b --send-seconds 12
     python -m bench.camera --offer-url http://127.0.0.1:PORT --send-seconds 12   (baseline peer)
 
-With ``--seconds`` the cameras stream for that long and close (the original behaviour). With
-``--send-seconds`` each camera sends exactly that much media (whole 4 s loops), stays connected
-for ``--linger`` seconds, prints a ``sent`` event with what it sent, then closes. Events are JSON
+Each camera sends exactly ``--send-seconds`` of media (whole 4 s loops), stays connected for
+``--linger`` seconds, prints a ``sent`` event with what it sent, then closes. Events are JSON
 lines on stdout.
 """
 
@@ -26,10 +24,6 @@ from tests.webrtc.harness import Camera
 from tests.webrtc.procserver import ProcessServer
 
 from bench.media import LOOP_SECONDS, camera_media
-
-
-def clip_720p() -> tuple:  # type: ignore[type-arg]
-    return camera_media()[0]
 
 
 class TimedTrack(PacketTrack):
@@ -74,7 +68,6 @@ def sent_stats(master: FakeMaster) -> dict[str, Any]:
         "audio_frames": len(a.sent) if a else 0,
         "audio_bytes": sum(len(d) for d, _ in a.sent) if a else 0,
         "first_video_wall": _first_frame_wall(v),
-        "first_video_pts_ms": v.sent[0][1] if v and v.sent else None,
         "max_send_lag_ms": round(v.max_lag * 1000, 1) if isinstance(v, TimedTrack) else None,
         "send_walls": v.walls if isinstance(v, TimedTrack) else None,
     }
@@ -84,10 +77,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     srv = ProcessServer(Path(args.data_dir))
     srv.port, srv.http_port = args.port, args.http_port
     video, audio = camera_media()
-    if args.send_seconds:
-        loops = max(1, round(args.send_seconds / LOOP_SECONDS))
-    else:
-        loops = max(1, int(args.seconds / LOOP_SECONDS) + 2)
+    loops = max(1, round(args.send_seconds / LOOP_SECONDS))
     cams = [Camera(srv, arn, video, audio, loops=loops) for arn in args.channels.split(",")]  # type: ignore[arg-type]
     for c in cams:
         timed(c.master, video, loops)
@@ -113,19 +103,14 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     await asyncio.gather(*(asyncio.to_thread(c.join) for c in cams))
     t0 = time.monotonic()
     emit({"event": "joined", "t": t0, "wall": time.time()})
-    if args.send_seconds:
-        limit = loops * LOOP_SECONDS + 60
-        await asyncio.gather(*(c.master.wait_sent(limit) for c in cams), return_exceptions=True)
-        emit({"event": "sending_done", "wall": time.time()})
-        await asyncio.sleep(args.linger)
-        emit({"event": "sent", "cameras": [sent_stats(c.master) for c in cams]})
-    else:
-        await asyncio.sleep(args.seconds)
-    sent = [len(c.master.video_track.sent) for c in cams if c.master.video_track]
+    limit = loops * LOOP_SECONDS + 60
+    await asyncio.gather(*(c.master.wait_sent(limit) for c in cams), return_exceptions=True)
+    await asyncio.sleep(args.linger)
+    emit({"event": "sent", "cameras": [sent_stats(c.master) for c in cams]})
     for c in cams:
         await c.close()
     srv.stop()
-    return {"event": "done", "video_frames_sent": sent, "seconds": time.monotonic() - t0}
+    return {"event": "done"}
 
 
 async def run_direct(args: argparse.Namespace) -> dict[str, object]:
@@ -144,7 +129,6 @@ async def run_direct(args: argparse.Namespace) -> dict[str, object]:
             r.raise_for_status()
     emit({"event": "joined", "t": time.monotonic(), "wall": time.time()})
     await master.wait_sent(loops * LOOP_SECONDS + 60)
-    emit({"event": "sending_done", "wall": time.time()})
     await asyncio.sleep(args.linger)
     emit({"event": "sent", "cameras": [sent_stats(master)]})
     await master.close()
@@ -157,8 +141,7 @@ def main() -> None:
     p.add_argument("--http-port", type=int)
     p.add_argument("--data-dir")
     p.add_argument("--channels")
-    p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--send-seconds", type=float, default=0.0)
+    p.add_argument("--send-seconds", type=float, required=True)
     p.add_argument("--linger", type=float, default=1.5)
     p.add_argument("--offer-url")
     args = p.parse_args()

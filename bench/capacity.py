@@ -20,12 +20,11 @@ from typing import Any
 from . import ingest
 from .common import log
 
-DURABLE_LIMIT_S = 2.0
 WORKERS = os.cpu_count() or 1
 
 
 def passes(t: dict[str, Any]) -> bool:
-    return bool(t["frames_equal"]) and bool(t["durable_within_2s"])
+    return bool(t["frames_equal"]) and bool(t["durable_within_limit"])
 
 
 def _trial(n: int, window: float) -> dict[str, Any]:
@@ -78,7 +77,7 @@ def run(quick: bool, budget_s: float | None = None) -> dict[str, Any]:
             n = (good + bad) // 2
     return {
         "window_s": trials[0]["window_s"] if trials else window,
-        "durable_limit_s": DURABLE_LIMIT_S,
+        "durable_limit_s": ingest.DURABLE_LIMIT_S,
         "webrtc_workers": WORKERS if max_trials else 0,
         "max_sessions": good,
         "first_failing": bad,

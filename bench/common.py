@@ -84,12 +84,6 @@ def tree_rss_mb(pid: int) -> float:
     return _tree_sum(pid, rss_mb)
 
 
-def children_cpu_seconds(pid: int) -> float:
-    """CPU of a process plus its reaped children (cutime/cstime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]) / TICKS
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -47,7 +47,12 @@ def targets(sec: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         n = cap["max_sessions"]
         note = "" if cap.get("search_complete") else " (search not complete)"
         out.append(
-            ("Capacity (0 lost frames, durable ≤ 2 s)", "100 sessions", f"{n}{note}", n >= 100)
+            (
+                f"Capacity (0 lost frames, durable ≤ {cap.get('durable_limit_s', 2):g} s)",
+                "100 sessions",
+                f"{n}{note}",
+                n >= 100,
+            )
         )
     else:
         out.append(("Capacity", "100 sessions", "—", None))
@@ -118,9 +123,9 @@ def render(results: dict[str, Any]) -> str:
         f"- Machine: {m.get('cpus')} × {m.get('cpu_model') or 'CPU'}, Python {m.get('python')}, "
         f"Linux {m.get('kernel')}",
         f"- Tree: {m.get('git', '?')}",
-        "- Server: `python -m openkvs serve` as its own process (default asyncio loop), request-rate "
-        "limits off, log level warning; clients, cameras and load generators in other processes on "
-        "the same 2 cores.",
+        "- Server: `python -m openkvs serve` as its own process (uvloop), request-rate limits off, "
+        "log level warning; clients, cameras and load generators in other processes on the same "
+        f"{m.get('cpus')} cores.",
         "",
         "## Targets",
         "",
@@ -128,21 +133,25 @@ def render(results: dict[str, Any]) -> str:
     rows = [[w, t, v, _met(ok)] for w, t, v, ok in targets(sec)]
     L += _table(["What", "Target", "Measured", ""], rows)
 
-    parts: list[tuple[str, Callable[[], list[str]]]] = [
-        ("1. Ingest cost", lambda: _ingest(sec.get("ingest"))),
-        ("2. Capacity", lambda: _capacity(sec.get("capacity"))),
-        ("3. Latency", lambda: _latency(sec.get("latency"))),
-        ("4. API throughput", lambda: _api(sec.get("api"))),
-        ("5. Playback", lambda: _playback(sec.get("playback"))),
-        (
-            "6. Storage overhead and memory",
-            lambda: _storage(sec.get("ingest"), sec.get("capacity")),
-        ),
-        ("Where the time goes", lambda: _profile(sec.get("profile"))),
+    cpus = m.get("cpus")
+    # (title, the section's results, its body once they are there and did not fail)
+    parts: list[tuple[str, dict[str, Any] | None, Callable[[dict[str, Any]], list[str]]]] = [
+        ("1. Ingest cost", sec.get("ingest"), _ingest),
+        ("2. Capacity", sec.get("capacity"), lambda d: _capacity(d, cpus)),
+        ("3. Latency", sec.get("latency"), _latency),
+        ("4. API throughput", sec.get("api"), _api),
+        ("5. Playback", sec.get("playback"), _playback),
     ]
-    for title, part in parts:
+    storage = ("6. Storage overhead and memory", None, None)
+    profile = ("Where the time goes", sec.get("profile"), _profile)
+    for title, d, body in [*parts, storage, profile]:
         try:
-            L += part()
+            if body is None:
+                L += _storage(sec.get("ingest"), sec.get("capacity"))
+                continue
+            L += _section_head(title, d)
+            if d is not None and "error" not in d:
+                L += body(d)
         except (KeyError, TypeError, ZeroDivisionError) as exc:
             L += [f"## {title}", "", f"Incomplete results ({type(exc).__name__}: {exc}).", ""]
     if STEPS.exists():
@@ -164,10 +173,8 @@ def _section_head(title: str, data: dict[str, Any] | None) -> list[str]:
     return out + [meta, ""]
 
 
-def _ingest(d: dict[str, Any] | None) -> list[str]:
-    L = _section_head("1. Ingest cost", d)
-    if not d or "error" in d:
-        return L
+def _ingest(d: dict[str, Any]) -> list[str]:
+    L: list[str] = []
     o, b, f = d["openkvs"], d["baseline"], d["floor"]
     L += [
         "One 1280x720 30 fps ≈2 Mb/s H.264 (1 s GOP) + Opus camera (aiortc, pre-encoded, its own "
@@ -235,8 +242,8 @@ def _ingest(d: dict[str, Any] | None) -> list[str]:
         ]
     L += [
         "The floor replays the camera's own packets (packetised by aiortc's `H264Encoder.pack`, "
-        "SRTP-protected once with AEAD AES-256-GCM, untimed) through the same library calls in one "
-        "thread, with no sockets, ICE, DTLS, RTCP, event loop or worker threads. The storage "
+        f"SRTP-protected once with {f.get('srtp_profile', 'AEAD AES-256-GCM')}, untimed) through "
+        "the same library calls in one thread, with no sockets, ICE, DTLS, RTCP, event loop or worker threads. The storage "
         "session also sends audio back to the camera (Opus encode + SRTP), which the floor does "
         "not.",
         "",
@@ -244,10 +251,8 @@ def _ingest(d: dict[str, Any] | None) -> list[str]:
     return L
 
 
-def _capacity(d: dict[str, Any] | None) -> list[str]:
-    L = _section_head("2. Capacity", d)
-    if not d or "error" in d:
-        return L
+def _capacity(d: dict[str, Any], cpus: int | None) -> list[str]:
+    L: list[str] = []
     L += [
         "N concurrent cameras (one process) against one server"
         + (
@@ -264,8 +269,9 @@ def _capacity(d: dict[str, Any] | None) -> list[str]:
         f"{d['durable_limit_s']:g} s of its end — of the moment the camera sent the frame that "
         "ends it (the camera logs each frame's send time, so a camera process that falls behind "
         "is not charged to the server; its worst lateness is listed). Load avg is the machine's "
-        "1-minute load average at the end of the window: the machine is shared, and with 2 cores "
-        "a load above ~2 means the server was not getting a full core. Largest passing N: "
+        "1-minute load average at the end of the window: the machine is shared, and with "
+        f"{cpus} cores a load above ~{cpus} means the server was not getting all it asked for. "
+        "Largest passing N: "
         f"**{d['max_sessions']}**"
         + (f"; first failing N: {d['first_failing']}." if d.get("first_failing") else "."),
         "",
@@ -309,10 +315,8 @@ def _lat(x: dict[str, Any]) -> list[Any]:
     return [x.get("n"), x.get("p50_ms"), x.get("p99_ms"), x.get("max_ms")]
 
 
-def _latency(d: dict[str, Any] | None) -> list[str]:
-    L = _section_head("3. Latency", d)
-    if not d or "error" in d:
-        return L
+def _latency(d: dict[str, Any]) -> list[str]:
+    L: list[str] = []
     L += [
         "JoinStorageSession → SDP_OFFER: masters connected over the signaling WebSocket, boto3 "
         "calls JoinStorageSession (HTTPS, SigV4) and the clock stops when the offer arrives at the "
@@ -346,15 +350,13 @@ def _latency(d: dict[str, Any] | None) -> list[str]:
     return L
 
 
-def _api(d: dict[str, Any] | None) -> list[str]:
-    L = _section_head("4. API throughput", d)
-    if not d or "error" in d:
-        return L
+def _api(d: dict[str, Any]) -> list[str]:
+    L: list[str] = []
     L += [
         f"wrk ({d.get('client')}, {d.get('connections')} connections, {d.get('seconds')} s after a "
         f"1 s warm-up; best of {d.get('rounds', 1)} interleaved rounds, every round's req/s in "
         "results.json) replaying requests pre-signed with botocore's SigV4, round-robin over 64 "
-        "channels/streams; every openkvs request is verified (signature, scope, clock, policy). "
+        "channels/streams (8 streams for moto); every openkvs request is verified (signature, scope, clock, policy). "
         "Plain HTTP unless marked. JoinStorageSession runs on a server with `webrtc_enabled=false`: "
         "the API path (SigV4, validation, ARN/storage checks, join hand-off) without a WebRTC peer "
         "per call. moto runs `moto_server` from a separate venv under bench/out.",
@@ -383,10 +385,8 @@ def _api(d: dict[str, Any] | None) -> list[str]:
     return L
 
 
-def _playback(d: dict[str, Any] | None) -> list[str]:
-    L = _section_head("5. Playback", d)
-    if not d or "error" in d:
-        return L
+def _playback(d: dict[str, Any]) -> list[str]:
+    L: list[str] = []
     gi, gc, ff = d["get_images_cold"], d["get_images_cached"], d["ffmpeg_cli"]
     L += [
         f"A {d['recording_s']} s 1280x720 30 fps ≈2 Mb/s H.264 + AAC recording (2 s GOP, "
@@ -480,9 +480,9 @@ def _storage(ing: dict[str, Any] | None, cap: dict[str, Any] | None) -> list[str
     return L
 
 
-def _profile(d: dict[str, Any] | None) -> list[str]:
-    L = _section_head("Where the time goes", d)
-    if not d or "error" in d or not d.get("samples"):
+def _profile(d: dict[str, Any]) -> list[str]:
+    L: list[str] = []
+    if not d.get("samples"):
         return L
     L += [
         f"py-spy 0.4 (`record --nonblocking --threads --rate 200`, raw stacks in `{d.get('raw')}`) "

@@ -94,10 +94,10 @@ def test_profile_summary(tmp_path: Path) -> None:
 def test_percentiles_and_capacity_rule() -> None:
     xs = [float(i) for i in range(1, 101)]
     assert common.pct(xs, 50) == 50.0 and common.pct(xs, 99) == 99.0 and common.pct(xs, 100) == 100
-    ok = {"frames_equal": True, "durable_within_2s": True}
+    ok = {"frames_equal": True, "durable_within_limit": True}
     assert capacity.passes(ok)
     assert not capacity.passes({**ok, "frames_equal": False})
-    assert not capacity.passes({**ok, "durable_within_2s": False})
+    assert not capacity.passes({**ok, "durable_within_limit": False})
 
 
 def test_report_marks_each_target(tmp_path: Path) -> None:
