@@ -13,7 +13,7 @@ from typing import Any
 
 from . import __version__, heap
 from .auth.credentials import default_principal
-from .config import ConfigError, Settings
+from .config import ENDPOINT_ENV, HTTP_ENDPOINT_ENV, ConfigError, Settings
 
 logger = logging.getLogger("openkvs")
 
@@ -125,9 +125,9 @@ def cmd_credentials(args: argparse.Namespace) -> int:
     print(f"export AWS_ACCESS_KEY_ID={principal.access_key_id}")
     print(f"export AWS_SECRET_ACCESS_KEY={principal.secret_access_key}")
     print(f"export AWS_DEFAULT_REGION={settings.region}")
-    print(f"export OPENKVS_ENDPOINT={tls}")
+    print(f"export {ENDPOINT_ENV}={tls}")
     if plain:
-        print(f"export OPENKVS_HTTP_ENDPOINT={plain}")
+        print(f"export {HTTP_ENDPOINT_ENV}={plain}")
     # botocore >= 1.31 reads per-service endpoint variables, so boto3 and the AWS CLI need no
     # --endpoint-url in this shell.
     for service_id in SERVICE_IDS:

@@ -27,7 +27,9 @@ from typing import Any
 ENV_PREFIX = "OPENKVS_"
 # Variables for clients, printed by `openkvs credentials`: a shell prepared with
 # `eval "$(openkvs credentials)"` must still be able to start the server or the demo.
-CLIENT_ENV = frozenset({ENV_PREFIX + "ENDPOINT", ENV_PREFIX + "HTTP_ENDPOINT"})
+ENDPOINT_ENV = ENV_PREFIX + "ENDPOINT"  # set by `openkvs credentials` for clients
+HTTP_ENDPOINT_ENV = ENV_PREFIX + "HTTP_ENDPOINT"
+CLIENT_ENV = frozenset({ENDPOINT_ENV, HTTP_ENDPOINT_ENV})
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 

@@ -195,7 +195,16 @@ async def get_images(
         async with lanes:
             return await _fragment_images(svc, stream, f, indices, times_ms, selector, options)
 
-    per_fragment = await asyncio.gather(*(one(f, ix) for f, ix in groups.values()))
+    # A failure (say, a full pool) fails the request with its own error and cancels the other
+    # fragments' work (a TaskGroup would wrap the error in an ExceptionGroup).
+    tasks = [asyncio.ensure_future(one(f, ix)) for f, ix in groups.values()]
+    try:
+        per_fragment = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     for values in per_fragment:
         for i, value in values:
             results[i] = value

@@ -10,6 +10,7 @@ for the GET resources) call it with already-validated arguments.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -480,9 +481,9 @@ def _render_mp4(
         samples = drop_before(
             audio_samples(spec, lead + frames, start_ms), 0, spec.timescale // 1000
         )
-        config = spec.aac
+        assert spec.aac is not None  # track_spec sets it for every audio track
         samples = cover_start(
-            spec, samples, start_ms, lambda: None if config is None else silence.aac_frame(config)
+            spec, samples, start_ms, functools.partial(silence.aac_frame, spec.aac)
         )
     return media_segment(spec, samples, (start_ms + 1) & 0xFFFFFFFF)
 

@@ -16,17 +16,16 @@ import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
-from fractions import Fraction
 
 import av
+
+from .audio import RATE, TIME_BASE
 
 logger = logging.getLogger(__name__)
 
 BATCH = 5  # 20 ms packets per decoding job
 BATCH_WAIT = 0.1  # seconds a partial batch may wait
 MAX_PENDING = 250  # packets held while the pool is behind (5 s); older ones are dropped
-RATE = 48000
-TIME_BASE = Fraction(1, RATE)
 
 FramesCallback = Callable[[list[av.AudioFrame]], None]
 

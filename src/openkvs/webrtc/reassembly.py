@@ -27,12 +27,10 @@ def starts_nal(payload: bytes) -> bool:
 
 @dataclasses.dataclass(slots=True)
 class _Packet:
-    seq: int  # extended
     ts: int  # 32-bit
     marker: bool
     start: bool  # first packet of a NAL unit (not an FU-A continuation)
     data: bytes
-    arrival: float
 
 
 @dataclasses.dataclass
@@ -81,7 +79,7 @@ class FrameAssembler:
             return False, []
         if not self._packets:
             self._last_progress = now
-        self._packets[seq] = _Packet(seq, ts, marker, starts_nal(payload), data, now)
+        self._packets[seq] = _Packet(ts, marker, starts_nal(payload), data)
         pli = False
         if len(self._packets) > self.capacity:
             self.stats.overflow += 1

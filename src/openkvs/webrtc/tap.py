@@ -67,8 +67,8 @@ class SenderReport:
     rtp_timestamp: int
 
 
-VideoCallback = Callable[[bytes, int], None]  # (Annex B access unit, unwrapped RTP timestamp)
-AudioCallback = Callable[[bytes, int], None]  # (Opus packet, unwrapped RTP timestamp)
+# (Annex B access unit or Opus packet, its unwrapped RTP timestamp)
+EncodedCallback = Callable[[bytes, int], None]
 ReportCallback = Callable[[SenderReport], None]
 
 
@@ -93,7 +93,7 @@ class UnwrappingMapper:
 class _AssemblingBuffer:
     """Stands in for the receiver's JitterBuffer: same ``add`` contract, frames go to a callback."""
 
-    def __init__(self, on_frame: VideoCallback) -> None:
+    def __init__(self, on_frame: EncodedCallback) -> None:
         self.assembler = FrameAssembler(capacity=VIDEO_CAPACITY_PACKETS)
         self._mapper = UnwrappingMapper()
         self._on_frame = on_frame
@@ -153,7 +153,7 @@ class _ThrottledEstimator:
 class _EncodedFrameSink:
     """Stands in for the receiver's ``queue.Queue``: ``put`` runs on the event loop."""
 
-    def __init__(self, callback: VideoCallback | AudioCallback) -> None:
+    def __init__(self, callback: EncodedCallback) -> None:
         self._callback = callback
         self._stopped = threading.Event()
 
@@ -203,7 +203,7 @@ def video_assembler(receiver: RTCRtpReceiver) -> FrameAssembler | None:
     return buf.assembler if isinstance(buf, _AssemblingBuffer) else None
 
 
-def tap_video(receiver: RTCRtpReceiver, on_frame: VideoCallback) -> None:
+def tap_video(receiver: RTCRtpReceiver, on_frame: EncodedCallback) -> None:
     """Deliver the receiver's encoded access units to ``on_frame`` instead of decoding them.
 
     Must be called before the receiver starts (i.e. before the remote description is applied).
@@ -219,7 +219,7 @@ def tap_video(receiver: RTCRtpReceiver, on_frame: VideoCallback) -> None:
         setattr(receiver, _ESTIMATOR, _ThrottledEstimator(estimator))
 
 
-def tap_audio(receiver: RTCRtpReceiver, on_packet: AudioCallback) -> None:
+def tap_audio(receiver: RTCRtpReceiver, on_packet: EncodedCallback) -> None:
     """Deliver the receiver's encoded audio packets to ``on_packet`` instead of decoding them,
     with unwrapped (not rebased) RTP timestamps. Call before the receiver starts."""
     if getattr(receiver, _KIND) != "audio":
