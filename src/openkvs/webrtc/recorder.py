@@ -247,7 +247,9 @@ class Recorder:
         """Flush the partial last fragment (kept) and wait until everything is stored."""
         if self._closed:
             return
-        if self._audio_task is not None:
+        # Audio arriving while we wait may start another encoding job: wait for each one, so the
+        # final encode and flush below never share the encoder with a job still running.
+        while self._audio_task is not None and not self._audio_task.done():
             with contextlib.suppress(Exception):
                 await self._audio_task
         self._closed = True
