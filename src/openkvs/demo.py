@@ -29,7 +29,10 @@ import shutil
 import signal
 import ssl
 import sys
+import threading
 import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
@@ -277,7 +280,6 @@ class LoopTrack(MediaStreamTrack):
         self._loop_ms = loop_ms
         self._t0 = t0  # shared by the tracks of one connection: [start] once started
         self._i = 0
-        self.sent = 0
 
     async def recv(self) -> Any:  # an av.Packet: aiortc sends it as encoded
         if self.readyState != "live":
@@ -291,7 +293,6 @@ class LoopTrack(MediaStreamTrack):
         delay = self._t0[0] + pts_ms / 1000 - clock.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        self.sent += 1
         return testpattern.encoded_packet(self.kind, item.data, pts_ms)
 
 
@@ -312,8 +313,6 @@ class SyntheticMaster:
         self.pattern = pattern
         self.connected = asyncio.Event()
         self.failed: str | None = None
-        self.offers = 0
-        self.joins = 0
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._http: aiohttp.ClientSession | None = None
         self._pc: RTCPeerConnection | None = None
@@ -371,7 +370,13 @@ class SyntheticMaster:
             amz_date=_amz_date(),
             expires=299,
         )
-        self._ws = await self._http.ws_connect(url, ssl=self.api.target.ssl, heartbeat=30)
+        try:
+            self._ws = await self._http.ws_connect(url, ssl=self.api.target.ssl, heartbeat=30)
+        except aiohttp.ClientResponseError as exc:
+            # Its text carries the presigned URL (access key id and signature): not for output.
+            raise DemoError(f"ConnectAsMaster was refused (HTTP {exc.status})") from None
+        except aiohttp.ClientError as exc:
+            raise DemoError(f"ConnectAsMaster failed ({type(exc).__name__})") from None
         self._offer_seen.clear()
         self._spawn(self._read(self._ws), "demo signaling")
         self._spawn(self._join_until_offer(), "demo join")
@@ -380,7 +385,6 @@ class SyntheticMaster:
         for _ in range(MAX_JOINS):
             if self._closing:
                 return
-            self.joins += 1
             try:
                 await self.api.call(
                     self._storage, "join_storage_session", channelArn=self.channel_arn
@@ -416,12 +420,15 @@ class SyntheticMaster:
 
     async def _reconnect(self, old: aiohttp.ClientWebSocketResponse) -> None:
         await old.close()
-        if not self._closing:
+        if self._closing:
+            return
+        try:
             await self._connect()
+        except DemoError as exc:
+            self.failed = str(exc)  # the recording loop reports it and stops
 
     async def _answer(self, payload: str) -> None:
         offer = json.loads(base64.b64decode(payload))
-        self.offers += 1
         self._offer_seen.set()
         previous, self._pc = self._pc, None
         if previous is not None:
@@ -524,32 +531,49 @@ class Progress:
         )
 
 
-async def measure(api: Api, am: Any, stream: str, since: float) -> Progress:
-    frags: list[dict[str, Any]] = []
-    params: dict[str, Any] = {
-        "StreamName": stream,
-        "FragmentSelector": {
-            "FragmentSelectorType": "SERVER_TIMESTAMP",
-            "TimestampRange": {"StartTimestamp": since, "EndTimestamp": clock.now() + 60},
-        },
-    }
-    while True:
-        page = await api.call(am, "list_fragments", **params)
-        frags += page.get("Fragments", [])
-        token = page.get("NextToken")
-        if not token:
-            break
-        params = {"StreamName": stream, "NextToken": token}
-    progress = Progress()
-    for f in frags:
-        progress.fragments += 1
-        progress.seconds += f["FragmentLengthInMilliseconds"] / 1000
-        progress.bytes += f["FragmentSizeInBytes"]
-        start = int(f["ServerTimestamp"].timestamp() * 1000)
-        end = start + int(f["FragmentLengthInMilliseconds"])
-        progress.first_ms = start if progress.first_ms is None else min(progress.first_ms, start)
-        progress.last_ms = end if progress.last_ms is None else max(progress.last_ms, end)
-    return progress
+class Tally:
+    """The recording's progress, kept up to date from ListFragments. Each update lists only
+    the last ``LOOKBACK_S`` before the newest fragment seen (fragments can be listed a little out
+    of order), so its cost does not grow with the recording."""
+
+    LOOKBACK_S = 30.0
+
+    def __init__(self, api: Api, am: Any, stream: str, since: float) -> None:
+        self._api, self._am, self._stream = api, am, stream
+        self._since = since
+        self._seen: set[str] = set()
+        self._progress = Progress()
+
+    async def update(self) -> Progress:
+        """A snapshot of the progress so far."""
+        params: dict[str, Any] = {
+            "StreamName": self._stream,
+            "FragmentSelector": {
+                "FragmentSelectorType": "SERVER_TIMESTAMP",
+                "TimestampRange": {"StartTimestamp": self._since, "EndTimestamp": clock.now() + 60},
+            },
+        }
+        p = self._progress
+        while True:
+            page = await self._api.call(self._am, "list_fragments", **params)
+            for f in page.get("Fragments", []):
+                if f["FragmentNumber"] in self._seen:
+                    continue
+                self._seen.add(f["FragmentNumber"])
+                p.fragments += 1
+                p.seconds += f["FragmentLengthInMilliseconds"] / 1000
+                p.bytes += f["FragmentSizeInBytes"]
+                start = int(f["ServerTimestamp"].timestamp() * 1000)
+                end = start + int(f["FragmentLengthInMilliseconds"])
+                p.first_ms = start if p.first_ms is None else min(p.first_ms, start)
+                p.last_ms = end if p.last_ms is None else max(p.last_ms, end)
+            token = page.get("NextToken")
+            if not token:
+                break
+            params = {"StreamName": self._stream, "NextToken": token}
+        if p.last_ms is not None:
+            self._since = max(self._since, p.last_ms / 1000 - self.LOOKBACK_S)
+        return dataclasses.replace(p)
 
 
 def openkvs_command() -> list[str]:
@@ -561,7 +585,7 @@ def openkvs_command() -> list[str]:
 
 def server_flags(settings: Settings) -> list[str]:
     """The flags that name this server to ``openkvs serve`` and ``openkvs credentials``."""
-    args = ["--data-dir", str(settings.data_dir)]
+    args = ["--data-dir", str(settings.data_dir.resolve())]  # works from any directory
     if settings.port != 8443:
         args += ["--port", str(settings.port)]
     if settings.http_port != 8080:
@@ -668,6 +692,27 @@ class Printer:
         self.out.flush()
 
 
+async def _unless_stopped(
+    stop: asyncio.Event,
+    load: Callable[[Path, int, int, threading.Event], tuple[testpattern.TestPattern, bool]],
+    cache: Path,
+    width: int,
+    height: int,
+) -> tuple[testpattern.TestPattern, bool] | None:
+    """``load`` in a thread, called off if ``stop`` is set first (then None)."""
+    cancel = threading.Event()
+    work = asyncio.ensure_future(asyncio.to_thread(load, cache, width, height, cancel))
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if stop.is_set():
+        cancel.set()
+        with contextlib.suppress(testpattern.Cancelled):
+            await work
+        return None
+    return work.result()
+
+
 async def run(settings: Settings, options: DemoOptions, out: TextIO) -> int:
     printer = Printer(out)
     stop = asyncio.Event()
@@ -684,13 +729,14 @@ async def run(settings: Settings, options: DemoOptions, out: TextIO) -> int:
                 f"Encoding the {options.width}x{options.height} test pattern once "
                 f"(cached in {cache})..."
             )
-        pattern, cached = await asyncio.to_thread(
-            testpattern.load_or_encode, cache, options.width, options.height
+        loaded = await _unless_stopped(
+            stop, testpattern.load_or_encode, cache, options.width, options.height
         )
+        if loaded is None:
+            return 0  # Ctrl-C while encoding: nothing was cached
+        pattern, cached = loaded
         if cached:
             printer.say(f"Using the cached {options.width}x{options.height} test pattern")
-        if stop.is_set():
-            return 0
         target = await find_or_start(settings, out)
         api = Api(settings, target)
         channel_arn, _ = await setup_resources(api, options.channel, out)
@@ -749,13 +795,14 @@ async def _record(
     kv = api.client("kinesisvideo")
     data = await api.call(kv, "get_data_endpoint", StreamName=stream, APIName="LIST_FRAGMENTS")
     am = api.client("kinesis-video-archived-media", data["DataEndpoint"])
+    tally = Tally(api, am, stream, since)
     announced = False
     while not stop.is_set():
         if options.duration and clock.monotonic() - connected_at >= options.duration:
             break
         if master.failed:
             raise DemoError(master.failed)
-        progress = await measure(api, am, stream, since)
+        progress = await tally.update()
         printer.progress(progress.line())
         if not announced and progress.fragments and progress.first_ms is not None:
             announced = True
@@ -768,10 +815,10 @@ async def _record(
             await asyncio.wait_for(stop.wait(), 1.0)
     # Hang up: the server ends the session and stores its last, partial fragment.
     await master.stop()
-    progress = await measure(api, am, stream, since)
+    progress = await tally.update()
     for _ in range(10):
         await asyncio.sleep(0.5)
-        again = await measure(api, am, stream, since)
+        again = await tally.update()
         if again.fragments == progress.fragments and again.seconds == progress.seconds:
             break
         progress = again

@@ -15,6 +15,7 @@ import fractions
 import json
 import os
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +60,6 @@ class TestPattern:
     video: tuple[Packet, ...]
     audio: tuple[Packet, ...]
 
-    @property
-    def video_bytes(self) -> int:
-        return sum(len(p.data) for p in self.video)
-
 
 def parse_resolution(text: str) -> tuple[int, int]:
     """``"1280x720"`` → (1280, 720); multiples of 4 from 64x64 to 3840x2160."""
@@ -81,16 +78,23 @@ def cache_path(cache_dir: Path, width: int, height: int) -> Path:
     return cache_dir / name
 
 
-def load_or_encode(cache_dir: Path, width: int, height: int) -> tuple[TestPattern, bool]:
+class Cancelled(Exception):
+    """The encoding was called off (``cancel`` was set); nothing was cached."""
+
+
+def load_or_encode(
+    cache_dir: Path, width: int, height: int, cancel: threading.Event | None = None
+) -> tuple[TestPattern, bool]:
     """The cached pattern for this size, encoding (and caching) it first if needed.
-    Returns (pattern, True if it was read from the cache). Blocking: run it in a thread."""
+    Returns (pattern, True if it was read from the cache). Blocking: run it in a thread; setting
+    ``cancel`` stops an encoding within a frame (:class:`Cancelled`)."""
     path = cache_path(cache_dir, width, height)
     if path.exists():
         try:
             return read(path), True
         except (ValueError, KeyError, OSError, struct.error):
             pass  # a damaged cache file is simply made again
-    pattern = encode(width, height)
+    pattern = encode(width, height, cancel)
     write(path, pattern)
     return pattern, False
 
@@ -209,13 +213,13 @@ def encoded_packet(kind: str, data: bytes, pts_ms: float) -> Any:  # av.Packet
     return packet
 
 
-def encode(width: int, height: int) -> TestPattern:
-    video = tuple(_encode_video(width, height))
+def encode(width: int, height: int, cancel: threading.Event | None = None) -> TestPattern:
+    video = tuple(_encode_video(width, height, cancel))
     audio = tuple(_encode_audio())
     return TestPattern(width, height, FPS, LOOP_SECONDS * 1000.0, video, audio)
 
 
-def _encode_video(width: int, height: int) -> list[Packet]:
+def _encode_video(width: int, height: int, cancel: threading.Event | None) -> list[Packet]:
     ctx: Any = av.CodecContext.create("libx264", "w")
     ctx.width, ctx.height = width, height
     ctx.pix_fmt = "yuv420p"
@@ -235,6 +239,8 @@ def _encode_video(width: int, height: int) -> list[Packet]:
             out.append(Packet(bytes(pkt), float(pkt.pts) * 1000 / FPS, bool(pkt.is_keyframe)))
 
     for i in range(LOOP_SECONDS * FPS):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled
         frame = av.VideoFrame.from_ndarray(_frame(background, i), format="yuv420p")
         frame.pts = i
         collect(ctx.encode(frame))
