@@ -38,7 +38,7 @@ from ..playback.support import (
     start_player,
 )
 from ..support import ServerThread, need_tool
-from ..webrtc.harness import storage_channel
+from ..webrtc.harness import storage_channel, wait_for
 from .browser import AppSite, api_config, browser_ready, build_app, drive
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -191,9 +191,7 @@ def test_browser_master_viewer_takeover_and_playback(
 
     # Let the ended sessions flush their last fragments.
     manager: Any = server.services.sessions
-    deadline = time.time() + 15
-    while (manager.masters or manager.viewers) and time.time() < deadline:
-        time.sleep(0.2)
+    server.call(wait_for(lambda: not (manager.masters or manager.viewers), 15, 0.2))
     ended = list(manager.ended)
 
     check_customer_flow(server, a)

@@ -28,11 +28,13 @@ from .test_https_api import signaling_client
 SECRET = "coturn-shared-secret"
 
 
-def _stun_ready(port: int, deadline: float) -> bool:
+def _stun_ready(port: int, deadline: float, server: subprocess.Popen[bytes]) -> bool:
+    """True once a STUN binding request is answered; False at the deadline or if the server
+    exited (say, because its port was taken)."""
     request = struct.pack("!HHI12s", 0x0001, 0, 0x2112A442, secrets.token_bytes(12))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         udp.settimeout(0.2)
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and server.poll() is None:
             udp.sendto(request, ("127.0.0.1", port))
             try:
                 data, _ = udp.recvfrom(2048)
@@ -94,7 +96,7 @@ def coturn(tmp_path: Path) -> Iterator[int]:
         with open(log_path, "w") as log:
             proc = _start_coturn(binary, tmp_path, port, log)
             try:
-                ready = _stun_ready(port, time.monotonic() + 10)
+                ready = _stun_ready(port, time.monotonic() + 10, proc)
             except BaseException:
                 _stop(proc)
                 raise

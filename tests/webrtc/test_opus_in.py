@@ -11,6 +11,7 @@ from openkvs.webrtc import opus_in
 from openkvs.webrtc.opus_in import OpusIn
 
 from ..mediagen import opus_packets
+from .harness import wait_for
 
 PACKETS = opus_packets(1.0)  # 50 packets of 20 ms
 
@@ -27,12 +28,14 @@ async def test_batches_of_five_in_order_then_the_rest_after_the_wait() -> None:
         for i, p in enumerate(PACKETS[:12]):
             decoder.add(p.data, 1000 + i * 960)
             await asyncio.sleep(0)
-        await asyncio.sleep(0.05)  # full batches are decoded at once (a running job takes along
-        # what came meanwhile), in order, with one 20 ms frame per packet
+        # Full batches are decoded without waiting for the timer (a running job takes along what
+        # came meanwhile), in order, with one 20 ms frame per packet.
+        await wait_for(lambda: len(pts_of(got)) >= 10, opus_in.BATCH_WAIT * 0.9, 0.005)
         done = pts_of(got)
         assert len(done) >= 10 and done == [1000 + i * 960 for i in range(len(done))]
         assert all(f.samples == 960 and f.sample_rate == 48000 for b in got for f in b)
-        await asyncio.sleep(opus_in.BATCH_WAIT + 0.1)  # a partial batch does not wait longer
+        # A partial batch waits for the timer, and not for ever.
+        await wait_for(lambda: len(pts_of(got)) == 12, opus_in.BATCH_WAIT + 2.0, 0.01)
         assert pts_of(got) == [1000 + i * 960 for i in range(12)]
     finally:
         await decoder.close()
@@ -46,7 +49,7 @@ async def test_live_listeners_get_every_packet_at_once_and_close_flushes() -> No
     decoder = OpusIn(pool, got.append, live=lambda: live)
     try:
         decoder.add(PACKETS[0].data, 0)
-        await asyncio.sleep(0.05)
+        await wait_for(lambda: got, opus_in.BATCH_WAIT * 0.9, 0.005)  # no batching: no timer
         assert pts_of(got) == [0]
         live = False
         for i in range(1, 4):
