@@ -160,6 +160,7 @@ class StorageSessionManager:
             on_end=self._viewer_ended,
             number=next(self._numbers),
             audio=self.audio.setdefault(arn, ChannelAudio()),
+            pool=self._pool,
         )
         viewers[client_id] = session
         if previous is not None:

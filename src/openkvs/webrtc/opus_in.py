@@ -1,11 +1,12 @@
-"""The master's Opus packets, decoded in the media pool a batch at a time.
+"""A peer's Opus packets (the master's, or a viewer's), decoded in the media pool a batch at a
+time.
 
 aiortc decodes each received audio packet in a thread of its own per track and hands every
 decoded 20 ms frame back to the event loop with ``run_coroutine_threadsafe``: two thread hops
 and GIL hand-offs per packet, which cost a storage session more than the Opus decoding itself.
 Here the frame tap delivers the encoded packets on the event loop, and they are decoded in the
-session's worker pool ``BATCH`` at a time (one hop per 100 ms), or one at a time while a viewer
-listens live. A partial batch waits at most ``BATCH_WAIT`` seconds, so silence suppression
+session's worker pool ``BATCH`` at a time (one hop per 100 ms), or one at a time while someone
+listens live (always, for a viewer's audio). A partial batch waits at most ``BATCH_WAIT`` seconds, so silence suppression
 (fewer packets) does not hold audio back.
 """
 

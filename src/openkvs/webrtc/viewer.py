@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from typing import Any
 
-from aiortc import MediaStreamTrack
-from aiortc.mediastreams import MediaStreamError
+import av
 
 from .. import clock
 from ..config import Settings
 from ..store.base import Channel
+from . import tap
 from .audio import ChannelAudio
 from .master import MasterSession
+from .opus_in import OpusIn
 from .peer import Send, h264_preferences, opus_preferences
 from .session import StorageSession
 from .video import VideoRelayTrack
@@ -34,6 +36,7 @@ class ViewerSession(StorageSession):
         on_end: Callable[[Any, str], Awaitable[None]],
         number: int,
         audio: ChannelAudio,
+        pool: Executor,
     ) -> None:
         super().__init__(
             channel=channel,
@@ -54,7 +57,10 @@ class ViewerSession(StorageSession):
         self.audio.setCodecPreferences(opus_preferences())
         self.master: MasterSession | None = None
         self.alone_since: float | None = clock.monotonic()
-        self.pc.on("track", self._on_track)
+        # The viewer's Opus packets come off the receiver like the master's (``tap``) and are
+        # decoded in the session pool one at a time (somebody always listens to a viewer).
+        self.opus_in = OpusIn(pool, self._on_audio_frames, live=lambda: True)
+        tap.tap_audio(self.audio.receiver, lambda data, ts: self.opus_in.add(data, ts))
 
     def attach_master(self, master: MasterSession) -> None:
         if self.master is not None:
@@ -83,20 +89,15 @@ class ViewerSession(StorageSession):
         return None
 
     async def finish(self, reason: str) -> None:
+        await self.opus_in.close()
         if self.master is not None:
             self.detach_master(self.master)
         self.audio_mix.remove(self._listener)
 
-    def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio":
-            self.spawn(self._read_audio(track), "viewer audio")
-
-    async def _read_audio(self, track: MediaStreamTrack) -> None:
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                frame: Any = await track.recv()
-                # Viewers are mixed into the recording only while a master is present.
-                self.audio_mix.push(self._listener, frame, to_recording=self.master is not None)
+    def _on_audio_frames(self, frames: list[av.AudioFrame]) -> None:
+        for frame in frames:
+            # Viewers are mixed into the recording only while a master is present.
+            self.audio_mix.push(self._listener, frame, to_recording=self.master is not None)
 
     def stats(self) -> dict[str, Any]:
         return {
