@@ -56,6 +56,12 @@ def record(
             stream, server.services.fragments, pool, target_ms=1000, request_keyframe=lambda: False
         )
         recorder.start()
+
+        def deliver(frame: av.AudioFrame) -> None:
+            """What the storage session does: the packet arrives, then its decoded frame."""
+            recorder.audio_arrived(int(frame.pts))
+            recorder.on_audio(frame)
+
         frames = iter(video)
         next_video = next(frames, None)
         held: list[av.AudioFrame] = []
@@ -68,10 +74,10 @@ def record(
             if audio_stall is not None and audio_stall[0] <= i <= audio_stall[1]:
                 held.append(frame)
             else:
-                recorder.on_audio(frame)
+                deliver(frame)
             if audio_stall is not None and i == audio_stall[1]:
                 for late in held:
-                    recorder.on_audio(late)
+                    deliver(late)
                     await asyncio.sleep(0.002)
             if i == sender_report_at:
                 recorder.on_sender_report("video", 1000.0, 0)

@@ -6,8 +6,8 @@ decoded 20 ms frame back to the event loop with ``run_coroutine_threadsafe``: tw
 and GIL hand-offs per packet, which cost a storage session more than the Opus decoding itself.
 Here the frame tap delivers the encoded packets on the event loop, and they are decoded in the
 session's worker pool ``BATCH`` at a time (one hop per 100 ms), or one at a time while someone
-listens live (always, for a viewer's audio). A partial batch waits at most ``BATCH_WAIT`` seconds, so silence suppression
-(fewer packets) does not hold audio back.
+listens live (always, for a viewer's audio). A partial batch waits at most ``BATCH_WAIT``
+seconds, so silence suppression (fewer packets) does not hold audio back.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Records one master peer's media into a stream: H.264 as received, Opus → AAC, fragments.
 
-Called on the event loop with encoded video access units (from the tap) and decoded audio frames
-(from the audio track); AAC encoding, MKV serialisation and storage run in worker threads. The
-fragment writer keeps fragments in order and is bounded.
+Called on the event loop with encoded video access units (from the tap), audio packet arrivals
+(from the tap) and the decoded audio frames (from ``OpusIn``); AAC encoding, MKV serialisation
+and storage run in worker threads. The fragment writer keeps fragments in order and is bounded.
 """
 
 from __future__ import annotations
@@ -129,25 +129,20 @@ class Recorder:
             return
         self.stats.last_media_at = clock.monotonic()
         if self.clock.audio.anchor_ts is None:
-            self.clock.audio_ms(rtp_ts, float(clock.now_ms()))
+            self.clock.audio.to_ms(rtp_ts, float(clock.now_ms()))
 
     def on_audio(self, frame: av.AudioFrame) -> None:
+        """A decoded frame of audio whose packet went through :meth:`audio_arrived`."""
         if self._closed:
             return
         self.stats.audio_frames += 1
-        self.stats.last_media_at = clock.monotonic()
-        if frame.pts is not None and self.clock.audio.anchor_ts is None:
-            # Anchor the audio clock at the arrival of its first frame.
-            self.clock.audio_ms(int(frame.pts), float(clock.now_ms()))
         self._audio_batch.append(frame)
         if len(self._audio_batch) >= AUDIO_BATCH and not self._audio_busy:
             batch, self._audio_batch = self._audio_batch, []
             self._audio_busy = True
-            self._audio_task = asyncio.create_task(self._encode_audio(batch, float(clock.now_ms())))
+            self._audio_task = asyncio.create_task(self._encode_audio(batch))
 
-    async def _encode_audio(
-        self, batch: list[av.AudioFrame], arrival_ms: float, *, final: bool = False
-    ) -> None:
+    async def _encode_audio(self, batch: list[av.AudioFrame], *, final: bool = False) -> None:
         loop = asyncio.get_running_loop()
         try:
             if self._aac is None:
@@ -167,9 +162,9 @@ class Recorder:
             packets = []
         finally:
             self._audio_busy = False
-        # The newest packet's samples end at roughly the arrival time of the batch's last frame.
+        now_ms = float(clock.now_ms())  # only if the clock was never anchored (it was, on arrival)
         for data, pts in packets:
-            ms = self._monotonic_audio_ms(self.clock.audio_ms(pts, arrival_ms))
+            ms = self._monotonic_audio_ms(self.clock.audio_ms(pts, now_ms))
             if ms is None:
                 self.stats.dropped_audio += 1
                 continue
@@ -178,7 +173,7 @@ class Recorder:
         if len(self._audio_batch) >= AUDIO_BATCH and not self._closed:
             batch, self._audio_batch = self._audio_batch, []
             self._audio_busy = True
-            await self._encode_audio(batch, float(clock.now_ms()))
+            await self._encode_audio(batch)
 
     def _monotonic_audio_ms(self, ms: float) -> float | None:
         """Keep the recorded audio in order. The media clock can step back: when sender reports
@@ -257,7 +252,7 @@ class Recorder:
         # batch, and what the AAC encoder holds back for its look-ahead.
         batch, self._audio_batch = self._audio_batch, []
         with contextlib.suppress(Exception):
-            await self._encode_audio(batch, float(clock.now_ms()), final=True)
+            await self._encode_audio(batch, final=True)
         self._enqueue(self._fragmenter.flush())
         fs = self._fragmenter.stats
         self.stats.dropped_video = fs.dropped_video
