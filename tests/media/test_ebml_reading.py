@@ -144,3 +144,13 @@ def test_track_without_track_type_is_neither_video_nor_audio() -> None:
     with pytest.raises(ValueError, match="TrackNumber or CodecID"):
         bare = ebml.master(mkv.TRACK_ENTRY, ebml.uint(mkv.TRACK_NUMBER, 3))
         mkv.read_track(bare, ebml.read_header(bare, 0))
+
+
+def test_an_element_overrunning_its_segment_is_rejected() -> None:
+    header = ebml.master(mkv.EBML_HEADER, ebml.uint(0x4286, 1))
+    info = ebml.master(mkv.INFO, ebml.uint(mkv.TIMECODE_SCALE, 1_000_000))
+    # The Segment says it ends two bytes before its Info does; more bytes follow in the buffer
+    # (the next fragment of a GetMedia stream), which must not be read as part of it.
+    segment = ebml.encode_id(mkv.SEGMENT) + ebml.encode_size(len(info) - 2) + info
+    with pytest.raises(ValueError, match="overruns the Segment"):
+        mkv.scan_fragment(header + segment + b"\x00" * 16)

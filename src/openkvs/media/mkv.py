@@ -465,7 +465,7 @@ def scan_fragment(data: bytes, *, max_blocks: int | None = None) -> Layout:
         if length == ebml.UNKNOWN_SIZE:
             raise ValueError(f"unknown-size element 0x{eid:X} is not supported here")
         el = ebml.Element(eid, start, pos, length)
-        if el.end > size:
+        if el.end > seg_end:
             raise ValueError(f"element 0x{eid:X} overruns the Segment")
         if eid == INFO:
             for c in ebml.iter_elements(data, el.data_start, el.end):
