@@ -7,7 +7,6 @@ P frames stay small, like a real camera looking at a detailed, mostly still scen
 
 from __future__ import annotations
 
-import dataclasses
 import fractions
 import functools
 from typing import Any
@@ -15,12 +14,10 @@ from typing import Any
 import av
 import numpy as np
 
+from openkvs import testpattern
 
-@dataclasses.dataclass(frozen=True)
-class EncodedFrame:
-    data: bytes  # Annex B for H.264; raw packets for audio
-    pts_ms: float
-    keyframe: bool
+# One pre-encoded frame (Annex B for H.264, raw packets for audio): the synthetic cameras' own.
+EncodedFrame = testpattern.Packet
 
 
 def _pattern(

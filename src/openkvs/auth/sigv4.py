@@ -237,7 +237,7 @@ def amz_date_to_epoch(amz_date: str) -> float:
     # Same result and ValueError as strptime("%Y%m%dT%H%M%SZ"), without strptime's cost on
     # every request.
     if not _AMZ_DATE.fullmatch(amz_date):
-        return datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+        raise ValueError(f"X-Amz-Date {amz_date!r} is not of the form YYYYMMDDTHHMMSSZ")
     d = amz_date
     return datetime(
         int(d[0:4]),

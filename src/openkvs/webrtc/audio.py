@@ -22,6 +22,7 @@ FRAME = 960  # 20 ms
 MAX_QUEUED = RATE // 2  # samples per (listener, source): half a second
 TIME_BASE = fractions.Fraction(1, RATE)
 RECORDING = "\x00recording"
+MASTER = "master"
 
 
 def to_pcm(frame: av.AudioFrame) -> np.ndarray:
@@ -144,8 +145,9 @@ class ChannelAudio:
             listener.sizes.pop(name, None)
 
     @property
-    def listeners(self) -> int:
-        return len(self._listeners) - 1
+    def viewers(self) -> int:
+        """Listeners other than the master (and the recording)."""
+        return sum(1 for name in self._listeners if name not in (RECORDING, MASTER))
 
 
 class MixTrack(MediaStreamTrack):

@@ -16,7 +16,7 @@ import av
 from ..config import Settings
 from ..store.base import Channel, Stream
 from . import tap
-from .audio import ChannelAudio
+from .audio import MASTER, ChannelAudio
 from .opus_in import OpusIn
 from .peer import Send, h264_preferences, opus_preferences
 from .recorder import Recorder
@@ -55,7 +55,7 @@ class MasterSession(StorageSession):
         self.stream = stream
         self.audio_mix = audio or ChannelAudio()
         self.video = self.pc.addTransceiver("video", direction="recvonly")
-        self.audio = self.pc.addTransceiver(self.audio_mix.track_for("master"), "sendrecv")
+        self.audio = self.pc.addTransceiver(self.audio_mix.track_for(MASTER), "sendrecv")
         self.video.setCodecPreferences(h264_preferences())
         self.audio.setCodecPreferences(opus_preferences())
         self.recorder = Recorder(
@@ -68,7 +68,7 @@ class MasterSession(StorageSession):
         )
         tap.tap_video(self.video.receiver, self._on_video)
         self.opus_in = OpusIn(
-            pool, self._on_audio_frames, live=lambda: self.audio_mix.listeners > 1
+            pool, self._on_audio_frames, live=lambda: self.audio_mix.viewers > 0
         )
         tap.tap_audio(self.audio.receiver, self._on_opus)
         tap.observe_sender_reports(
@@ -87,7 +87,7 @@ class MasterSession(StorageSession):
 
     async def finish(self, reason: str) -> None:
         await self.opus_in.close()  # what arrived before the end goes into the recording
-        self.audio_mix.remove("master")
+        self.audio_mix.remove(MASTER)
         await self.recorder.close()
 
     def on_connected(self) -> None:
@@ -114,7 +114,7 @@ class MasterSession(StorageSession):
 
     def _on_audio_frames(self, frames: list[av.AudioFrame]) -> None:
         for frame in frames:
-            self.audio_mix.push("master", frame, to_recording=False)
+            self.audio_mix.push(MASTER, frame, to_recording=False)
             self.recorder.on_audio(self.audio_mix.recording_mix(frame))
 
     def request_keyframe(self) -> bool:
@@ -124,6 +124,10 @@ class MasterSession(StorageSession):
         return {
             **self.base_stats(),
             "stream": self.stream.name,
-            "viewers": self.audio_mix.listeners - 1,
+            "viewers": self.audio_mix.viewers,
+            "opus_packets": self.opus_in.packets,
+            "opus_empty_packets": self.opus_in.empty,
+            "opus_dropped_packets": self.opus_in.dropped,
+            "opus_decode_errors": self.opus_in.decode_errors,
             **self.recorder.stats.as_dict(),
         }

@@ -49,7 +49,8 @@ class OpusIn:
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.packets = 0
-        self.dropped = 0
+        self.empty = 0  # packets with nothing to decode (not lost audio)
+        self.dropped = 0  # packets lost here: the pool fell behind, or a decoding job failed
         self.decode_errors = 0
 
     def add(self, data: bytes, timestamp: int) -> None:
@@ -60,7 +61,7 @@ class OpusIn:
         if not data:
             # Nothing to decode; and FFmpeg would take an empty packet as the end of the stream
             # and decode nothing more.
-            self.dropped += 1
+            self.empty += 1
             return
         if len(self._batch) >= MAX_PENDING:
             del self._batch[0]
@@ -91,6 +92,7 @@ class OpusIn:
             )
         except Exception:  # noqa: BLE001 - audio trouble must not stop the session
             logger.exception("Opus decoding failed")
+            self.dropped += len(batch)
             frames = []
         finally:
             self._task = None
