@@ -28,6 +28,7 @@ from .services import Services
 from .signaling.ws import SignalingEndpoint
 from .store.fs import FsBlobStore
 from .store.sqlite import SqliteMetadataStore
+from .tls import local_ca
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +255,7 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
 def data_paths(settings: Settings) -> dict[str, Path]:
     return {
         "data_dir": settings.data_dir,
-        "ca": settings.data_dir / "tls" / "ca.pem",
+        "ca": local_ca(settings.data_dir),
         "credentials": settings.data_dir / "credentials.json",
     }
 

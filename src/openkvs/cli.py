@@ -14,6 +14,7 @@ from typing import Any
 from . import __version__, heap
 from .auth.credentials import default_principal
 from .config import ENDPOINT_ENV, HTTP_ENDPOINT_ENV, ConfigError, Settings
+from .tls import local_ca
 
 logger = logging.getLogger("openkvs")
 
@@ -64,14 +65,19 @@ def _setup_logging(level: str) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def local_host(host: str) -> str:
+    """How a client on this machine names a server listening on ``host`` (URL form)."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 def advertised(
     settings: Settings, port: int | None, http_port: int | None
 ) -> tuple[str, str | None]:
     if settings.public_url:
         return settings.public_url.rstrip("/"), None
-    host = settings.host if settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
+    host = local_host(settings.host)
     tls = f"https://{host}:{port}" if port != 443 else f"https://{host}"
     plain = f"http://{host}:{http_port}" if http_port else None
     return tls, plain
@@ -132,7 +138,7 @@ def cmd_credentials(args: argparse.Namespace) -> int:
     # --endpoint-url in this shell.
     for service_id in SERVICE_IDS:
         print(f"export AWS_ENDPOINT_URL_{service_id.upper().replace(' ', '_')}={tls}")
-    ca = settings.data_dir / "tls" / "ca.pem"
+    ca = local_ca(settings.data_dir)
     if settings.tls_cert is None:
         print(f"export AWS_CA_BUNDLE={ca.resolve()}")
     return 0

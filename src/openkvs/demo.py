@@ -50,7 +50,9 @@ from aiortc.sdp import candidate_from_sdp
 from . import clock, testpattern
 from .auth import sigv4
 from .auth.credentials import default_principal
+from .cli import local_host
 from .config import Settings
+from .tls import local_ca
 
 logger = logging.getLogger(__name__)
 
@@ -110,15 +112,10 @@ class Target:
     started: Any = None  # our own openkvs.server.Server, or None
 
 
-def _connect_host(settings: Settings) -> str:
-    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
-
-
 def _tls(settings: Settings) -> tuple[ssl.SSLContext, str | bool]:
     if settings.tls_cert is not None:
         return ssl.create_default_context(), True
-    ca = settings.data_dir / "tls" / "ca.pem"
+    ca = local_ca(settings.data_dir)
     if ca.exists():
         return ssl.create_default_context(cafile=str(ca)), str(ca.resolve())
     # No local CA yet: nothing of ours runs with this data dir (probing only).
@@ -147,10 +144,16 @@ async def _probe(url: str, ctx: ssl.SSLContext | None) -> str:
 
 
 async def find_or_start(settings: Settings, out: TextIO) -> Target:
-    host = _connect_host(settings)
+    host = local_host(settings.host)
     endpoint = f"https://{host}:{settings.port}"
     ctx, verify = _tls(settings)
     found = await _probe(f"{endpoint}/health", ctx)
+    if found == "openkvs" and verify is False:
+        # This data dir has no CA yet, so that server runs on another one, with other keys.
+        raise DemoError(
+            f"port {settings.port} is taken by an openkvs server started with another "
+            "--data-dir: pass the same --data-dir, or choose --port"
+        )
     if found == "openkvs":
         http_endpoint = None
         if settings.http_port:
@@ -723,6 +726,11 @@ async def run(settings: Settings, options: DemoOptions, out: TextIO) -> int:
     api: Api | None = None
     master: SyntheticMaster | None = None
     try:
+        # The server and the resources first: a taken port or a wrong data dir shows at once,
+        # not after the test pattern's first encoding.
+        target = await find_or_start(settings, out)
+        api = Api(settings, target)
+        channel_arn, _ = await setup_resources(api, options.channel, out)
         cache = settings.data_dir / "demo"
         if not testpattern.cache_path(cache, options.width, options.height).exists():
             printer.say(
@@ -737,9 +745,6 @@ async def run(settings: Settings, options: DemoOptions, out: TextIO) -> int:
         pattern, cached = loaded
         if cached:
             printer.say(f"Using the cached {options.width}x{options.height} test pattern")
-        target = await find_or_start(settings, out)
-        api = Api(settings, target)
-        channel_arn, _ = await setup_resources(api, options.channel, out)
         master = SyntheticMaster(api, channel_arn, pattern)
         return await _record(settings, options, api, master, printer, stop, target)
     except DemoError:

@@ -12,7 +12,7 @@ from aiohttp import web
 from .app import SafeAccessLogger, build_app
 from .config import Settings
 from .services import Services
-from .tls import TlsFiles, ensure_local_ca, server_context
+from .tls import TLS_DIR, TlsFiles, ensure_local_ca, server_context
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class Bound:
 def tls_files(settings: Settings) -> TlsFiles:
     if settings.tls_cert is not None and settings.tls_key is not None:
         return TlsFiles(None, settings.tls_cert, settings.tls_key)
-    return ensure_local_ca(settings.data_dir / "tls", [settings.host])
+    return ensure_local_ca(settings.data_dir / TLS_DIR, [settings.host])
 
 
 class Server:

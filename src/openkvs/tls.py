@@ -71,10 +71,19 @@ def _names(hosts: Iterable[str]) -> list[x509.GeneralName]:
     return out
 
 
+TLS_DIR = "tls"  # under the data dir
+CA_FILE = "ca.pem"
+
+
+def local_ca(data_dir: Path) -> Path:
+    """The local CA certificate of a data dir (what clients are told to trust)."""
+    return data_dir / TLS_DIR / CA_FILE
+
+
 def ensure_local_ca(tls_dir: Path, hosts: Iterable[str]) -> TlsFiles:
     """Create (or reuse) the CA and a server certificate covering ``hosts``."""
     tls_dir.mkdir(parents=True, exist_ok=True)
-    ca_cert_path, ca_key_path = tls_dir / "ca.pem", tls_dir / "ca-key.pem"
+    ca_cert_path, ca_key_path = tls_dir / CA_FILE, tls_dir / "ca-key.pem"
     cert_path, key_path = tls_dir / "server.pem", tls_dir / "server-key.pem"
     now = clock.utcnow()
 

@@ -67,9 +67,7 @@ class MasterSession(StorageSession):
             log_prefix=self.prefix,
         )
         tap.tap_video(self.video.receiver, self._on_video)
-        self.opus_in = OpusIn(
-            pool, self._on_audio_frames, live=lambda: self.audio_mix.viewers > 0
-        )
+        self.opus_in = OpusIn(pool, self._on_audio_frames, live=lambda: self.audio_mix.viewers > 0)
         tap.tap_audio(self.audio.receiver, self._on_opus)
         tap.observe_sender_reports(
             self.video.receiver,
