@@ -60,7 +60,7 @@ def record(
         def deliver(frame: av.AudioFrame) -> None:
             """What the storage session does: the packet arrives, then its decoded frame."""
             recorder.audio_arrived(int(frame.pts))
-            recorder.on_audio(frame)
+            recorder.on_audio([frame])
 
         frames = iter(video)
         next_video = next(frames, None)

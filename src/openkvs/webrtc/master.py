@@ -113,7 +113,7 @@ class MasterSession(StorageSession):
     def _on_audio_frames(self, frames: list[av.AudioFrame]) -> None:
         for frame in frames:
             self.audio_mix.push(MASTER, frame, to_recording=False)
-            self.recorder.on_audio(self.audio_mix.recording_mix(frame))
+        self.recorder.on_audio([self.audio_mix.recording_mix(frame) for frame in frames])
 
     def request_keyframe(self) -> bool:
         return tap.request_keyframe(self.video.receiver)

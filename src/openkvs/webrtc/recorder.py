@@ -27,13 +27,14 @@ from .seams import FragmentSink
 logger = logging.getLogger(__name__)
 
 MAX_PENDING_FRAGMENTS = 64
-AUDIO_BATCH = 5  # 20 ms Opus frames per AAC encoder call
+MAX_PENDING_AUDIO = 250  # decoded 20 ms frames held while the encoder is behind (5 s)
 AAC_FRAME_MS = 1024 * 1000 / 48000
 # How far (in video time) a closed fragment waits for its audio. Audio normally trails video by
-# ~200 ms (Opus decode, mixing, 100 ms AAC batches), but a busy loop (another peer joining, its
-# DTLS handshake) delays it by most of a second; a fragment emitted before its audio arrived
-# loses that audio for good, which players see as a hole. Fragments are emitted as soon as the
-# audio has caught up, so this only costs latency while audio is stalled.
+# ~200 ms (aiortc's jitter buffer, 100 ms Opus batches, AAC's look-ahead), but a busy loop
+# (another peer joining, its DTLS handshake) delays it by most of a second; a fragment emitted
+# before its audio arrived loses that audio for good, which players see as a hole. Fragments
+# are emitted as soon as the audio has caught up, so this only costs latency while audio is
+# stalled.
 AUDIO_GRACE_MS = 2000
 KEYFRAME_REQUEST_INTERVAL = 0.5
 
@@ -131,16 +132,30 @@ class Recorder:
         if self.clock.audio.anchor_ts is None:
             self.clock.audio.to_ms(rtp_ts, float(clock.now_ms()))
 
-    def on_audio(self, frame: av.AudioFrame) -> None:
-        """A decoded frame of audio whose packet went through :meth:`audio_arrived`."""
-        if self._closed:
+    def on_audio(self, frames: list[av.AudioFrame]) -> None:
+        """Decoded audio (whose packets went through :meth:`audio_arrived`), as ``OpusIn``
+        delivers it: already batched, so it is encoded at once, or taken along by the encoding
+        job that is running."""
+        if self._closed or not frames:
             return
-        self.stats.audio_frames += 1
-        self._audio_batch.append(frame)
-        if len(self._audio_batch) >= AUDIO_BATCH and not self._audio_busy:
-            batch, self._audio_batch = self._audio_batch, []
+        self.stats.audio_frames += len(frames)
+        self._audio_batch += frames
+        excess = len(self._audio_batch) - MAX_PENDING_AUDIO
+        if excess > 0:
+            del self._audio_batch[:excess]
+            self.stats.dropped_audio += excess
+        if not self._audio_busy:
             self._audio_busy = True
-            self._audio_task = asyncio.create_task(self._encode_audio(batch))
+            self._audio_task = asyncio.create_task(self._encode_pending())
+
+    async def _encode_pending(self) -> None:
+        """One job at a time on the encoder; each takes all that has arrived."""
+        try:
+            while self._audio_batch and not self._closed:
+                batch, self._audio_batch = self._audio_batch, []
+                await self._encode_audio(batch)
+        finally:
+            self._audio_busy = False
 
     async def _encode_audio(self, batch: list[av.AudioFrame], *, final: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -153,15 +168,15 @@ class Recorder:
                 asc = self._aac.audio_specific_config
                 self._fragmenter.set_audio_config(asc, 48000, channels)
             encoder = self._aac
-            packets = await loop.run_in_executor(self._pool, encoder.encode, batch)
-            if final:
-                packets += await loop.run_in_executor(self._pool, encoder.flush)
+
+            def encode() -> list[tuple[bytes, int]]:
+                return encoder.encode(batch) + (encoder.flush() if final else [])
+
+            packets = await loop.run_in_executor(self._pool, encode)
         except Exception:  # noqa: BLE001 - audio trouble must not stop video recording
             logger.exception("%sAAC encoding failed", self._prefix)
             self.stats.dropped_audio += len(batch)
             packets = []
-        finally:
-            self._audio_busy = False
         now_ms = float(clock.now_ms())  # only if the clock was never anchored (it was, on arrival)
         for data, pts in packets:
             ms = self._monotonic_audio_ms(self.clock.audio_ms(pts, now_ms))
@@ -170,10 +185,6 @@ class Recorder:
                 continue
             self.stats.aac_frames += 1
             self._enqueue(self._fragmenter.audio(ms, data))
-        if len(self._audio_batch) >= AUDIO_BATCH and not self._closed:
-            batch, self._audio_batch = self._audio_batch, []
-            self._audio_busy = True
-            await self._encode_audio(batch)
 
     def _monotonic_audio_ms(self, ms: float) -> float | None:
         """Keep the recorded audio in order. The media clock can step back: when sender reports
@@ -248,8 +259,8 @@ class Recorder:
             with contextlib.suppress(Exception):
                 await self._audio_task
         self._closed = True
-        # The audio that arrived before the hang-up is recorded too: the frames short of a
-        # batch, and what the AAC encoder holds back for its look-ahead.
+        # The audio that arrived before the hang-up is recorded too: the frames not encoded yet,
+        # and what the AAC encoder holds back for its look-ahead.
         batch, self._audio_batch = self._audio_batch, []
         with contextlib.suppress(Exception):
             await self._encode_audio(batch, final=True)
