@@ -12,7 +12,7 @@ from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.sdp import SessionDescription, candidate_from_sdp, candidate_to_sdp
 
 from ..errors import InvalidArgumentException
-from . import net, signaling_io
+from . import net, offer_sdp, signaling_io
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class OfferingPeer:
         await self.pc.setLocalDescription(offer)
         local = self.pc.localDescription
         sdp = net.add_advertised_candidates(local.sdp, self._advertised)
+        sdp = offer_sdp.storage_offer(sdp, more_candidates=False)
         await self._send("SDP_OFFER", signaling_io.encode({"type": "offer", "sdp": sdp}))
         # Trickle the gathered candidates too: KVS clients expect ICE_CANDIDATE messages.
         parsed = SessionDescription.parse(sdp)
