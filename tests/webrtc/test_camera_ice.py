@@ -226,6 +226,11 @@ async def test_one_nominated_pair_kept_for_a_minute_after_relays_are_freed(
         # The camera has its relay candidate and openkvs checked pairs with it too.
         answer = cam.master.pc.localDescription.sdp
         assert " typ relay" in answer, answer
+        # openkvs's own relay candidates came trickled, after an offer with host candidates only.
+        (offer,) = offers(cam)
+        assert " typ relay" not in offer and "a=end-of-candidates" not in offer
+        relays = [t for t, c in trickled(cam) if " typ relay " in c]
+        assert relays and cam.offer_at is not None and min(relays) > cam.offer_at
         assert await check_relay_pairs_like_the_c_sdk(cam.master.pc) >= 1
         await asyncio.sleep(1.0)  # openkvs's triggered checks on those pairs complete
         pair, conn = await select_and_free_relays_like_the_c_sdk(cam.master.pc)
