@@ -394,18 +394,19 @@ def register_h264_profiles() -> None:
 # server-reflexive or relay candidate to the connection (a relay's socket paired with the remote
 # candidates already known, so it is checked like the others) and yields it to be trickled.
 #
-# One nominated pair (regular nomination, RFC 8445 section 8.1.1). aioice nominates aggressively
-# as the controlling agent: every check carries USE-CANDIDATE and the pair that succeeds LAST
-# becomes the selected pair. The KVS C SDK (controlled) selects the highest-priority nominated
-# pair that succeeded on its side, frees its other TURN allocations and expects media and
-# consent on that pair only; after aggressive nomination the two ends may pick different pairs
-# (e.g. the SDK a host pair and openkvs the SDK's relay candidate), and the SDK declares the
-# connection dead 30 s later. :class:`_RegularNomination` sends checks without USE-CANDIDATE,
-# waits until no better pair is still being checked (at most ``NOMINATION_WAIT`` after the first
-# success), and nominates exactly the best succeeded pair; that pair then carries RTP, RTCP and
-# consent checks for the whole session. Once a component has its nominated pair it never
-# changes: neither a later check nor a USE-CANDIDATE from the remote (which a controlled peer
-# must not send, and aioice ignores while controlling) replaces it.
+# One nominated pair (regular nomination, RFC 8445 section 8.1.1). aioice nominates aggressively as
+# the controlling agent: every check carries USE-CANDIDATE and every pair whose check succeeds
+# replaces the selected one, so the LAST to succeed wins — triggered checks answering the remote's
+# checks of its relay candidates included, long after ICE completed. The KVS C SDK (controlled)
+# selects the highest-priority nominated pair that succeeded on its side, frees its other TURN
+# allocations and expects media and consent on that pair only; after aggressive nomination the two
+# ends may pick different pairs (e.g. the SDK a host pair and openkvs the SDK's relay candidate),
+# and the SDK declares the connection dead 30 s later. :class:`_RegularNomination` sends checks
+# without USE-CANDIDATE, waits until no better pair is still being checked (at most
+# ``NOMINATION_WAIT`` after the first success), and nominates exactly the best succeeded pair; that
+# pair then carries RTP, RTCP and consent checks for the whole session. Once a component has its
+# nominated pair it never changes: neither a later check nor a USE-CANDIDATE from the remote (which
+# a controlled peer must not send, and aioice ignores while controlling) replaces it.
 
 NOMINATION_WAIT = 0.6  # seconds after the first succeeded check before nominating the best pair
 SERVER_CANDIDATE_TIMEOUT = 5.0  # like aioice's own gathering timeout
