@@ -193,9 +193,15 @@ def _rebind(port: int) -> socket.socket:
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Test server settings. The embedded coturn is off unless a test turns it on (with
+    ``no_turn=False`` and a ``turn_port`` from free_port()): most tests need no TURN, and many
+    servers each starting coturn would cost time. What runs instead, the STUN responder, listens
+    on a free port."""
     base: dict[str, Any] = {
         "data_dir": data_dir,
         "storage_retention_interval": 0.0,
+        "no_turn": True,
+        "turn_port": 0,
     }
     base.update(overrides)
     return Settings.load({}, None, base)

@@ -42,7 +42,7 @@ def test_bad_values(env: dict[str, str]) -> None:
 def test_lists_and_credentials(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text(
-        'turn_uris = ["turn:127.0.0.1:3478?transport=udp"]\n'
+        'turn_uris = ["turn:127.0.0.1:3478?transport=udp"]\nturn_secret = "s"\n'
         '[[credentials]]\naccess_key_id = "A"\nsecret_access_key = "B"\n'
     )
     s = Settings.load({"OPENKVS_WEBRTC_ADVERTISED_HOSTS": "10.0.0.1, 10.0.0.2"}, cfg)
