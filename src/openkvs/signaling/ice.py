@@ -127,6 +127,8 @@ class IceServers:
         if self.mode == "external":
             return external_turn(self.settings)
         if self.mode == "embedded" and self._secret is not None:
+            if self.coturn is None or not self.coturn.running.is_set():
+                return None  # not answering (restarting): gathering would wait for nothing
             h = turn.uri_host(self._local)
             return turn.TurnAccess(
                 (f"turn:{h}:{self.port}?transport=udp", f"turn:{h}:{self.port}?transport=tcp"),

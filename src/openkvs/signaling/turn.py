@@ -154,7 +154,7 @@ class TurnAccess:
     """A TURN server the storage peer may use: its URIs and the REST-API shared secret."""
 
     uris: tuple[str, ...]
-    secret: str
+    secret: str = dataclasses.field(repr=False)  # never in a log line
 
     def ice_server_list(self, client_id: str, ttl: int, now: float) -> list[dict[str, Any]]:
         return ice_server_list(

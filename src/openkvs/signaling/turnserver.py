@@ -177,6 +177,20 @@ def free_port(address: str) -> int:
     raise OSError(f"no port free for UDP and TCP on {address}")
 
 
+def port_in_use(address: str, port: int) -> bool:
+    """True when UDP or TCP ``port`` cannot be bound on ``address`` (blocking, instant)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(family, kind) as sock:
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((address, port))
+            except OSError:
+                return True
+    return False
+
+
 def stop_leftover(turn_dir: Path) -> None:
     """Stop a coturn of this data dir that an earlier openkvs left running (blocking)."""
     pidfile = turn_dir / PID_FILE
@@ -281,6 +295,14 @@ class Coturn:
         stop_leftover(self.turn_dir)
         if self.port == 0:
             self.port = free_port(self.probe_address)
+        elif port_in_use(self.listen[0] if self.listen else "0.0.0.0", self.port):
+            logger.error(
+                "TURN port %d is taken by another process (a system coturn? `systemctl disable "
+                "--now coturn`); coturn keeps trying to bind it, and the credentials "
+                "GetIceServerConfig hands out work only once it can. Choose another turn_port, "
+                "or pass --no-turn.",
+                self.port,
+            )
         text = coturn_config(
             listen=self.listen,
             port=self.port,
