@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from aioice import stun as aioice_stun
-from aioice.turn import create_turn_endpoint
+from aioice.turn import TurnClientUdpProtocol, create_turn_endpoint
 
 from openkvs.signaling import stun
 
@@ -273,3 +273,75 @@ async def test_external_turn_replaces_the_embedded_one(
     # Nothing listens on the embedded server's port.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         udp.bind(("127.0.0.1", port))
+
+
+def _non_loopback_ipv4() -> str | None:
+    """This machine's address on its default route, if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        try:
+            udp.connect(("192.0.2.1", 9))  # TEST-NET-1: nothing is sent
+        except OSError:
+            return None
+        address: str = udp.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+async def _permitted(
+    server: tuple[str, int], entry: dict[str, Any], peers: list[str]
+) -> list[bool]:
+    """For each peer address: may this allocation relay to it (a ChannelBind succeeds)?"""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: TurnClientUdpProtocol(
+            server,
+            username=entry["Username"],
+            password=entry["Password"],
+            lifetime=600,
+            channel_refresh_time=500,
+        ),
+        remote_addr=server,
+    )
+    out = []
+    try:
+        await protocol.connect()
+        for n, peer in enumerate(peers):
+            try:
+                await protocol.channel_bind(0x4000 + n, (peer, 40000 + n))
+                out.append(True)
+            except aioice_stun.TransactionFailed as exc:
+                assert exc.response.attributes["ERROR-CODE"][0] == 403, exc
+                out.append(False)
+        await protocol.delete()
+    finally:
+        transport.close()
+    return out
+
+
+async def test_loopback_turn_relays_to_loopback_peers_only(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    server = embedded(make_server)
+    entry = (await ice_server_config(server))[0]
+    port = server.settings.turn_port
+    peers = ["127.0.0.1", "127.8.9.10", "10.1.2.3", "192.168.1.20", "169.254.169.254", "8.8.8.8"]
+    assert await _permitted(("127.0.0.1", port), entry, peers) == [True, True] + [False] * 4
+
+
+async def test_turn_on_a_lan_address_refuses_loopback_and_link_local_peers(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    lan = _non_loopback_ipv4()
+    if lan is None:
+        pytest.skip("no non-loopback IPv4 address on this machine")
+    # The server's own sockets stay on loopback; the setting decides where coturn listens.
+    server = embedded(make_server, host=lan)
+    entry = (await ice_server_config(server))[0]
+    assert entry["Uris"][0] == f"turn:{lan}:{server.settings.turn_port}?transport=udp"
+    peers = [lan, "10.1.2.3", "127.0.0.1", "169.254.169.254", "0.1.2.3"]
+    assert await _permitted((lan, server.settings.turn_port), entry, peers) == [
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
