@@ -179,6 +179,7 @@ def test_demo_on_embedded_defaults_records_the_test_pattern(
     demo = start_demo(
         *("--data-dir", str(data), "--port", str(port), "--http-port", str(http_port)),
         *("--resolution", f"{width}x{height}", "--duration", "8"),
+        *("--turn-port", str(free_port())),  # its server runs coturn: not on the shared 3478
     )
     line = demo.wait_for(lambda s: s.startswith("HLS, live"), 120)
     url = line.split(": ", 1)[1]

@@ -16,9 +16,10 @@ therefore never shows on a command line) and runs ``turnserver -c <that file>``:
 
 If coturn exits it is started again after a delay that doubles from 0.5 s up to 30 s (and
 starts over after a minute of running). ``stop()`` ends it (SIGTERM, then SIGKILL after 5 s). It
-runs in its own session, so a terminal's Ctrl-C reaches only openkvs, which then stops it; a
-coturn left over by an openkvs that was killed is found through the pid file and stopped at the
-next start.
+runs in its own session, so a terminal's Ctrl-C reaches only openkvs, which then stops it. If
+openkvs dies without stopping it, the kernel sends it SIGTERM (``setpriv --pdeathsig``, where
+util-linux has it), and a coturn still left over is found through the pid file and stopped at
+the next start.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import time
@@ -272,7 +274,11 @@ class Coturn:
 
     @property
     def command(self) -> list[str]:
-        return [self.binary, "-c", str(self.conf)]
+        command = [self.binary, "-c", str(self.conf)]
+        # setpriv (util-linux) makes the kernel send coturn SIGTERM when openkvs dies, however
+        # it dies (PR_SET_PDEATHSIG, kept across exec).
+        setpriv = shutil.which("setpriv")
+        return [setpriv, "--pdeathsig", "TERM", *command] if setpriv else command
 
     async def start(self, ready_timeout: float = READY_TIMEOUT) -> None:
         """Start coturn and wait (up to ``ready_timeout``) until it answers STUN."""
