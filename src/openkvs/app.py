@@ -167,8 +167,12 @@ def build_services(settings: Settings, sessions: StorageSessions | None = None) 
         if settings.webrtc_workers > 0:
             from .webrtc.workers import WorkerPool
 
+            ice = services.ice
             services.sessions = WorkerPool(
-                settings, services.fragments, services.hub, turn=services.ice.storage_turn
+                settings,
+                services.fragments,
+                services.hub,
+                turn=lambda: ice.storage_turn(live_only=False),
             )
         else:
             from .webrtc.manager import StorageSessionManager

@@ -138,6 +138,19 @@ async def test_storage_peer_uses_the_embedded_turn(
         await allocate(uri, turn.username, turn.credential)
 
 
+def test_storage_workers_get_the_embedded_turn(make_server: Callable[..., ServerThread]) -> None:
+    server = embedded(make_server, webrtc_workers=1)
+    sessions: Any = server.services.sessions
+    access = sessions.turn()  # what each worker process is started with
+    port = server.settings.turn_port
+    assert access.uris == (
+        f"turn:127.0.0.1:{port}?transport=udp",
+        f"turn:127.0.0.1:{port}?transport=tcp",
+    )
+    assert access.secret == (server.settings.data_dir / "turn-secret.key").read_text()
+    assert access.secret not in repr(access)
+
+
 async def test_relay_only_call_through_the_embedded_turn(
     make_server: Callable[..., ServerThread],
 ) -> None:

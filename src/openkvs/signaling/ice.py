@@ -122,13 +122,15 @@ class IceServers:
             )
         return turn.stun_ice_server_list(host=host, port=self.port, ttl=s.turn_ttl)
 
-    def storage_turn(self) -> turn.TurnAccess | None:
-        """The TURN server the storage peer allocates on, if any."""
+    def storage_turn(self, live_only: bool = True) -> turn.TurnAccess | None:
+        """The TURN server the storage peer allocates on, if any. With ``live_only``, not the
+        embedded one while it does not answer (restarting): gathering would wait for nothing.
+        Worker processes take it once, whatever its state (``live_only=False``)."""
         if self.mode == "external":
             return external_turn(self.settings)
         if self.mode == "embedded" and self._secret is not None:
-            if self.coturn is None or not self.coturn.running.is_set():
-                return None  # not answering (restarting): gathering would wait for nothing
+            if live_only and (self.coturn is None or not self.coturn.running.is_set()):
+                return None
             h = turn.uri_host(self._local)
             return turn.TurnAccess(
                 (f"turn:{h}:{self.port}?transport=udp", f"turn:{h}:{self.port}?transport=tcp"),
