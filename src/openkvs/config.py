@@ -154,6 +154,8 @@ class Settings:
                 "turn_relay_port_min and turn_relay_port_max must be ports from 1024 to 65535, "
                 "min <= max"
             )
+        if self.turn_port and self.turn_port in (self.port, self.http_port):
+            raise ConfigError("turn_port must differ from port and http_port")
         if bool(self.turn_uris) != bool(self.turn_secret):
             raise ConfigError("turn_uris and turn_secret must be given together")
         if not self.account_id.isdigit() or len(self.account_id) != 12:

@@ -38,6 +38,7 @@ def test_strict_bools(value: str, expected: bool) -> None:
         {"OPENKVS_TURN_RELAY_PORT_MIN": "80"},
         {"OPENKVS_TURN_URIS": "turn:a:3478"},  # without its secret
         {"OPENKVS_TURN_SECRET": "s"},  # without URIs
+        {"OPENKVS_TURN_PORT": "8443"},  # the HTTPS port
     ],
 )
 def test_bad_values(env: dict[str, str]) -> None:
