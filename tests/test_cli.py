@@ -16,7 +16,7 @@ import boto3
 import pytest
 from cryptography import x509
 
-from .support import free_port, need_tool
+from .support import free_port, free_port_pair, need_tool
 
 
 def env_from(exports: str) -> dict[str, str]:
@@ -45,7 +45,7 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
         str(data),
     ]
     # The embedded coturn runs for real, on a free port.
-    env = {**os.environ, "OPENKVS_TURN_PORT": str(free_port())}
+    env = {**os.environ, "OPENKVS_TURN_PORT": str(free_port_pair())}
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
     lines: list[str] = []
     ready = threading.Event()

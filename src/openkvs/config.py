@@ -82,7 +82,8 @@ class Settings:
     turn_secret: str | None = None
     turn_ttl: int = 3600
     no_turn: bool = False
-    turn_port: int = 3478  # UDP + TCP, embedded coturn or STUN responder (0: a free port)
+    # UDP + TCP, embedded coturn (and turn_port + 1) or STUN responder (0: free ports)
+    turn_port: int = 3478
     turn_relay_port_min: int = 49152
     turn_relay_port_max: int = 49999
     turn_binary: str = "turnserver"  # coturn's server, a path or a name looked up in PATH
@@ -154,8 +155,10 @@ class Settings:
                 "turn_relay_port_min and turn_relay_port_max must be ports from 1024 to 65535, "
                 "min <= max"
             )
-        if self.turn_port and self.turn_port in (self.port, self.http_port):
-            raise ConfigError("turn_port must differ from port and http_port")
+        if self.turn_port == 65535:
+            raise ConfigError("turn_port must be below 65535 (coturn also uses turn_port + 1)")
+        if self.turn_port and {self.turn_port, self.turn_port + 1} & {self.port, self.http_port}:
+            raise ConfigError("turn_port and turn_port + 1 must differ from port and http_port")
         if bool(self.turn_uris) != bool(self.turn_secret):
             raise ConfigError("turn_uris and turn_secret must be given together")
         if not self.account_id.isdigit() or len(self.account_id) != 12:

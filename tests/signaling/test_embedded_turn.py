@@ -5,6 +5,7 @@ either. Real coturn, real boto3 clients, real TURN allocations over UDP and TCP.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -12,6 +13,7 @@ import re
 import signal
 import socket
 import stat
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,11 +25,14 @@ from aioice.turn import TurnClientUdpProtocol, create_turn_endpoint
 
 from openkvs.signaling import stun
 
-from ..support import ServerThread, free_port, need_tool
+from ..playback.support import browser_missing
+from ..support import ServerThread, free_port, free_port_pair, need_tool
 from .kvs import Client, setup_channel
 from .peers import RED, call
 from .test_https_api import signaling_client
 
+ROOT = Path(__file__).resolve().parents[2]
+JS = Path(__file__).with_name("js")
 _TURN_URI = re.compile(r"turn:(\[[0-9a-fA-F:.]+\]|[^:/?\[\]]+):(\d+)\?transport=(udp|tcp)")
 _STUN_URI = re.compile(r"stun:(\[[0-9a-fA-F:.]+\]|[^:/?\[\]]+):(\d+)")
 
@@ -36,7 +41,7 @@ def embedded(make_server: Callable[..., ServerThread], **overrides: Any) -> Serv
     """A server running its own coturn, on a free port."""
     if need_tool("turnserver") is None:
         pytest.skip("coturn (turnserver) is not installed")
-    return make_server(no_turn=False, turn_port=free_port(), **overrides)
+    return make_server(no_turn=False, turn_port=free_port_pair(), **overrides)
 
 
 async def ice_server_config(server: ServerThread, client_id: str | None = None) -> Any:
@@ -95,9 +100,12 @@ async def test_every_entry_allocates_over_udp_and_tcp(
     servers = await ice_server_config(server, "cam-1")
     assert len(servers) == 2
     for n, entry in enumerate(servers, start=1):
+        # Each set on a port of its own (a client allocating on both from one socket would
+        # otherwise make coturn refuse the second allocation: same 5-tuple).
+        p = port + n - 1
         assert entry["Uris"] == [
-            f"turn:127.0.0.1:{port}?transport=udp",
-            f"turn:127.0.0.1:{port}?transport=tcp",
+            f"turn:127.0.0.1:{p}?transport=udp",
+            f"turn:127.0.0.1:{p}?transport=tcp",
         ]
         assert entry["Username"].endswith(f":cam-1.{n}") and entry["Password"]
         assert entry["Ttl"] == 3600
@@ -274,7 +282,7 @@ async def test_external_turn_replaces_the_embedded_one(
     make_server: Callable[..., ServerThread],
 ) -> None:
     uris = ("turn:turn.example.com:3478?transport=udp", "turns:turn.example.com:5349")
-    port = free_port()
+    port = free_port_pair()
     server = make_server(no_turn=False, turn_port=port, turn_uris=uris, turn_secret="ext")
     ice = server.services.ice
     assert ice.mode == "external" and ice.coturn is None and ice.stun is None
@@ -283,9 +291,10 @@ async def test_external_turn_replaces_the_embedded_one(
     assert not any(str(port) in u for s in servers for u in s["Uris"])
     sessions: Any = server.services.sessions
     assert [s.urls for s in sessions.ice_servers()] == [list(uris)]
-    # Nothing listens on the embedded server's port.
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", port))
+    # Nothing listens on the embedded server's ports.
+    for p in (port, port + 1):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", p))
 
 
 def _non_loopback_ipv4() -> str | None:
@@ -358,3 +367,61 @@ async def test_turn_on_a_lan_address_refuses_loopback_and_link_local_peers(
         False,
         False,
     ]
+
+
+def chromium_gather(policy: str, configs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """RTCPeerConnections in headless Chromium built from IceServerList entries as the KVS JS
+    sample page builds them; what each gathered (or the error constructing it)."""
+    proc = subprocess.run(
+        ["node", str(JS / "ice_chromium.js"), json.dumps({"policy": policy, "configs": configs})],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+async def test_chromium_gets_relay_candidates_from_each_entry(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    reason = browser_missing()
+    if reason is not None:
+        pytest.skip(reason)
+    server = embedded(make_server)
+    servers = await ice_server_config(server)
+    port = server.settings.turn_port
+    configs = {
+        "entry 0": [servers[0]],
+        "entry 1": [servers[1]],
+        "both": servers,  # the JS sample page with "use only one set" unchecked
+        # The failure a list without credentials gives the sample page (and the harness sees it).
+        "no credentials": [{"Uris": [f"turn:127.0.0.1:{port}?transport=udp"]}],
+    }
+    results = await asyncio.to_thread(chromium_gather, "relay", configs)
+    refused = results.pop("no credentials")["error"]
+    assert refused.startswith("InvalidAccessError: Failed to construct 'RTCPeerConnection'")
+    for name, result in results.items():
+        assert result["error"] is None, (name, result)
+        relay = [c for c in result["candidates"] if " typ relay " in c]
+        # A relay candidate per set and transport (TURN over UDP and over TCP), and gathering
+        # completes (no allocation left waiting for a timeout).
+        assert len(relay) == 2 * (len(configs[name])), (name, result)
+        assert all(" 127.0.0.1 " in c for c in relay), (name, result)
+        assert result["ms"] is not None and result["ms"] < 10_000, (name, result)
+
+
+async def test_chromium_takes_the_stun_only_list(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    reason = browser_missing()
+    if reason is not None:
+        pytest.skip(reason)
+    server = make_server(no_turn=True, turn_port=free_port())
+    servers = await ice_server_config(server)
+    results = await asyncio.to_thread(
+        chromium_gather, "all", {"entry 0": [servers[0]], "both": servers}
+    )
+    for name, result in results.items():
+        assert result["error"] is None and result["candidates"], (name, result)

@@ -58,9 +58,10 @@ def test_embedded_list_has_two_sets_like_aws() -> None:
     )
     assert len(servers) == 2
     for n, entry in enumerate(servers, start=1):
+        port = 3477 + n  # a port per set
         assert entry["Uris"] == [
-            "turn:10.0.0.5:3478?transport=udp",
-            "turn:10.0.0.5:3478?transport=tcp",
+            f"turn:10.0.0.5:{port}?transport=udp",
+            f"turn:10.0.0.5:{port}?transport=tcp",
         ]
         assert entry["Username"] == f"1600:cam.{n}" and entry["Ttl"] == 600
         assert entry["Password"] == turn_credentials("s", f"cam.{n}", 1600)[1]
@@ -119,6 +120,8 @@ def test_coturn_config_on_loopback_relays_to_loopback_only(tmp_path: Path) -> No
         "use-auth-secret",
         "static-auth-secret=k",
         "realm=openkvs",
+        "aux-server=127.0.0.1:3479",
+        "no-rfc5780",
         "no-tls",
         "no-dtls",
         "no-cli",
@@ -148,3 +151,24 @@ def test_coturn_config_elsewhere_refuses_loopback_and_link_local(tmp_path: Path)
         assert [x for x in lines if x.startswith("listening-ip")] == [
             f"listening-ip={a}" for a in listen
         ]
+    lines = coturn_config(
+        listen=["192.168.1.20", "fd00::2"],
+        port=3478,
+        relay_min=50000,
+        relay_max=50100,
+        secret="k",
+        turn_dir=tmp_path,
+    ).splitlines()
+    assert "aux-server=192.168.1.20:3479" in lines and "aux-server=[fd00::2]:3479" in lines
+    assert "relay-ip=fd00::2" in lines
+    # Listening on every address: relayed addresses are never loopback ones.
+    lines = coturn_config(
+        listen=["127.0.0.1", "192.0.2.2", "::1"],
+        port=3478,
+        relay_min=50000,
+        relay_max=50100,
+        secret="k",
+        turn_dir=tmp_path,
+    ).splitlines()
+    assert [x for x in lines if x.startswith("relay-ip")] == ["relay-ip=192.0.2.2"]
+    assert "listening-ip=127.0.0.1" in lines and "aux-server=[::1]:3479" in lines

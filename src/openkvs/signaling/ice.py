@@ -23,7 +23,7 @@ from .. import clock
 from ..config import Settings
 from . import turn
 from .stun import StunResponder
-from .turnserver import Coturn, listen_addresses, load_or_create_secret
+from .turnserver import Coturn, interface_addresses, listen_addresses, load_or_create_secret
 
 logger = logging.getLogger("openkvs.turn")
 
@@ -64,10 +64,13 @@ class IceServers:
             )
         if binary is not None:
             self._secret = await asyncio.to_thread(load_or_create_secret, s.data_dir)
+            listen = addresses or await asyncio.to_thread(
+                interface_addresses, s.host.strip("[]") == "::"
+            )
             self.coturn = Coturn(
                 binary=binary,
                 data_dir=s.data_dir,
-                listen=addresses,
+                listen=listen,
                 port=s.turn_port,
                 relay_min=s.turn_relay_port_min,
                 relay_max=s.turn_relay_port_max,

@@ -9,7 +9,8 @@ Three shapes of list, all pure functions here:
 
 - configured TURN (``turn_uris`` + ``turn_secret``): :func:`ice_server_list`;
 - the embedded coturn: :func:`embedded_ice_server_list`, two server sets as AWS returns them
-  (each with a UDP and a TCP ``turn:`` URI, its own username, the password and ``Ttl``);
+  (each on its own port, with a UDP and a TCP ``turn:`` URI, its own username, the password
+  and ``Ttl``);
 - no TURN at all: :func:`stun_ice_server_list`, two ``stun:`` entries. Clients such as the KVS
   WebRTC C SDK refuse an empty list (and a missing or short ``Ttl``), and sample apps take entry
   0 or a random one, so the list is never empty.
@@ -92,15 +93,17 @@ def uri_host(host: str) -> str:
 def embedded_ice_server_list(
     *, host: str, port: int, secret: str, ttl: int, client_id: str, now: float
 ) -> list[dict[str, Any]]:
-    """Two TURN server sets for one coturn: ``turn:`` over UDP and TCP, credentials per set (the
-    usernames differ in their label, ``<client id>.1`` and ``<client id>.2``)."""
+    """Two TURN server sets for one coturn listening on ``port`` and ``port + 1``: ``turn:``
+    over UDP and TCP, credentials per set (the usernames differ in their label, ``<client
+    id>.1`` and ``<client id>.2``)."""
     ttl = clamp_ttl(ttl)
     h = uri_host(host)
-    uris = [f"turn:{h}:{port}?transport=udp", f"turn:{h}:{port}?transport=tcp"]
     out = []
     for n in range(1, SERVER_SETS + 1):
+        p = port + n - 1
+        uris = [f"turn:{h}:{p}?transport=udp", f"turn:{h}:{p}?transport=tcp"]
         username, password = turn_credentials(secret, f"{client_id}.{n}", int(now) + ttl)
-        out.append({"Uris": list(uris), "Username": username, "Password": password, "Ttl": ttl})
+        out.append({"Uris": uris, "Username": username, "Password": password, "Ttl": ttl})
     return out
 
 

@@ -5,9 +5,11 @@ therefore never shows on a command line) and runs ``turnserver -c <that file>``:
 
 - TURN REST API authentication (``use-auth-secret``) with a secret generated once into
   ``<data-dir>/turn-secret.key`` (mode 0600), the realm ``openkvs``;
-- listening where openkvs listens (``host``; every address for a wildcard bind) on
-  ``turn_port``, UDP and TCP; no TLS/DTLS listeners, no CLI, no web admin;
-- relay ports ``turn_relay_port_min``..``turn_relay_port_max`` on the same addresses;
+- listening where openkvs listens (``host``; every address of the machine for a wildcard bind)
+  on ``turn_port`` and ``turn_port + 1`` (the two server sets), UDP and TCP; no TLS/DTLS
+  listeners, no CLI, no web admin;
+- relay ports ``turn_relay_port_min``..``turn_relay_port_max`` on the same addresses (the
+  non-loopback ones, when there are any);
 - peers: when openkvs binds to loopback, the relay reaches loopback peers and nothing else;
   otherwise loopback peers are refused (coturn's default), and so are multicast, 0.0.0.0/8 and
   link-local addresses (169.254.0.0/16 holds cloud metadata services);
@@ -38,7 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import ids
-from . import stun
+from . import stun, turn
 
 logger = logging.getLogger("openkvs.turn")
 
@@ -103,6 +105,25 @@ def listen_addresses(host: str) -> list[str]:
     return out
 
 
+def interface_addresses(ipv6: bool) -> list[str]:
+    """This machine's addresses (IPv4, and IPv6 without link-local ones when ``ipv6``), for a
+    coturn that is to listen on every address: it needs them spelled out for its second port."""
+    import ifaddr  # aioice's dependency
+
+    out: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str):
+                address = ip.ip
+            elif ipv6 and not ipaddress.ip_address(ip.ip[0]).is_link_local:
+                address = ip.ip[0]
+            else:
+                continue
+            if address not in out:
+                out.append(address)
+    return out
+
+
 def is_loopback(addresses: Sequence[str]) -> bool:
     return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
 
@@ -116,11 +137,20 @@ def coturn_config(
     secret: str,
     turn_dir: Path,
 ) -> str:
-    """The text of turnserver.conf (one option per line, as coturn reads it)."""
+    """The text of turnserver.conf (one option per line, as coturn reads it).
+
+    coturn listens on ``port`` and, as an auxiliary server on every address, on ``port + 1``:
+    the second TURN server set. Two sets on one address and port would be one 5-tuple for a
+    client that allocates on both from one socket (Chromium does), and coturn refuses the second
+    allocation (437) while the client waits for it to time out."""
+    # Relayed addresses are handed to peers: never a loopback one next to a reachable one.
+    relay = [a for a in listen if not ipaddress.ip_address(a).is_loopback] or list(listen)
     lines = [f"listening-ip={a}" for a in listen]
-    lines += [f"relay-ip={a}" for a in listen]
+    lines += [f"relay-ip={a}" for a in relay]
+    lines += [f"aux-server={turn.uri_host(a)}:{port + 1}" for a in listen]
     lines += [
         f"listening-port={port}",
+        "no-rfc5780",
         f"min-port={relay_min}",
         f"max-port={relay_max}",
         "use-auth-secret",
@@ -163,20 +193,15 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def free_port(address: str) -> int:
-    """A port free for both UDP and TCP on ``address`` (for ``turn_port = 0``)."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    for _ in range(50):
-        with socket.socket(family, socket.SOCK_STREAM) as tcp:
-            tcp.bind((address, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(family, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((address, port))
-                except OSError:
-                    continue
-        return port
-    raise OSError(f"no port free for UDP and TCP on {address}")
+def free_port_pair(address: str) -> int:
+    """A port p with p and p + 1 free for both UDP and TCP on ``address`` (``turn_port = 0``)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+            probe.bind((address, 0))
+            port = int(probe.getsockname()[1])
+        if port < 65535 and not port_in_use(address, port) and not port_in_use(address, port + 1):
+            return port
+    raise OSError(f"no two consecutive ports free for UDP and TCP on {address}")
 
 
 def port_in_use(address: str, port: int) -> bool:
@@ -300,14 +325,15 @@ class Coturn:
         os.chmod(self.turn_dir, 0o700)
         stop_leftover(self.turn_dir)
         if self.port == 0:
-            self.port = free_port(self.probe_address)
-        elif port_in_use(self.listen[0] if self.listen else "0.0.0.0", self.port):
+            self.port = free_port_pair(self.probe_address)
+        taken = [p for p in (self.port, self.port + 1) if port_in_use(self.probe_address, p)]
+        if taken:
             logger.error(
-                "TURN port %d is taken by another process (a system coturn? `systemctl disable "
+                "TURN port %s is taken by another process (a system coturn? `systemctl disable "
                 "--now coturn`); coturn keeps trying to bind it, and the credentials "
                 "GetIceServerConfig hands out work only once it can. Choose another turn_port, "
                 "or pass --no-turn.",
-                self.port,
+                " and ".join(map(str, taken)),
             )
         text = coturn_config(
             listen=self.listen,
@@ -350,10 +376,11 @@ class Coturn:
         self.process = process
         self.starts += 1
         logger.info(
-            "coturn started (pid %d): TURN on %s port %d (UDP and TCP), relay ports %d-%d",
+            "coturn started (pid %d): TURN on %s ports %d and %d (UDP and TCP), relay ports %d-%d",
             process.pid,
-            ", ".join(self.listen) or "all addresses",
+            ", ".join(self.listen),
             self.port,
+            self.port + 1,
             self.relay_min,
             self.relay_max,
         )
@@ -433,6 +460,8 @@ class Coturn:
 __all__ = [
     "Coturn",
     "coturn_config",
+    "free_port_pair",
+    "interface_addresses",
     "is_loopback",
     "listen_addresses",
     "load_or_create_secret",
