@@ -55,11 +55,14 @@ STABLE_AFTER = 60.0
 STOP_TIMEOUT = 5.0
 READY_TIMEOUT = 10.0
 MAX_LOG_LINE = 4096
-# coturn prints these on every start in the setups openkvs runs; they are not news.
-_EXPECTED_WARNINGS = (
+# coturn prints these on every start in the setups openkvs runs, or whenever a client tries a
+# peer that the peer rules refuse (a camera offering its LAN address to a loopback TURN server):
+# they are not news.
+_ROUTINE = (
     "allow_loopback_peers opens a possible security vulnerability",
     "cannot support STUN CHANGE_REQUEST",
     "socket: Protocol not supported",
+    "denied in the range",
 )
 # Warnings and errors forwarded per minute at their level; more go to debug (a taken port makes
 # coturn retry, and say so, every second).
@@ -417,7 +420,7 @@ class Coturn:
             if not line:
                 continue
             level = logging.DEBUG
-            if any(known in line for known in _EXPECTED_WARNINGS):
+            if any(known in line for known in _ROUTINE):
                 level = logging.DEBUG
             elif "ERROR" in line or "Cannot bind" in line:
                 level = logging.ERROR
