@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from openkvs.signaling.turn import (
     stun_ice_server_list,
     turn_credentials,
 )
-from openkvs.signaling.turnserver import coturn_config
+from openkvs.signaling.turnserver import coturn_config, log_line
 
 
 def test_credentials_match_coturn_scheme() -> None:
@@ -172,3 +173,40 @@ def test_coturn_config_elsewhere_refuses_loopback_and_link_local(tmp_path: Path)
     ).splitlines()
     assert [x for x in lines if x.startswith("relay-ip")] == ["relay-ip=192.0.2.2"]
     assert "listening-ip=127.0.0.1" in lines and "aux-server=[::1]:3479" in lines
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            "0: : Listener address to use: 127.0.0.1\n",
+            (logging.DEBUG, "Listener address to use: 127.0.0.1"),
+        ),
+        ("0: : \n", None),
+        ("", None),
+        (
+            "12: : ERROR: check_stun_auth: Cannot find credentials of user <x>",
+            (logging.ERROR, "ERROR: check_stun_auth: Cannot find credentials of user <x>"),
+        ),
+        (
+            "0: : Cannot bind DTLS/UDP listener socket to addr 127.0.0.1:3478",
+            (logging.ERROR, "Cannot bind DTLS/UDP listener socket to addr 127.0.0.1:3478"),
+        ),
+        ("3: (1234): WARNING: something odd", (logging.WARNING, "WARNING: something odd")),
+        # Routine: every start on loopback, and peers refused by the peer rules.
+        (
+            "0: : CONFIG WARNING: allow_loopback_peers opens a possible security vulnerability. Do not use in production!!",
+            (
+                logging.DEBUG,
+                "CONFIG WARNING: allow_loopback_peers opens a possible security vulnerability. Do not use in production!!",
+            ),
+        ),
+        (
+            "22: : ERROR: A peer IP 192.0.2.2 denied in the range: ::-ffff:ffff",
+            (logging.DEBUG, "ERROR: A peer IP 192.0.2.2 denied in the range: ::-ffff:ffff"),
+        ),
+        ("socket: Protocol not supported", (logging.DEBUG, "socket: Protocol not supported")),
+    ],
+)
+def test_coturn_log_lines(raw: str, expected: tuple[int, str] | None) -> None:
+    assert log_line(raw) == expected

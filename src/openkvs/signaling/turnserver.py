@@ -31,6 +31,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -67,6 +68,24 @@ _ROUTINE = (
 # Warnings and errors forwarded per minute at their level; more go to debug (a taken port makes
 # coturn retry, and say so, every second).
 _LOUD_LINES_PER_MINUTE = 10
+
+
+_LOG_PREFIX = re.compile(r"^\d+: (?:\(\d+\))?: ?")
+
+
+def log_line(raw: str) -> tuple[int, str] | None:
+    """The level and text of one line of coturn's log (its uptime prefix cut), or None when it
+    holds nothing: errors at ERROR, warnings at WARNING, routine and other lines at DEBUG."""
+    line = _LOG_PREFIX.sub("", raw.strip()).strip()
+    if not line:
+        return None
+    if any(known in line for known in _ROUTINE):
+        return logging.DEBUG, line
+    if "ERROR" in line or "Cannot bind" in line:
+        return logging.ERROR, line
+    if "WARNING" in line:
+        return logging.WARNING, line
+    return logging.DEBUG, line
 
 
 def load_or_create_secret(data_dir: Path) -> str:
@@ -414,18 +433,10 @@ class Coturn:
                 continue
             if not raw:
                 return
-            line = raw.decode("utf-8", "replace").strip()
-            if line.startswith("0: : "):
-                line = line[5:]
-            if not line:
+            parsed = log_line(raw.decode("utf-8", "replace"))
+            if parsed is None:
                 continue
-            level = logging.DEBUG
-            if any(known in line for known in _ROUTINE):
-                level = logging.DEBUG
-            elif "ERROR" in line or "Cannot bind" in line:
-                level = logging.ERROR
-            elif "WARNING" in line:
-                level = logging.WARNING
+            level, line = parsed
             if level > logging.INFO:
                 now = time.monotonic()
                 if now - window_start > 60:
@@ -465,6 +476,7 @@ __all__ = [
     "coturn_config",
     "free_port_pair",
     "interface_addresses",
+    "log_line",
     "is_loopback",
     "listen_addresses",
     "load_or_create_secret",
