@@ -120,6 +120,9 @@ class StorageSessionManager:
         async def send(message_type: str, payload: str | None) -> None:
             await self.hub.send(arn, None, message_type, payload)
 
+        def is_current() -> bool:
+            return self.masters.get(arn) is session
+
         session = MasterSession(
             channel=channel,
             stream=stream,
@@ -130,6 +133,7 @@ class StorageSessionManager:
             ice_servers=self.ice_servers(),
             on_end=self._master_ended,
             number=next(self._numbers),
+            is_current=is_current,
             audio=self.audio.setdefault(arn, ChannelAudio()),
         )
         previous = self.masters.get(arn)
@@ -151,6 +155,9 @@ class StorageSessionManager:
         async def send(message_type: str, payload: str | None) -> None:
             await self.hub.send(arn, client_id, message_type, payload)
 
+        def is_current() -> bool:
+            return self.viewers.get(arn, {}).get(client_id) is session
+
         session = ViewerSession(
             channel=channel,
             client_id=client_id,
@@ -161,6 +168,7 @@ class StorageSessionManager:
             number=next(self._numbers),
             audio=self.audio.setdefault(arn, ChannelAudio()),
             pool=self._pool,
+            is_current=is_current,
         )
         viewers[client_id] = session
         if previous is not None:

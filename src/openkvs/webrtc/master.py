@@ -41,6 +41,7 @@ class MasterSession(StorageSession):
         ice_servers: list[Any],
         on_end: Callable[[Any, str], Awaitable[None]],
         number: int,
+        is_current: Callable[[], bool] | None = None,
         audio: ChannelAudio | None = None,
     ) -> None:
         super().__init__(
@@ -51,6 +52,7 @@ class MasterSession(StorageSession):
             on_end=on_end,
             number=number,
             label="master",
+            is_current=is_current,
         )
         self.stream = stream
         self.audio_mix = audio or ChannelAudio()
