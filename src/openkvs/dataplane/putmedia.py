@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import decimal
-import errno
 import logging
 import re
 from collections.abc import Mapping
@@ -28,7 +27,7 @@ from aiohttp import web
 from .. import clock
 from ..errors import InvalidArgumentException, ResourceNotFoundException
 from ..media import mkvstream
-from ..store.base import Stream
+from ..store.base import Stream, is_disk_full
 from .acks import AckError, ack
 from .plane import DataPlane
 
@@ -38,13 +37,6 @@ _NAME = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
 _ARN = re.compile(r"arn:aws:kinesisvideo:[a-z0-9-]+:[0-9]+:[a-z]+/[a-zA-Z0-9_.-]+/[0-9]+")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
 MAX_PRODUCER_TS_MS = 10**13  # year 2286; anything later is not a timestamp
-
-
-def disk_full(exc: BaseException) -> bool:
-    """A write failed for want of space (the blob's ENOSPC, or the index's "disk is full")."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return "disk is full" in str(exc).lower() or "no space left" in str(exc).lower()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,7 +253,7 @@ class PutMediaSession:
             await self._error(AckError.STREAM_DELETED, fatal=True)
             return
         except Exception as exc:  # noqa: BLE001 - a storage failure loses this fragment only
-            if not disk_full(exc):
+            if not is_disk_full(exc):
                 logger.exception("%s storing fragment %d failed", self._prefix, cur.number)
                 await self._error(AckError.ARCHIVAL_ERROR)
                 return
