@@ -4,10 +4,15 @@ PutMedia paced like a camera, and reading a stream back through the archived-med
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 from ..dataplane.ebmlcheck import split_chunks
 from ..dataplane.mediafiles import clusters, header_part
@@ -115,3 +120,15 @@ def decoded_frames(path: Path) -> int:
     )
     assert res.returncode == 0 and res.stderr.strip() == "", res.stderr[-2000:]
     return sum(1 for line in res.stdout.splitlines() if line and not line.startswith("#"))
+
+
+def signed_request(
+    srv: ProcessServer, path: str, body: dict[str, Any]
+) -> tuple[str, dict[str, str], bytes]:
+    """(url, headers, body) of a SigV4-signed API call on the server's plain-HTTP port."""
+    url = f"http://127.0.0.1:{srv.http_port}{path}"
+    data = json.dumps(body).encode()
+    req = AWSRequest("POST", url, data=data, headers={"Content-Type": "application/json"})
+    akid, secret = srv.keys
+    SigV4Auth(Credentials(akid, secret), "kinesisvideo", srv.settings.region).add_auth(req)
+    return url, dict(req.headers.items()), data
