@@ -124,3 +124,38 @@ async def test_answer_to_a_replaced_sessions_offer_is_refused(make_server: Any) 
     await wait_for(lambda: not sessions(srv).masters, 15)
     video, _, _ = stored_video(srv, fragments_of(srv, "stale-stream"))
     assert video == sent_video(cam)
+
+
+async def test_in_a_worker_process_too(make_server: Any) -> None:
+    """The same with storage sessions in a worker process: one offer for ten joins, an answer
+    to a replaced session's offer refused, the live one records."""
+    srv = make_server(webrtc_workers=1, storage_fragment_duration=1.0)
+    ch, _ = storage_channel(srv, "wburst")
+    storage = _storage_client(srv, ch)
+    client = await Client.connect(srv, ch)
+    await asyncio.to_thread(storage.join_storage_session, channelArn=ch)
+    old = next(m for m in await _messages(client, 1.5) if m["messageType"] == "SDP_OFFER")
+    await asyncio.gather(
+        *(asyncio.to_thread(storage.join_storage_session, channelArn=ch) for _ in range(10))
+    )
+    received = await _messages(client, 2.0)
+    offers = [m for m in received if m["messageType"] == "SDP_OFFER"]
+    assert len(offers) == 1, [m["messageType"] for m in received]
+    stale = FakeMaster(h264_clip(seconds=0.5), None)
+    sdp = await stale.answer(unb64json(old["messagePayload"])["sdp"])
+    await stale.close()
+    await client.send("SDP_ANSWER", b64json({"type": "answer", "sdp": sdp}), correlation_id="old")
+    (status,) = [m for m in await _messages(client, 1.0) if m["messageType"] == "STATUS_RESPONSE"]
+    assert status["statusResponse"]["errorType"] == "InvalidArgumentException"
+    cam = Camera(srv, ch, h264_clip(seconds=1.0), None)
+    reply = await cam.master.handle("SDP_OFFER", offers[0]["messagePayload"])
+    assert reply is not None
+    await client.send(reply[0], reply[1], correlation_id="new")
+    await cam.master.wait_sent()
+    await asyncio.sleep(0.3)
+    assert [m for m in await _messages(client, 0.3) if m["messageType"] == "STATUS_RESPONSE"] == []
+    await client.close()
+    await cam.close()
+    await wait_for(lambda: not sessions(srv).masters, 15)
+    video, _, _ = stored_video(srv, fragments_of(srv, "wburst-stream"))
+    assert video == sent_video(cam)
