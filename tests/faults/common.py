@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
@@ -122,13 +123,26 @@ def decoded_frames(path: Path) -> int:
     return sum(1 for line in res.stdout.splitlines() if line and not line.startswith("#"))
 
 
-def signed_request(
-    srv: ProcessServer, path: str, body: dict[str, Any]
-) -> tuple[str, dict[str, str], bytes]:
-    """(url, headers, body) of a SigV4-signed API call on the server's plain-HTTP port."""
+def signed_request(srv: Any, path: str, body: dict[str, Any]) -> tuple[str, dict[str, str], bytes]:
+    """(url, headers, body) of a SigV4-signed API call on the server's plain-HTTP port (a
+    ProcessServer or a ServerThread)."""
     url = f"http://127.0.0.1:{srv.http_port}{path}"
     data = json.dumps(body).encode()
     req = AWSRequest("POST", url, data=data, headers={"Content-Type": "application/json"})
     akid, secret = srv.keys
     SigV4Auth(Credentials(akid, secret), "kinesisvideo", srv.settings.region).add_auth(req)
     return url, dict(req.headers.items()), data
+
+
+async def join_at_once(srv: Any, channel_arns: list[str]) -> list[int]:
+    """One JoinStorageSession per entry of ``channel_arns``, signed beforehand and all sent at
+    once on their own connections; returns the status codes."""
+    requests = [signed_request(srv, "/joinStorageSession", {"channelArn": a}) for a in channel_arns]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+        async def one(req: tuple[str, dict[str, str], bytes]) -> int:
+            async with http.post(req[0], headers=req[1], data=req[2]) as r:
+                await r.read()
+                return r.status
+
+        return list(await asyncio.gather(*(one(r) for r in requests)))

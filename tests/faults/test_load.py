@@ -109,8 +109,10 @@ async def test_join_burst_one_offer_per_master_and_fast_first_offer(tmp_path: An
             f" join: p50 {statistics.median(after_last) * 1000:.0f} ms"
         )
         assert offers == [1] * CHANNELS
-        # 0.25 s on an idle machine; CI shares its cores, so the bound here is looser.
-        assert p50 < 0.75
+        assert created <= len(order) // 2  # joins that come together coalesce
+        # The figures are for the README (about 0.3 s from the burst's start, under 0.25 s after
+        # a channel's last join, on 2 idle cores); CI shares its cores, so the bound is looser.
+        assert statistics.median(after_last) < 1.0
 
         # Over the per-channel join rate: refused in the AWS error shape, still one offer.
         t0, results = await _burst(srv, [arns[0]] * 70)
