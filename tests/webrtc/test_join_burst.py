@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import pytest
 
-from ..faults.common import join_at_once
+from ..faults.common import join_at_once, signed_request
 from ..mediagen import h264_clip
 from ..signaling.kvs import Client, b64json, unb64json
 from .fake_master import FakeMaster
@@ -140,3 +141,31 @@ async def test_in_a_worker_process_too(make_server: Any) -> None:
     await wait_for(lambda: not sessions(srv).masters, 15)
     video, _, _ = stored_video(srv, fragments_of(srv, "wburst-stream"))
     assert video == sent_video(cam)
+
+
+async def test_viewer_joining_ten_times_at_once_gets_one_offer(make_server: Any) -> None:
+    srv = make_server(storage_fragment_duration=1.0)
+    ch, _ = storage_channel(srv, "vburst")
+    viewer = await Client.connect(srv, ch, "watcher")
+    try:
+        requests = [
+            signed_request(
+                srv, "/joinStorageSessionAsViewer", {"channelArn": ch, "clientId": "watcher"}
+            )
+            for _ in range(10)
+        ]
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+            async def one(req: tuple[str, dict[str, str], bytes]) -> int:
+                async with http.post(req[0], headers=req[1], data=req[2]) as r:
+                    await r.read()
+                    return r.status
+
+            assert await asyncio.gather(*(one(r) for r in requests)) == [200] * 10
+        received = await _messages(viewer, 2.0)
+        offers = [m for m in received if m["messageType"] == "SDP_OFFER"]
+        assert len(offers) == 1, [m["messageType"] for m in received]
+        live = sessions(srv).viewers[ch]["watcher"]
+        assert live.offer_sent and live.state.value == "offered"
+    finally:
+        await viewer.close()
