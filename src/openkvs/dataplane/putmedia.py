@@ -27,7 +27,7 @@ from aiohttp import web
 from .. import clock
 from ..errors import InvalidArgumentException, ResourceNotFoundException
 from ..media import mkvstream
-from ..store.base import Stream
+from ..store.base import Stream, is_disk_full
 from .acks import AckError, ack
 from .plane import DataPlane
 
@@ -252,9 +252,19 @@ class PutMediaSession:
             logger.info("%s stream was deleted", self._prefix)
             await self._error(AckError.STREAM_DELETED, fatal=True)
             return
-        except Exception:  # noqa: BLE001 - a storage failure loses this fragment only
-            logger.exception("%s storing fragment %d failed", self._prefix, cur.number)
-            await self._error(AckError.ARCHIVAL_ERROR)
+        except Exception as exc:  # noqa: BLE001 - a storage failure loses this fragment only
+            if not is_disk_full(exc):
+                logger.exception("%s storing fragment %d failed", self._prefix, cur.number)
+                await self._error(AckError.ARCHIVAL_ERROR)
+                return
+            # Out of space: every later fragment would fail too, so the upload ends here.
+            logger.error(
+                "%s storing fragment %d failed, the disk is full: %s; ending the upload",
+                self._prefix,
+                cur.number,
+                exc,
+            )
+            await self._error(AckError.ARCHIVAL_ERROR, fatal=True)
             return
         self.persisted += 1
         self._current = None
