@@ -12,6 +12,7 @@ from ..control.fragments import FragmentStore
 from ..control.resources import ControlPlane
 from ..errors import ConnectionLimitExceededException
 from ..store.base import Stream
+from .events import FragmentEvents
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class DataPlane:
         self.control = control
         self.fragments = fragments
         self._writers: set[int] = set()
+        self.events = FragmentEvents()
         self._closing: asyncio.Event | None = None
 
     @property

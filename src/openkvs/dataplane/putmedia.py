@@ -29,6 +29,7 @@ from ..errors import InvalidArgumentException, ResourceNotFoundException
 from ..media import mkvstream
 from ..store.base import Stream
 from .acks import AckError, ack
+from .events import FragmentEvent
 from .plane import DataPlane
 
 logger = logging.getLogger(__name__)
@@ -204,10 +205,13 @@ class PutMediaSession:
                 await self._store(ev)
             elif isinstance(ev, mkvstream.FragmentRejected):
                 logger.debug("%s fragment rejected: %s", self._prefix, ev.message)
-                if ev.index is None or (self._current and self._current.index != ev.index):
-                    await self._send(ack("ERROR", error=AckError.of(ev.problem)))
-                else:
+                if self._current is not None and self._current.index == ev.index:
                     await self._error(AckError.of(ev.problem))
+                else:
+                    # Refused Tags that no Cluster followed: there is no fragment to name.
+                    await self._send(
+                        ack("ERROR", timecode=ev.timecode, error=AckError.of(ev.problem))
+                    )
             else:
                 logger.info("%s stream rejected: %s", self._prefix, ev.message)
                 await self._error(AckError.of(ev.problem), fatal=True)
@@ -258,6 +262,19 @@ class PutMediaSession:
             return
         self.persisted += 1
         self._current = None
+        for event in ev.events:
+            self.plane.events.publish(
+                FragmentEvent(
+                    stream_id=self.stream.id,
+                    stream_name=self.stream.name,
+                    stream_arn=self.stream.arn,
+                    fragment_number=cur.number,
+                    producer_ts_ms=producer_ts,
+                    server_ts_ms=cur.server_ts,
+                    duration_ms=ev.duration_ms,
+                    event=event,
+                )
+            )
         # PERSISTED means durable; streams without retention keep nothing to acknowledge.
         current = self.plane.control.store.stream_by_id(self.stream.id)
         if current is not None and current.retention_hours > 0:
