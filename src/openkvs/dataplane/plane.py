@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
+from .. import clock
 from ..config import Settings
 from ..control.fragments import FragmentStore
 from ..control.resources import ControlPlane
@@ -29,6 +30,7 @@ class DataPlane:
         self.control = control
         self.fragments = fragments
         self._writers: set[int] = set()
+        self._freed: dict[int, asyncio.Event] = {}  # set when a stream's writer slot is released
         self.events = FragmentEvents()
         self._closing: asyncio.Event | None = None
 
@@ -47,16 +49,36 @@ class DataPlane:
     async def stop(self) -> None:
         self.closing.set()
 
-    @contextlib.contextmanager
-    def writer(self, stream: Stream) -> Iterator[None]:
-        """Hold the single PutMedia writer slot of ``stream`` (ConnectionLimitExceeded if taken)."""
-        if stream.id in self._writers:
-            raise ConnectionLimitExceededException(
-                f"Another PutMedia connection is already writing to the stream {stream.name}; "
-                "only one writer per stream is allowed at a time."
-            )
+    @contextlib.asynccontextmanager
+    async def writer(self, stream: Stream) -> AsyncIterator[None]:
+        """Hold the single PutMedia writer slot of ``stream``.
+
+        While another connection holds it, wait up to ``putmedia_handover_wait`` seconds for it
+        to end (a producer rotating its connection opens the next one before it ends the
+        current one), then refuse with ConnectionLimitExceeded. Fragments of the two
+        connections never interleave: the new one is read only once the old one is done.
+        """
+        waited = False
+        deadline = clock.monotonic() + self.settings.putmedia_handover_wait
+        while stream.id in self._writers:
+            remaining = deadline - clock.monotonic()
+            if remaining <= 0 or self.closing.is_set():
+                raise ConnectionLimitExceededException(
+                    f"Another PutMedia connection is already writing to the stream {stream.name}; "
+                    "only one writer per stream is allowed at a time."
+                )
+            waited = True
+            freed = self._freed.setdefault(stream.id, asyncio.Event())
+            try:
+                await asyncio.wait_for(freed.wait(), min(remaining, 1.0))
+            except TimeoutError:
+                pass
+        if waited:
+            logger.info("PutMedia to %s took over from the previous connection", stream.name)
         self._writers.add(stream.id)
         try:
             yield
         finally:
             self._writers.discard(stream.id)
+            if stream.id in self._freed:
+                self._freed.pop(stream.id).set()
