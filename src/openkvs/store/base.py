@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +45,9 @@ class Stream:
     retention_hours: int
     tags: Mapping[str, str]
     storage_tier: str = "HOT"
+    # UpdateImageGenerationConfiguration / UpdateNotificationConfiguration, as sent (wire shape)
+    image_generation: Mapping[str, Any] | None = None
+    notification: Mapping[str, Any] | None = None
 
     def replace(self, **changes: object) -> Stream:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
