@@ -6,10 +6,13 @@ metadata, and acks that always name their fragment's timecode."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.client
 import json
 import ssl
 from typing import Any
+
+import av
 
 from openkvs.dataplane.events import FragmentEvent
 from openkvs.media import mkv
@@ -268,3 +271,62 @@ async def test_event_metadata_is_accepted_and_published(server: ServerThread) ->
     # The event tags are not stored with the fragment.
     data = server.call(server.services.fragments.blobs.get(frags[1].blob_key))
     assert not any(k.startswith("AWS_") for k in mkv.read_fragment(data).tags)
+
+
+async def test_image_generation_event_writes_the_fragments_images(server: ServerThread) -> None:
+    kv = server.client("kinesisvideo")
+    for name in ("sdk-img", "sdk-noimg"):
+        create_stream(server, name)
+    kv.update_image_generation_configuration(
+        StreamName="sdk-img",
+        ImageGenerationConfiguration={
+            "Status": "ENABLED",
+            "ImageSelectorType": "PRODUCER_TIMESTAMP",
+            "DestinationConfig": {"Uri": "s3://bucket/x", "DestinationRegion": "us-west-2"},
+            "SamplingInterval": 500,
+            "Format": "JPEG",
+            "FormatConfig": {"JPEGQuality": "70"},
+            "WidthPixels": 160,
+        },
+    )
+    header, cls = sdk_stream()
+    image = sdk_tags(
+        "AWS_KINESISVIDEO_IMAGE_GENERATION", siblings=[("AWS_KINESISVIDEO_IMAGE_PREFIX", "door-")]
+    )
+    for name in ("sdk-img", "sdk-noimg"):
+        p = SdkProducer(server, stream_name=name)
+        await p.connect()
+        assert await p.read_head() == 200
+        await p.send(header + cls[0] + image + cls[1] + cls[2] + END_OF_FRAGMENT)
+        await p.end()
+        acks = await p.acks_until_end()
+        await p.close()
+        assert [a["EventType"] for a in acks] == ["BUFFERING", "RECEIVED", "PERSISTED"] * 3
+    await asyncio.to_thread(server.call, server.services.imagegen.idle())
+    folder = server.settings.data_dir / "images"
+    assert sorted(p.name for p in folder.iterdir()) == ["sdk-img"]
+    # One image every 500 ms of the marked (second, ~1 s) fragment, named by producer time.
+    marked = stored(server, "sdk-img")[1]
+    assert 1000 <= marked.duration_ms <= 1100
+    want = [f"door-{marked.producer_ts + t}.jpg" for t in range(0, marked.duration_ms, 500)]
+    files = sorted(folder.joinpath("sdk-img").iterdir())
+    assert [f.name for f in files] == want
+    for f in files:
+        data = f.read_bytes()
+        assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9"
+        frame = next(av.open(str(f)).decode(video=0))
+        assert (frame.width, frame.height) == (160, 120)
+    assert server.services.imagegen.written == len(want)
+    # They are the images GetImages gives for the same times and options.
+    am = server.client("kinesis-video-archived-media")
+    got = am.get_images(
+        StreamName="sdk-img",
+        ImageSelectorType="PRODUCER_TIMESTAMP",
+        StartTimestamp=marked.producer_ts / 1000,
+        EndTimestamp=(marked.producer_ts + marked.duration_ms - 1) / 1000,
+        SamplingInterval=500,
+        Format="JPEG",
+        FormatConfig={"JPEGQuality": "70"},
+        WidthPixels=160,
+    )["Images"]
+    assert [base64.b64decode(i["ImageContent"]) for i in got] == [f.read_bytes() for f in files]

@@ -353,8 +353,7 @@ async def update_notification_configuration(
             raise InvalidArgumentException("DestinationConfig Uri must not be empty.")
         if config["Status"] == "ENABLED" and stream.retention_hours == 0:
             raise NoDataRetentionException(
-                f"The stream {stream.name} has no data retention; notifications need stored "
-                "media."
+                f"The stream {stream.name} has no data retention; notifications need stored media."
             )
     await control.update_stream_config(arn=stream.arn, kind="notification", config=config)
     return {}
