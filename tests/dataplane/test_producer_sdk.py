@@ -330,3 +330,37 @@ async def test_image_generation_event_writes_the_fragments_images(server: Server
         WidthPixels=160,
     )["Images"]
     assert [base64.b64decode(i["ImageContent"]) for i in got] == [f.read_bytes() for f in files]
+
+
+async def test_fragments_sent_again_after_lost_acks_are_not_stored_twice(
+    server: ServerThread,
+) -> None:
+    create_stream(server, "sdk-resend")
+    header, cls = sdk_stream(5.0)
+    assert len(cls) == 5
+    first = SdkProducer(server, stream_name="sdk-resend")
+    await first.connect()
+    assert await first.read_head() == 200
+    await first.send(header + b"".join(cls[:3]) + END_OF_FRAGMENT)
+    acks = await acks_for(first, 9)
+    numbers = [a["FragmentNumber"] for a in acks[::3]]
+    first.abort()  # the connection breaks; say the last two PERSISTED acks never arrived
+    await asyncio.sleep(0.2)
+    # The SDK reconnects and rolls back to the first fragment it has no PERSISTED ack for.
+    second = SdkProducer(server, stream_name="sdk-resend")
+    await second.connect()
+    assert await second.read_head() == 200
+    await second.send(header + b"".join(cls[1:]) + END_OF_FRAGMENT)
+    await second.end()
+    acks2 = await second.acks_until_end()
+    await second.close()
+    check_every_ack_names_its_fragment(acks2)
+    assert [a["EventType"] for a in acks2] == ["BUFFERING", "RECEIVED", "PERSISTED"] * 4
+    assert [a["FragmentTimecode"] for a in acks2[::3]] == [timecode_of(header, c) for c in cls[1:]]
+    # The fragments sent again keep their numbers; the new ones get new numbers.
+    assert [a["FragmentNumber"] for a in acks2[:6:3]] == numbers[1:]
+    assert int(acks2[6]["FragmentNumber"]) > int(numbers[-1])
+    frags = stored(server, "sdk-resend")
+    assert [str(f.number) for f in frags[:3]] == numbers
+    assert len(frags) == 5 and len({f.producer_ts for f in frags}) == 5
+    assert video_frames(server, frags) == 150
