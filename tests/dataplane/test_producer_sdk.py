@@ -364,3 +364,33 @@ async def test_fragments_sent_again_after_lost_acks_are_not_stored_twice(
     assert [str(f.number) for f in frags[:3]] == numbers
     assert len(frags) == 5 and len({f.producer_ts for f in frags}) == 5
     assert video_frames(server, frags) == 150
+
+
+async def test_a_writer_gone_silent_gives_way(make_server: Any) -> None:
+    # A producer that vanished without closing its connection (power loss, NAT timeout) does
+    # not lock its stream until the idle timeout: its silent connection gives way.
+    srv = make_server(putmedia_handover_wait=10.0, putmedia_handover_idle=1.0)
+    create_stream(srv, "sdk-gone")
+    header, cls = sdk_stream()
+    first = SdkProducer(srv, stream_name="sdk-gone")
+    await first.connect()
+    assert await first.read_head() == 200
+    await first.send(header + cls[0] + END_OF_FRAGMENT)
+    assert [a["EventType"] for a in await acks_for(first, 3)] == [
+        "BUFFERING",
+        "RECEIVED",
+        "PERSISTED",
+    ]
+    second = SdkProducer(srv, stream_name="sdk-gone")
+    await second.connect()
+    t0 = asyncio.get_running_loop().time()
+    assert await second.read_head(timeout=15) == 200
+    assert asyncio.get_running_loop().time() - t0 <= 5
+    assert await first.acks_until_end() == [] and first.eof  # the old response was ended
+    await first.close()
+    await second.send(header + b"".join(cls[1:]) + END_OF_FRAGMENT)
+    await second.end()
+    acks = await second.acks_until_end()
+    await second.close()
+    assert [a["EventType"] for a in acks] == ["BUFFERING", "RECEIVED", "PERSISTED"] * 2
+    assert len(stored(srv, "sdk-gone")) == 3

@@ -37,7 +37,7 @@ from ..media.mkv import to_ms
 from ..store.base import Fragment, Stream
 from .acks import AckError, ack
 from .events import FragmentEvent
-from .plane import DataPlane
+from .plane import DataPlane, WriterSlot
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +110,10 @@ class PutMediaSession:
         request: web.Request,
         response: web.StreamResponse,
         spec: PutMediaRequest,
+        slot: WriterSlot | None = None,
     ) -> None:
         self.plane = plane
+        self.slot = slot
         self.stream = stream
         self.request = request
         self.response = response
@@ -145,6 +147,9 @@ class PutMediaSession:
                     if closing.is_set():
                         logger.info("%s server shutting down", self._prefix)
                         break
+                    if self.slot is not None and self.slot.taken_over.is_set():
+                        logger.info("%s a new connection takes over the stream", self._prefix)
+                        break
                     if now - last_data >= settings.putmedia_idle_timeout:
                         logger.info("%s no data for %.0f s, closing", self._prefix, now - last_data)
                         break
@@ -163,6 +168,8 @@ class PutMediaSession:
                     await self._handle(self.parser.finish())
                     break
                 last_data = last_ack = clock.monotonic()
+                if self.slot is not None:
+                    self.slot.last_data = last_data
                 await self._handle(self.parser.feed(chunk))
                 if closing.is_set():
                     break
