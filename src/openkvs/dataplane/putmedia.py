@@ -136,7 +136,11 @@ class PutMediaSession:
         closing = self.plane.closing
         last_data = last_ack = clock.monotonic()
         try:
-            recent = await self.plane.fragments.last(self.stream, RESEND_WINDOW)
+            try:
+                recent = await self.plane.fragments.last(self.stream, RESEND_WINDOW)
+            except Exception:  # noqa: BLE001 - without them, fragments sent again are stored again
+                logger.exception("%s cannot read the stream's last fragments", self._prefix)
+                recent = []
             self._earlier = {f.producer_ts: f for f in recent}
             while not self._finished:
                 wait = min(settings.putmedia_idle_ack_interval, 1.0)
