@@ -106,6 +106,9 @@ def test_serve_credentials_and_shutdown(served) -> None:  # type: ignore[no-unty
     ).stdout
     env = env_from(out)
     assert env["OPENKVS_ENDPOINT"] == f"https://127.0.0.1:{port}"
+    # The two variables the KVS Producer SDK (kvssink) reads.
+    assert env["CONTROL_PLANE_URI"] == f"https://127.0.0.1:{port}"
+    assert env["KVSSINK_CA_CERT_PATH"] == env["AWS_CA_BUNDLE"]
     # The shell eval path works for real, and that shell can still run openkvs (the OPENKVS_*
     # client variables it now holds are not server settings).
     creds = shlex.join([sys.executable, "-m", "openkvs", "credentials", "--data-dir", str(data)])

@@ -247,9 +247,11 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
         await retention.start()
         await services.dataplane.start()
         await services.playback.start()
+        await services.imagegen.start()
         try:
             yield
         finally:
+            await services.imagegen.stop()
             await services.playback.stop()
             await services.dataplane.stop()
             await retention.stop()

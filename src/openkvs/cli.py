@@ -146,6 +146,10 @@ def cmd_credentials(args: argparse.Namespace) -> int:
     ca = local_ca(settings.data_dir)
     if settings.tls_cert is None:
         print(f"export AWS_CA_BUNDLE={ca.resolve()}")
+    # The KVS Producer SDK (kvssink) reads its control-plane endpoint and CA file from these.
+    print(f"export {PRODUCER_SDK_ENDPOINT_ENV}={tls}")
+    if settings.tls_cert is None:
+        print(f"export {PRODUCER_SDK_CA_ENV}={ca.resolve()}")
     return 0
 
 
@@ -156,6 +160,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or "warning")  # keep the terminal for the progress line
     return demo.main(settings, args)
 
+
+PRODUCER_SDK_ENDPOINT_ENV = "CONTROL_PLANE_URI"
+PRODUCER_SDK_CA_ENV = "KVSSINK_CA_CERT_PATH"
 
 SERVICE_IDS = (
     "Kinesis Video",

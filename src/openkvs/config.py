@@ -103,6 +103,12 @@ class Settings:
     putmedia_idle_timeout: float = 30.0
     putmedia_idle_ack_interval: float = 5.0
     putmedia_max_fragment_bytes: int = 50 * 1024 * 1024
+    # A second PutMedia to a stream waits this long for the first to end (the Producer SDK opens
+    # its next connection a few seconds before it ends the current one), then is refused
+    putmedia_handover_wait: float = 10.0
+    # ... and a holder without data for putmedia_handover_idle s is ended for it (a producer gone
+    # without closing its connection)
+    putmedia_handover_idle: float = 5.0
     # Playback (HLS/DASH, GetClip, GetImages): remux/decode threads, cache budget (segments,
     # parsed fragments and images share it), LIVE/LIVE_REPLAY session cursors kept in memory
     playback_workers: int = 2
@@ -171,6 +177,10 @@ class Settings:
             raise ConfigError(
                 "putmedia_idle_ack_interval must be positive and at most putmedia_idle_timeout"
             )
+        if not 0 <= self.putmedia_handover_wait <= 60:
+            raise ConfigError("putmedia_handover_wait must be between 0 and 60 seconds")
+        if self.putmedia_handover_idle <= 0:
+            raise ConfigError("putmedia_handover_idle must be positive")
         if not 1024 <= self.putmedia_max_fragment_bytes <= 50 * 1024 * 1024:
             raise ConfigError("putmedia_max_fragment_bytes must be between 1024 and 52428800")
         if not 1 <= self.playback_workers <= 64:

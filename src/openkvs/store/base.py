@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +46,9 @@ class Stream:
     retention_hours: int
     tags: Mapping[str, str]
     storage_tier: str = "HOT"
+    # UpdateImageGenerationConfiguration / UpdateNotificationConfiguration, as sent (wire shape)
+    image_generation: Mapping[str, Any] | None = None
+    notification: Mapping[str, Any] | None = None
 
     def replace(self, **changes: object) -> Stream:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
