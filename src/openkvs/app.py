@@ -23,6 +23,7 @@ from .control.resources import ControlPlane
 from .control.retention import RetentionTask
 from .control.sessions import RecordingSessions, StorageSessions
 from .errors import InternalFailure, ServiceError
+from .ops import health as ops_health
 from .playback import routes as playback_routes
 from .services import Services
 from .signaling.ws import SignalingEndpoint
@@ -201,6 +202,17 @@ def build_app(settings: Settings, services: Services | None = None) -> web.Appli
         return web.json_response({"service": "openkvs", "status": "ok"})
 
     app.router.add_get("/health", health)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        ready, status = await services.health.readiness()
+        return web.json_response({"status": status}, status=200 if ready else 503)
+
+    # Unauthenticated on both ports (probes); they tell nothing but a status word.
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     # ConnectAsMaster / ConnectAsViewer: the WSS endpoint is the server's root.
     app.router.add_get("/", SignalingEndpoint(services).handle)
     # HLS/DASH session resources: GET, authorised by their SessionToken (no SigV4).
@@ -237,6 +249,8 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
         await retention.start()
         await services.dataplane.start()
         await services.playback.start()
+        _readiness_checks(services)
+        services.health.ready()
         try:
             yield
         finally:
@@ -250,6 +264,15 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
             await control.store.stop()
 
     return ctx
+
+
+def _readiness_checks(services: Services) -> None:
+    health = services.health
+    health.add_check("store", ops_health.store_check(services.control.store))
+    health.add_check("media", ops_health.folder_check(services.settings.data_dir / "media"))
+    bus = ops_health.bus_check(services.hub.bus)
+    if bus is not None:
+        health.add_check("bus", bus)
 
 
 def data_paths(settings: Settings) -> dict[str, Path]:

@@ -107,7 +107,10 @@ async def _serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     logger.info("shutting down")
-    await server.stop()
+    if not await server.drain():
+        # Past the drain limit: leave now rather than wait for what is stuck.
+        logging.shutdown()
+        os._exit(1)
     logger.info("stopped")
     return 0
 

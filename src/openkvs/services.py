@@ -12,6 +12,7 @@ from .control.ratelimit import RateLimiter
 from .control.resources import ControlPlane
 from .control.sessions import StorageSessions
 from .dataplane import DataPlane
+from .ops.health import Health
 from .playback.service import PlaybackService
 from .signaling.hub import SignalingHub
 
@@ -32,6 +33,8 @@ class Services:
     dataplane: DataPlane = dataclasses.field(default=None)  # type: ignore[assignment]
     # HLS/DASH sessions, GetClip and GetImages; built when not given.
     playback: PlaybackService = dataclasses.field(default=None)  # type: ignore[assignment]
+    # Starting / ready / draining, and the readiness checks.
+    health: Health = dataclasses.field(default_factory=Health)
     # Filled in by the subsystems that exist: the signaling hub, the fragment store, playback.
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
