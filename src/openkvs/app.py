@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from .control.retention import RetentionTask
 from .control.sessions import RecordingSessions, StorageSessions
 from .errors import InternalFailure, ServiceError
 from .ops import health as ops_health
+from .ops import metrics as ops_metrics
 from .playback import routes as playback_routes
 from .services import Services
 from .signaling.ws import SignalingEndpoint
@@ -88,6 +90,46 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     if not response.prepared:
         _cors_headers(request, response)
     return response
+
+
+# Paths whose requests are not counted as API requests (probes and scrapes).
+_UNCOUNTED = frozenset({"/metrics", "/healthz", "/readyz", "/health"})
+_GET_OPERATIONS = {"/": "Connect", "/hls/v1/{name}": "HLS", "/dash/v1/{name}": "DASH"}
+
+
+def operation_label(request: web.Request) -> str:
+    """A bounded name for what a request asked: the model operation, or a fixed word."""
+    route: Route | None = request.get(ROUTE_KEY)
+    if route is not None:
+        return route.name
+    if request.path == "/putMedia" and request.method == "POST":
+        return "PutMedia"
+    if request.method == "OPTIONS":
+        return "Preflight"
+    if request.method == "GET":
+        resource = request.match_info.route.resource
+        canonical = resource.canonical if resource is not None else ""
+        return _GET_OPERATIONS.get(canonical, "unknown")
+    return "unknown"
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every API request by operation and status, with its latency."""
+    if request.path in _UNCOUNTED:
+        return await handler(request)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics = request.app[SERVICES_KEY].metrics
+        metrics.request(operation_label(request), status, time.perf_counter() - started)
 
 
 def _http_error(exc: web.HTTPException) -> ServiceError:
@@ -179,7 +221,7 @@ def build_services(settings: Settings, sessions: StorageSessions | None = None) 
 def build_app(settings: Settings, services: Services | None = None) -> web.Application:
     services = services or build_services(settings)
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[metrics_middleware, error_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[SERVICES_KEY] = services
@@ -213,6 +255,10 @@ def build_app(settings: Settings, services: Services | None = None) -> web.Appli
     # Unauthenticated on both ports (probes); they tell nothing but a status word.
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    # Prometheus metrics; 404 on a port they are not served on (metrics_listen).
+    s = settings
+    scrape = ops_metrics.metrics_handler(services.metrics, s.metrics_listen, s.metrics_token)
+    app.router.add_get("/metrics", scrape)
     # ConnectAsMaster / ConnectAsViewer: the WSS endpoint is the server's root.
     app.router.add_get("/", SignalingEndpoint(services).handle)
     # HLS/DASH session resources: GET, authorised by their SessionToken (no SigV4).
@@ -250,6 +296,7 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
         await services.dataplane.start()
         await services.playback.start()
         _readiness_checks(services)
+        services.metrics.attach(services)
         services.health.ready()
         try:
             yield

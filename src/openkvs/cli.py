@@ -42,13 +42,19 @@ SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         {"help": "PEM certificate chain to serve instead of the local CA's"},
     ),
     ("--tls-key", "tls_key", {"help": "PEM private key for --tls-cert"}),
+    (
+        "--metrics-listen",
+        "metrics_listen",
+        {"help": "serve GET /metrics on the http (default), tls or both ports, or off"},
+    ),
+    ("--metrics-token", "metrics_token", {"help": "require Authorization: Bearer <token>"}),
 ]
 
 
 def _settings(args: argparse.Namespace, fields: list[tuple[str, str, dict[str, Any]]]) -> Settings:
     config = args.config or os.environ.get("OPENKVS_CONFIG")
     overrides: dict[str, Any] = {field: getattr(args, field, None) for _, field, _ in fields}
-    for flag in ("no_auth", "aws_error_codes"):
+    for flag in ("no_auth", "aws_error_codes", "metrics_channel_labels"):
         if getattr(args, flag, False):
             overrides[flag] = True
     return Settings.load(os.environ, Path(config) if config else None, overrides)
@@ -183,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--aws-error-codes",
         action="store_true",
         help="JoinStorageSession[AsViewer] errors use AWS's 400/403/404, not 480-483",
+    )
+    serve.add_argument(
+        "--metrics-channel-labels",
+        action="store_true",
+        help="label storage-session metrics with channel names (one series per channel)",
     )
     serve.set_defaults(func=cmd_serve)
 

@@ -106,6 +106,12 @@ class Settings:
     webrtc_advertised_hosts: tuple[str, ...] = ()
     webrtc_port_min: int = 0
     webrtc_port_max: int = 0
+    # Metrics: GET /metrics on the "http" (plain) port, "tls", "both" or "off"; when
+    # metrics_token is set, scrapes need "Authorization: Bearer <token>"; channel names become
+    # labels only with metrics_channel_labels (one series per channel)
+    metrics_listen: str = "http"
+    metrics_token: str | None = None
+    metrics_channel_labels: bool = False
     # Credentials from the config file
     credentials: tuple[CredentialConfig, ...] = ()
 
@@ -159,6 +165,8 @@ class Settings:
             raise ConfigError("playback_workers must be between 1 and 64")
         if self.playback_cache_mb < 0 or self.playback_live_sessions < 1:
             raise ConfigError("playback_cache_mb must be >= 0 and playback_live_sessions >= 1")
+        if self.metrics_listen not in ("http", "tls", "both", "off"):
+            raise ConfigError("metrics_listen must be http, tls, both or off")
         if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
             raise ConfigError("public_url must start with http:// or https://")
 

@@ -13,6 +13,7 @@ from .control.resources import ControlPlane
 from .control.sessions import StorageSessions
 from .dataplane import DataPlane
 from .ops.health import Health
+from .ops.metrics import Metrics
 from .playback.service import PlaybackService
 from .signaling.hub import SignalingHub
 
@@ -35,6 +36,8 @@ class Services:
     playback: PlaybackService = dataclasses.field(default=None)  # type: ignore[assignment]
     # Starting / ready / draining, and the readiness checks.
     health: Health = dataclasses.field(default_factory=Health)
+    # Prometheus metrics; built from settings when not given.
+    metrics: Metrics = dataclasses.field(default=None)  # type: ignore[assignment]
     # Filled in by the subsystems that exist: the signaling hub, the fragment store, playback.
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -43,5 +46,7 @@ class Services:
             self.hub = SignalingHub(self.settings, self.control)
         if self.dataplane is None:
             self.dataplane = DataPlane(self.settings, self.control, self.fragments)
+        if self.metrics is None:
+            self.metrics = Metrics(channel_labels=self.settings.metrics_channel_labels)
         if self.playback is None:
             self.playback = PlaybackService(self.settings, self.control.store, self.fragments)

@@ -28,6 +28,7 @@ class DataPlane:
         self.control = control
         self.fragments = fragments
         self._writers: set[int] = set()
+        self.ingested_bytes = 0  # PutMedia request-body bytes, for metrics
         self._closing: asyncio.Event | None = None
 
     @property

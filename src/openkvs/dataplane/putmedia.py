@@ -148,6 +148,7 @@ class PutMediaSession:
                     await self._handle(self.parser.finish())
                     break
                 last_data = last_ack = clock.monotonic()
+                self.plane.ingested_bytes += len(chunk)
                 await self._handle(self.parser.feed(chunk))
                 if closing.is_set():
                     break

@@ -184,6 +184,8 @@ class WorkerPool:
         self.masters: dict[str, int] = {}  # channel ARN → worker index, while a master session runs
         self.viewers: dict[str, set[str]] = {}
         self.ended: list[dict[str, Any]] = []
+        # Called with each session's final stats, as the in-process manager's hook is.
+        self.on_session_end: Callable[[dict[str, Any]], None] | None = None
         self._stopping = False
         self._ctx = multiprocessing.get_context("spawn")
 
@@ -276,6 +278,8 @@ class WorkerPool:
             stats = args["stats"]
             self.ended.append(stats)
             del self.ended[:-100]
+            if self.on_session_end is not None:
+                self.on_session_end(stats)
             arn = stats["channel_arn"]
             if stats.get("current"):
                 if stats["role"] == "master":
