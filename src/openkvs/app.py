@@ -24,6 +24,7 @@ from .control.resources import ControlPlane
 from .control.retention import RetentionTask
 from .control.sessions import RecordingSessions, StorageSessions
 from .errors import InternalFailure, ServiceError
+from .ops import events as ops_events
 from .ops import health as ops_health
 from .ops import metrics as ops_metrics
 from .playback import routes as playback_routes
@@ -284,6 +285,7 @@ def build_app(settings: Settings, services: Services | None = None) -> web.Appli
 def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         control = services.control
+        await services.events.start()
         await control.store.start()
         await control.blobs.start()
         await services.fragments.start()
@@ -297,6 +299,7 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
         await services.playback.start()
         _readiness_checks(services)
         services.metrics.attach(services)
+        ops_events.attach(services.events, services)
         services.health.ready()
         try:
             yield
@@ -309,6 +312,7 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
             await services.fragments.stop()
             await control.blobs.stop()
             await control.store.stop()
+            await services.events.stop()
 
     return ctx
 

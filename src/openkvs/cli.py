@@ -48,6 +48,13 @@ SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         {"help": "serve GET /metrics on the http (default), tls or both ports, or off"},
     ),
     ("--metrics-token", "metrics_token", {"help": "require Authorization: Bearer <token>"}),
+    ("--webhook-urls", "webhook_urls", {"help": "comma-separated URLs that receive events"}),
+    ("--webhook-secret", "webhook_secret", {"help": "HMAC-SHA256 key of X-Openkvs-Signature"}),
+    (
+        "--webhook-events",
+        "webhook_events",
+        {"help": "comma-separated event types (default: all but fragment.persisted; * for all)"},
+    ),
 ]
 
 

@@ -12,6 +12,7 @@ from .control.ratelimit import RateLimiter
 from .control.resources import ControlPlane
 from .control.sessions import StorageSessions
 from .dataplane import DataPlane
+from .ops.events import Events
 from .ops.health import Health
 from .ops.metrics import Metrics
 from .playback.service import PlaybackService
@@ -38,6 +39,8 @@ class Services:
     health: Health = dataclasses.field(default_factory=Health)
     # Prometheus metrics; built from settings when not given.
     metrics: Metrics = dataclasses.field(default=None)  # type: ignore[assignment]
+    # Webhook events (``events.publish(type, **fields)``); built from settings when not given.
+    events: Events = dataclasses.field(default=None)  # type: ignore[assignment]
     # Filled in by the subsystems that exist: the signaling hub, the fragment store, playback.
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -48,5 +51,17 @@ class Services:
             self.dataplane = DataPlane(self.settings, self.control, self.fragments)
         if self.metrics is None:
             self.metrics = Metrics(channel_labels=self.settings.metrics_channel_labels)
+        if self.events is None:
+            s = self.settings
+            dropped = self.metrics.events_dropped
+            self.events = Events(
+                s.webhook_urls,
+                s.webhook_secret,
+                s.webhook_events,
+                queue_size=s.webhook_queue,
+                max_attempts=s.webhook_max_attempts,
+                on_delivered=self.metrics.events_sent.inc,
+                on_dropped=lambda cause: dropped.labels(cause).inc(),
+            )
         if self.playback is None:
             self.playback = PlaybackService(self.settings, self.control.store, self.fragments)

@@ -181,7 +181,7 @@ class Metrics:
         services.fragments.on_commit.append(self.fragment_committed)
         sessions = services.sessions
         if hasattr(sessions, "on_session_end"):
-            sessions.on_session_end = _chain(sessions.on_session_end, self.session_ended)
+            sessions.on_session_end = chain_hooks(sessions.on_session_end, self.session_ended)
 
     # -- events --------------------------------------------------------------------------------
 
@@ -327,7 +327,7 @@ class _ScrapeCollector(Collector):
         return []
 
 
-def _chain(first: Any, second: Any) -> Any:
+def chain_hooks(first: Any, second: Any) -> Any:
     if first is None:
         return second
 
