@@ -10,7 +10,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from .api import archived_media, kinesisvideo, media, webrtc_storage
+from .api import archived_media, diagnostics, kinesisvideo, media, webrtc_storage
 from .api import playback as playback_api
 from .api import signaling as signaling_api
 from .api.dispatch import REQUEST_ID_KEY, ROUTE_KEY, SERVICE_KEY, ApiDispatcher, request_id
@@ -105,6 +105,8 @@ def operation_label(request: web.Request) -> str:
         return route.name
     if request.path == "/putMedia" and request.method == "POST":
         return "PutMedia"
+    if request.path == diagnostics.PATH and request.method == "POST":
+        return "DescribeStorageSessions"
     if request.method == "OPTIONS":
         return "Preflight"
     if request.method == "GET":
@@ -265,6 +267,8 @@ def build_app(settings: Settings, services: Services | None = None) -> web.Appli
     # HLS/DASH session resources: GET, authorised by their SessionToken (no SigV4).
     playback_routes.add_routes(app.router, services.playback)
     app.router.add_route("OPTIONS", "/{tail:.*}", preflight)
+    # Storage-session diagnostics (not in the service models; SigV4 all the same).
+    app.router.add_post(diagnostics.PATH, diagnostics.handler(services))
     app.router.add_post("/{tail:.*}", dispatcher.handle)
     app.cleanup_ctx.append(_lifecycle(services))
 

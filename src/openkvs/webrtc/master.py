@@ -139,4 +139,6 @@ class MasterSession(StorageSession):
         return {
             "frames_lost": a.dropped_frames + self.recorder.stats.dropped_video,
             "frames_recovered": a.recovered_frames,
+            "late_packets": a.late_packets,
+            "rtp_packets": a.packets,
         }

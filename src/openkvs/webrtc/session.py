@@ -16,6 +16,7 @@ from ..config import Settings
 from ..errors import InvalidArgumentException
 from ..store.base import Channel
 from . import net
+from .diagnostics import Timeline, dtls_state
 from .peer import OfferingPeer, Send
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,11 @@ class StorageSession:
         self.pc = RTCPeerConnection(net.configuration(ice_servers))
         self.peer = CodecCheckingPeer(self.pc, send, settings.webrtc_advertised_hosts, self.prefix)
         self.pc.on("connectionstatechange", self._on_state)
+        self.timeline = Timeline(self.role, channel.arn, number)
+        self.pc.on(
+            "iceconnectionstatechange",
+            lambda: self.timeline.state("ice", self.pc.iceConnectionState),
+        )
 
     def spawn(self, coro: Awaitable[Any], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -92,6 +98,7 @@ class StorageSession:
             return
         if self.state is State.NEW:
             self.state = State.OFFERED
+        self.timeline.offer_sent(self.pc.localDescription.sdp)
         logger.info("%soffer sent", self.prefix)
 
     def stop(self, reason: str) -> asyncio.Task[None]:
@@ -109,7 +116,9 @@ class StorageSession:
                 task.cancel()
         await self.peer.close()
         await self.finish(reason)
-        logger.info("%sended (%s)", self.prefix, reason)
+        verdict = self.timeline.end(reason, self.stats())
+        log = logger.warning if verdict else logger.info
+        log("%sended (%s)%s", self.prefix, reason, f": {verdict}" if verdict else "")
         await self._on_end(self, reason)
 
     async def finish(self, reason: str) -> None:
@@ -123,6 +132,7 @@ class StorageSession:
         s = self.settings
         while self.state is not State.ENDED:
             await asyncio.sleep(0.5)
+            self.timeline.observe(self.stats())
             now = clock.monotonic()
             if self.state is not State.CONNECTED:
                 wait = max(s.storage_connect_timeout, self.channel.message_ttl + 10.0)
@@ -140,6 +150,8 @@ class StorageSession:
 
     async def _on_state(self) -> None:
         state = self.pc.connectionState
+        self.timeline.state("dtls", dtls_state(self.pc))
+        self.timeline.state("connection", state)
         if state == "connected" and self.state is not State.ENDED:
             self.state = State.CONNECTED
             self.connected_at = clock.monotonic()
@@ -155,14 +167,21 @@ class StorageSession:
             try:
                 await self.peer.on_answer(payload)
             except InvalidArgumentException as exc:
+                self.timeline.answer_refused(exc.message)
                 self.stop(f"unusable answer: {exc.message}")
                 raise
+            self.timeline.answer_received(self.pc.remoteDescription.sdp)
         elif message_type == "ICE_CANDIDATE":
+            self.timeline.candidate_received(payload)
             await self.peer.on_candidate(payload)
         else:
             raise InvalidArgumentException(
                 f"The storage session does not accept {message_type[:40]} messages."
             )
+
+    def stats(self) -> dict[str, Any]:
+        """Subclasses add their own counters."""
+        return self.base_stats()
 
     def base_stats(self) -> dict[str, Any]:
         return {
@@ -175,4 +194,5 @@ class StorageSession:
             if self.connected_at
             else 0.0,
             "end_reason": self.end_reason,
+            "verdict": self.timeline.verdict,
         }

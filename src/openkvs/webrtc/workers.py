@@ -346,6 +346,15 @@ class WorkerPool:
         if worker is not None:
             worker.link.notify("on_disconnect", channel_arn=channel_arn, client_id=client_id)
 
+    async def describe(self, channel_arn: str) -> list[dict[str, Any]]:
+        """Diagnostics of the channel's current sessions (from its worker), then its recent
+        ended ones (reported to this side when they ended)."""
+        from .diagnostics import recent_diagnostics
+
+        worker = self._worker_for(channel_arn, create=False)
+        live = await worker.link.request("describe", channel_arn=channel_arn) if worker else []
+        return list(live) + recent_diagnostics(self.ended, channel_arn)
+
     async def stats(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for worker in self.workers:
@@ -458,6 +467,8 @@ async def _worker(settings: Settings, sock: socket.socket, index: int) -> None:
             await manager.channel_closed(_channel(args["channel"]))
         elif op == "stats":
             return manager.stats()
+        elif op == "describe":
+            return manager.describe(args["channel_arn"], ended=False)
         elif op == "stop":
             await manager.stop()
             stop.set()
