@@ -20,6 +20,7 @@ from ..signaling.kvs import Client, b64json, enable_storage, setup_channel
 from ..support import ServerThread, free_port
 from ..webrtc.fake_master import FakeMaster
 from ..webrtc.harness import Camera, storage_channel, wait_for
+from .receiver import SECRET, Receiver
 
 pytestmark = pytest.mark.slow
 
@@ -168,8 +169,10 @@ async def test_ice_failure_names_the_candidates(server: ServerThread) -> None:
     assert s["States"].get("ice") in ("failed", "closed")
 
 
-async def test_connected_without_media(make_server: Any) -> None:
-    srv: ServerThread = make_server(storage_media_timeout=1.5)
+async def test_connected_without_media(make_server: Any, receiver: Receiver) -> None:
+    srv: ServerThread = make_server(
+        storage_media_timeout=1.5, webhook_urls=(receiver.url,), webhook_secret=SECRET
+    )
     ch, _ = storage_channel(srv, "nomedia")
     cam = Camera(srv, ch, None, None)
     await cam.connect()
@@ -181,6 +184,10 @@ async def test_connected_without_media(make_server: Any) -> None:
         "(no media for 1.5 s)."
     ), s
     assert "connection connected" in events(s) and "first rtp" not in events(s)
+    # The storage_session.ended event carries the verdict.
+    await wait_for(lambda: any(b"storage_session.ended" in r[0] for r in receiver.requests), 10)
+    ended = [e for e in receiver.events() if e["type"] == "storage_session.ended"]
+    assert ended[0]["verdict"] == s["Verdict"]
 
 
 async def test_video_without_a_keyframe(server: ServerThread) -> None:

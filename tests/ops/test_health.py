@@ -49,14 +49,14 @@ async def test_not_ready_while_the_media_folder_is_gone(server: ServerThread) ->
 async def test_not_ready_while_the_store_fails(server: ServerThread) -> None:
     store = server.services.control.store
 
-    async def broken() -> int:
+    async def broken(stream_id: int, count: int) -> list[Any]:
         raise OSError("disk I/O error")
 
-    store.max_fragment_number = broken  # type: ignore[method-assign]
+    store.last_fragments = broken  # type: ignore[method-assign]
     try:
         assert await _get(server, "/readyz", tls=True) == (503, {"status": "unavailable"})
     finally:
-        del store.max_fragment_number  # type: ignore[method-assign]
+        del store.last_fragments  # type: ignore[method-assign]
     assert await _get(server, "/readyz", tls=True) == (200, {"status": "ready"})
 
 

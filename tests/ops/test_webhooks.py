@@ -5,67 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from openkvs.ops.events import SIGNATURE_HEADER, sign, verify
+from openkvs.ops.events import sign, verify
 
 from ..dataplane.mediafiles import producer_mkv
 from ..dataplane.producer import put_media
 from ..mediagen import h264_clip, opus_packets
-from ..support import ServerThread, bound_socket
+from ..support import ServerThread
 from ..webrtc.harness import Camera, storage_channel, wait_for
+from .receiver import SECRET, Receiver
 from .test_metrics import scrape, value
-
-SECRET = "webhook-test-secret"
-
-
-class Receiver:
-    """Records every POST (raw body, headers, arrival time); can fail or stall on demand."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[bytes, dict[str, str], float]] = []
-        self.fail_first = 0  # answer 500 to this many requests first
-        self.always_fail = False
-        self.release = asyncio.Event()
-        self.release.set()
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        self.requests.append((body, dict(request.headers), time.monotonic()))
-        await self.release.wait()
-        if self.always_fail or len(self.requests) <= self.fail_first:
-            return web.Response(status=500)
-        return web.Response(status=204)
-
-    def events(self) -> list[dict[str, Any]]:
-        out = []
-        for body, headers, _ in self.requests:
-            assert headers.get("Content-Type") == "application/json"
-            assert verify(SECRET, body, headers.get(SIGNATURE_HEADER)), headers
-            out.append(json.loads(body))
-        return out
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", rec.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    sock = bound_socket()
-    await web.SockSite(runner, sock).start()
-    rec.url = f"http://127.0.0.1:{sock.getsockname()[1]}/hook?token=abc"
-    yield rec
-    rec.release.set()
-    await runner.cleanup()
 
 
 def test_signature_is_hmac_sha256_of_the_raw_body() -> None:
@@ -117,6 +70,7 @@ async def test_lifecycle_events_in_order_and_signed(make_server: Any, receiver: 
     assert ended["ChannelARN"] == ch and ended["StreamARN"] == st
     assert ended["role"] == "master" and ended["reasonCode"] == "signaling_closed"
     assert ended["fragments"] >= 1 and ended["videoFrames"] == len(track.sent)
+    assert "verdict" not in ended  # it recorded and ended normally
     assert events[4]["ChannelARN"] == ch and events[5]["StreamARN"] == st
     samples = await scrape(srv)
     assert value(samples, "openkvs_webhook_events_delivered_total") == 6

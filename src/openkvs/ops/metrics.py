@@ -40,6 +40,7 @@ END_REASONS: tuple[tuple[str, str], ...] = (
     ("no media", "no_media"),
     ("maximum session duration", "max_duration"),
     ("did not connect", "connect_timeout"),
+    ("peer connection closed", "peer_closed"),
     ("peer connection", "peer_failed"),
     ("offer failed", "offer_failed"),
     ("unusable answer", "answer_refused"),

@@ -23,7 +23,14 @@ _CANDIDATE_TYPE = re.compile(r"\btyp\s+(host|srflx|prflx|relay)\b")
 _RTPMAP = re.compile(r"^a=rtpmap:\d+\s+([\w-]+)/", re.M)
 _MEDIA = re.compile(r"^m=(\w+)\s+(\d+)", re.M)
 # End reasons that are not failures when media was recorded.
-_NORMAL_ENDS = {"replaced", "signaling_closed", "shutdown", "max_duration", "channel_closed"}
+_NORMAL_ENDS = {
+    "replaced",
+    "signaling_closed",
+    "peer_closed",
+    "shutdown",
+    "max_duration",
+    "channel_closed",
+}
 
 
 def sdp_codecs(sdp: str) -> dict[str, list[str]]:
@@ -178,7 +185,13 @@ class Timeline:
             )
         ice_up = bool({"ice:completed", "ice:connected"} & self.reached)
         if not ice_up:
-            gone = code in ("replaced", "shutdown", "channel_closed", "signaling_closed")
+            gone = code in (
+                "replaced",
+                "shutdown",
+                "channel_closed",
+                "signaling_closed",
+                "peer_closed",
+            )
             if gone and "ice:failed" not in self.reached:
                 return f"The session ended while ICE was still checking ({reason})."
             if not self.remote_candidates:
