@@ -153,3 +153,41 @@ async def test_spent_attempts_are_dropped_and_counted(make_server: Any, receiver
         while not await dropped():
             await asyncio.sleep(0.05)
     assert len(receiver.requests) == 2
+
+
+def test_settings_from_environment_flags_and_errors(tmp_path: Any) -> None:
+    from openkvs.cli import SERVE_FLAGS, _settings, build_parser
+    from openkvs.config import ConfigError, Settings
+
+    env = {
+        "OPENKVS_WEBHOOK_URLS": "http://127.0.0.1:9000/a, https://hooks.example/b",
+        "OPENKVS_WEBHOOK_SECRET": "s",
+        "OPENKVS_WEBHOOK_EVENTS": "*",
+        "OPENKVS_METRICS_LISTEN": "both",
+    }
+    s = Settings.load(env, None, {"data_dir": tmp_path})
+    assert s.webhook_urls == ("http://127.0.0.1:9000/a", "https://hooks.example/b")
+    assert s.webhook_events == ("*",) and s.metrics_listen == "both"
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--webhook-urls",
+            "http://h/x",
+            "--webhook-events",
+            "fragment.persisted",
+            "--metrics-channel-labels",
+            "--data-dir",
+            str(tmp_path),
+        ]
+    )
+    s = _settings(args, SERVE_FLAGS)
+    assert s.webhook_urls == ("http://h/x",) and s.webhook_events == ("fragment.persisted",)
+    assert s.metrics_channel_labels
+    for bad in (
+        {"webhook_urls": "ftp://h/x"},
+        {"webhook_events": "stream.renamed"},
+        {"webhook_queue": 0},
+        {"metrics_listen": "udp"},
+    ):
+        with pytest.raises(ConfigError):
+            Settings.load({}, None, {"data_dir": tmp_path, **bad})
