@@ -43,6 +43,11 @@ SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ),
     ("--tls-key", "tls_key", {"help": "PEM private key for --tls-cert"}),
     (
+        "--turn-port",
+        "turn_port",
+        {"type": int, "help": "port of the embedded TURN server, UDP and TCP (default 3478)"},
+    ),
+    (
         "--metrics-listen",
         "metrics_listen",
         {"help": "serve GET /metrics on the http (default), tls or both ports, or off"},
@@ -61,7 +66,7 @@ SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
 def _settings(args: argparse.Namespace, fields: list[tuple[str, str, dict[str, Any]]]) -> Settings:
     config = args.config or os.environ.get("OPENKVS_CONFIG")
     overrides: dict[str, Any] = {field: getattr(args, field, None) for _, field, _ in fields}
-    for flag in ("no_auth", "aws_error_codes", "metrics_channel_labels"):
+    for flag in ("no_auth", "aws_error_codes", "no_turn", "metrics_channel_labels"):
         if getattr(args, flag, False):
             overrides[flag] = True
     return Settings.load(os.environ, Path(config) if config else None, overrides)
@@ -196,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--aws-error-codes",
         action="store_true",
         help="JoinStorageSession[AsViewer] errors use AWS's 400/403/404, not 480-483",
+    )
+    serve.add_argument(
+        "--no-turn",
+        action="store_true",
+        help="do not run the embedded TURN server (coturn); clients get a STUN server only",
     )
     serve.add_argument(
         "--metrics-channel-labels",

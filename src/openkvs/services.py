@@ -17,6 +17,7 @@ from .ops.health import Health
 from .ops.metrics import Metrics
 from .playback.service import PlaybackService
 from .signaling.hub import SignalingHub
+from .signaling.ice import IceServers
 
 
 @dataclasses.dataclass
@@ -41,6 +42,8 @@ class Services:
     metrics: Metrics = dataclasses.field(default=None)  # type: ignore[assignment]
     # Webhook events (``events.publish(type, **fields)``); built from settings when not given.
     events: Events = dataclasses.field(default=None)  # type: ignore[assignment]
+    # ICE servers for GetIceServerConfig and the storage peer (runs coturn); built when not given.
+    ice: IceServers = dataclasses.field(default=None)  # type: ignore[assignment]
     # Filled in by the subsystems that exist: the signaling hub, the fragment store, playback.
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -63,5 +66,7 @@ class Services:
                 on_delivered=self.metrics.events_sent.inc,
                 on_dropped=lambda cause: dropped.labels(cause).inc(),
             )
+        if self.ice is None:
+            self.ice = IceServers(self.settings)
         if self.playback is None:
             self.playback = PlaybackService(self.settings, self.control.store, self.fragments)

@@ -23,7 +23,8 @@ from ..config import Settings
 from ..control.fragments import FragmentStore
 from ..errors import ClientLimitExceededException, InvalidArgumentException
 from ..signaling.hub import SignalingHub
-from ..signaling.turn import ice_server_list
+from ..signaling.ice import external_turn
+from ..signaling.turn import TurnAccess
 from ..store.base import Channel, Stream
 from . import net, tap
 from .audio import ChannelAudio
@@ -45,8 +46,12 @@ class StorageSessionManager:
         hub: SignalingHub | SignalingSink,
         *,
         number_base: int = 0,
+        turn: Callable[[], TurnAccess | None] | None = None,
     ) -> None:
         self.settings = settings
+        # The TURN server the storage peer allocates on (asked per session: the embedded one is
+        # known once the server has started); the configured one by default.
+        self.turn = turn or (lambda: external_turn(settings))
         self.fragments = fragments
         self.hub = hub
         # Called with a session's final stats (plus "current": whether it was still the
@@ -99,16 +104,14 @@ class StorageSessionManager:
 
     def ice_servers(self) -> list[Any]:
         s = self.settings
+        access = self.turn()
+        if access is None:
+            return net.ice_servers(s, None)
 
         def mint(client_id: str) -> list[dict[str, Any]]:
             # The server's own allocations live as long as a session may: a day.
-            return ice_server_list(
-                uris=s.turn_uris,
-                secret=s.turn_secret,
-                ttl=max(s.turn_ttl, 86_400),
-                client_id=client_id,
-                now=clock.now(),
-            )
+            assert access is not None
+            return access.ice_server_list(client_id, max(s.turn_ttl, 86_400), clock.now())
 
         return net.ice_servers(s, mint)
 
