@@ -111,6 +111,8 @@ async def test_a_good_session_has_a_full_timeline_and_no_verdict(
     assert "H264" in s["OfferedCodecs"]["video"] and "opus" in s["OfferedCodecs"]["audio"]
     assert s["LocalCandidates"].get("host", 0) >= 1 and s["RemoteCandidates"].get("host", 0) >= 1
     assert s["States"]["connection"] in ("closed", "connected")
+    assert re.fullmatch(r"[\d.:a-f]+:\d+ -> [\d.:a-f]+:\d+", s["SelectedPair"]), s
+    assert events(s).index("selected pair") < events(s).index("first keyframe")
     assert set(s["Firsts"]) == {"rtp", "frame", "keyframe", "fragment"}
     assert s["Firsts"]["rtp"] <= s["Firsts"]["fragment"]
     assert s["Counts"]["video_frames"] == len(track.sent) and s["Counts"]["frames_lost"] == 0

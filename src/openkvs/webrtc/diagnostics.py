@@ -46,6 +46,24 @@ def sdp_codecs(sdp: str) -> dict[str, list[str]]:
     return out
 
 
+def selected_pair(pc: Any) -> str | None:
+    """ "local -> remote" addresses of the ICE pair carrying the media, once one is selected."""
+    from . import tap  # aioice's selected pair lives behind tap's internals check
+
+    for transceiver in pc.getTransceivers():
+        transport = getattr(transceiver.receiver, "transport", None)
+        if transport is None:
+            continue
+        try:
+            pair = tap.selected_pair(transport.transport.iceGatherer)
+        except Exception:  # noqa: BLE001 - no connection yet, or already torn down
+            return None
+        if pair is not None:
+            (lhost, lport), (rhost, rport) = pair
+            return f"{lhost}:{lport} -> {rhost}:{rport}"
+    return None
+
+
 def dtls_state(pc: Any) -> str:
     """The DTLS transport's state, through aiortc's public objects ("new" before there is one)."""
     for transceiver in pc.getTransceivers():
@@ -86,6 +104,7 @@ class Timeline:
         self.verdict: str | None = None
         self._bitrate_at: tuple[float, float] | None = None
         self.bitrate_kbps: float | None = None
+        self.pair: str | None = None
 
     # -- facts ---------------------------------------------------------------------------------
 
@@ -133,6 +152,12 @@ class Timeline:
         self.states[layer] = value
         self.reached.add(f"{layer}:{value}")
         self.note(f"{layer} {value}")
+
+    def selected(self, pair: str | None) -> None:
+        """The selected ICE pair (when the connection is up)."""
+        if pair is not None and pair != self.pair:
+            self.pair = pair
+            self.note("selected pair", pair)
 
     def observe(self, stats: dict[str, Any]) -> None:
         """The session's stats, twice a second: firsts, bitrate."""
@@ -266,6 +291,7 @@ class Timeline:
             "LocalCandidates": dict(self.local_candidates),
             "RemoteCandidates": dict(self.remote_candidates),
             "States": dict(self.states),
+            "SelectedPair": self.pair,
             "Firsts": dict(self.first),
             "Counts": counts,
             "BitrateKbps": self.bitrate_kbps,

@@ -16,7 +16,7 @@ from ..config import Settings
 from ..errors import InvalidArgumentException
 from ..store.base import Channel
 from . import net
-from .diagnostics import Timeline, dtls_state
+from .diagnostics import Timeline, dtls_state, selected_pair
 from .peer import OfferingPeer, Send
 
 logger = logging.getLogger(__name__)
@@ -153,6 +153,7 @@ class StorageSession:
         self.timeline.state("dtls", dtls_state(self.pc))
         self.timeline.state("connection", state)
         if state == "connected" and self.state is not State.ENDED:
+            self.timeline.selected(selected_pair(self.pc))
             self.state = State.CONNECTED
             self.connected_at = clock.monotonic()
             self.on_connected()
