@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from .api import archived_media, kinesisvideo, media, webrtc_storage
+from .api import archived_media, diagnostics, kinesisvideo, media, webrtc_storage
 from .api import playback as playback_api
 from .api import signaling as signaling_api
 from .api.dispatch import REQUEST_ID_KEY, ROUTE_KEY, SERVICE_KEY, ApiDispatcher, request_id
@@ -23,6 +24,9 @@ from .control.resources import ControlPlane
 from .control.retention import RetentionTask
 from .control.sessions import RecordingSessions, StorageSessions
 from .errors import InternalFailure, ServiceError
+from .ops import events as ops_events
+from .ops import health as ops_health
+from .ops import metrics as ops_metrics
 from .playback import routes as playback_routes
 from .services import Services
 from .signaling.ws import SignalingEndpoint
@@ -87,6 +91,48 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     if not response.prepared:
         _cors_headers(request, response)
     return response
+
+
+# Paths whose requests are not counted as API requests (probes and scrapes).
+_UNCOUNTED = frozenset({"/metrics", "/healthz", "/readyz", "/health"})
+_GET_OPERATIONS = {"/": "Connect", "/hls/v1/{name}": "HLS", "/dash/v1/{name}": "DASH"}
+
+
+def operation_label(request: web.Request) -> str:
+    """A bounded name for what a request asked: the model operation, or a fixed word."""
+    route: Route | None = request.get(ROUTE_KEY)
+    if route is not None:
+        return route.name
+    if request.path == "/putMedia" and request.method == "POST":
+        return "PutMedia"
+    if request.path == diagnostics.PATH and request.method == "POST":
+        return "DescribeStorageSessions"
+    if request.method == "OPTIONS":
+        return "Preflight"
+    if request.method == "GET":
+        resource = request.match_info.route.resource
+        canonical = resource.canonical if resource is not None else ""
+        return _GET_OPERATIONS.get(canonical, "unknown")
+    return "unknown"
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every API request by operation and status, with its latency."""
+    if request.path in _UNCOUNTED:
+        return await handler(request)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics = request.app[SERVICES_KEY].metrics
+        metrics.request(operation_label(request), status, time.perf_counter() - started)
 
 
 def _http_error(exc: web.HTTPException) -> ServiceError:
@@ -186,7 +232,7 @@ def build_services(settings: Settings, sessions: StorageSessions | None = None) 
 def build_app(settings: Settings, services: Services | None = None) -> web.Application:
     services = services or build_services(settings)
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[metrics_middleware, error_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[SERVICES_KEY] = services
@@ -209,11 +255,28 @@ def build_app(settings: Settings, services: Services | None = None) -> web.Appli
         return web.json_response({"service": "openkvs", "status": "ok"})
 
     app.router.add_get("/health", health)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        ready, status = await services.health.readiness()
+        return web.json_response({"status": status}, status=200 if ready else 503)
+
+    # Unauthenticated on both ports (probes); they tell nothing but a status word.
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    # Prometheus metrics; 404 on a port they are not served on (metrics_listen).
+    s = settings
+    scrape = ops_metrics.metrics_handler(services.metrics, s.metrics_listen, s.metrics_token)
+    app.router.add_get("/metrics", scrape)
     # ConnectAsMaster / ConnectAsViewer: the WSS endpoint is the server's root.
     app.router.add_get("/", SignalingEndpoint(services).handle)
     # HLS/DASH session resources: GET, authorised by their SessionToken (no SigV4).
     playback_routes.add_routes(app.router, services.playback)
     app.router.add_route("OPTIONS", "/{tail:.*}", preflight)
+    # Storage-session diagnostics (not in the service models; SigV4 all the same).
+    app.router.add_post(diagnostics.PATH, diagnostics.handler(services))
     app.router.add_post("/{tail:.*}", dispatcher.handle)
     app.cleanup_ctx.append(_lifecycle(services))
 
@@ -234,6 +297,7 @@ def build_app(settings: Settings, services: Services | None = None) -> web.Appli
 def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         control = services.control
+        await services.events.start()
         await control.store.start()
         await control.blobs.start()
         await services.fragments.start()
@@ -248,6 +312,10 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
         await services.dataplane.start()
         await services.playback.start()
         await services.imagegen.start()
+        _readiness_checks(services)
+        services.metrics.attach(services)
+        ops_events.attach(services.events, services)
+        services.health.ready()
         try:
             yield
         finally:
@@ -261,8 +329,18 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
             await services.fragments.stop()
             await control.blobs.stop()
             await control.store.stop()
+            await services.events.stop()
 
     return ctx
+
+
+def _readiness_checks(services: Services) -> None:
+    health = services.health
+    health.add_check("store", ops_health.store_check(services.control.store))
+    health.add_check("media", ops_health.folder_check(services.settings.data_dir / "media"))
+    bus = ops_health.bus_check(services.hub.bus)
+    if bus is not None:
+        health.add_check("bus", bus)
 
 
 def data_paths(settings: Settings) -> dict[str, Path]:

@@ -47,13 +47,26 @@ SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         "turn_port",
         {"type": int, "help": "port of the embedded TURN server, UDP and TCP (default 3478)"},
     ),
+    (
+        "--metrics-listen",
+        "metrics_listen",
+        {"help": "serve GET /metrics on the http (default), tls or both ports, or off"},
+    ),
+    ("--metrics-token", "metrics_token", {"help": "require Authorization: Bearer <token>"}),
+    ("--webhook-urls", "webhook_urls", {"help": "comma-separated URLs that receive events"}),
+    ("--webhook-secret", "webhook_secret", {"help": "HMAC-SHA256 key of X-Openkvs-Signature"}),
+    (
+        "--webhook-events",
+        "webhook_events",
+        {"help": "comma-separated event types (default: all but fragment.persisted; * for all)"},
+    ),
 ]
 
 
 def _settings(args: argparse.Namespace, fields: list[tuple[str, str, dict[str, Any]]]) -> Settings:
     config = args.config or os.environ.get("OPENKVS_CONFIG")
     overrides: dict[str, Any] = {field: getattr(args, field, None) for _, field, _ in fields}
-    for flag in ("no_auth", "aws_error_codes", "no_turn"):
+    for flag in ("no_auth", "aws_error_codes", "no_turn", "metrics_channel_labels"):
         if getattr(args, flag, False):
             overrides[flag] = True
     return Settings.load(os.environ, Path(config) if config else None, overrides)
@@ -112,7 +125,10 @@ async def _serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     logger.info("shutting down")
-    await server.stop()
+    if not await server.drain():
+        # Past the drain limit: leave now rather than wait for what is stuck.
+        logging.shutdown()
+        os._exit(1)
     logger.info("stopped")
     return 0
 
@@ -197,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-turn",
         action="store_true",
         help="do not run the embedded TURN server (coturn); clients get a STUN server only",
+    )
+    serve.add_argument(
+        "--metrics-channel-labels",
+        action="store_true",
+        help="label storage-session metrics with channel names (one series per channel)",
     )
     serve.set_defaults(func=cmd_serve)
 

@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .ops.events import EVENT_TYPES
+
 ENV_PREFIX = "OPENKVS_"
 # Variables for clients, printed by `openkvs credentials`: a shell prepared with
 # `eval "$(openkvs credentials)"` must still be able to start the server or the demo.
@@ -119,6 +121,20 @@ class Settings:
     webrtc_advertised_hosts: tuple[str, ...] = ()
     webrtc_port_min: int = 0
     webrtc_port_max: int = 0
+    # Metrics: GET /metrics on the "http" (plain) port, "tls", "both" or "off"; when
+    # metrics_token is set, scrapes need "Authorization: Bearer <token>"; channel names become
+    # labels only with metrics_channel_labels (one series per channel)
+    metrics_listen: str = "http"
+    metrics_token: str | None = None
+    metrics_channel_labels: bool = False
+    # Webhooks: events POSTed to each of webhook_urls, signed with webhook_secret (HMAC-SHA256);
+    # webhook_events selects event types (default: all but fragment.persisted; "*": all);
+    # at most webhook_queue events wait per receiver; each is tried webhook_max_attempts times
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str | None = None
+    webhook_events: tuple[str, ...] = ()
+    webhook_queue: int = 1000
+    webhook_max_attempts: int = 6
     # Credentials from the config file
     credentials: tuple[CredentialConfig, ...] = ()
 
@@ -187,6 +203,18 @@ class Settings:
             raise ConfigError("playback_workers must be between 1 and 64")
         if self.playback_cache_mb < 0 or self.playback_live_sessions < 1:
             raise ConfigError("playback_cache_mb must be >= 0 and playback_live_sessions >= 1")
+        if self.metrics_listen not in ("http", "tls", "both", "off"):
+            raise ConfigError("metrics_listen must be http, tls, both or off")
+        for url in self.webhook_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError("webhook_urls must start with http:// or https://")
+        unknown = set(self.webhook_events) - EVENT_TYPES - {"*"}
+        if unknown:
+            raise ConfigError(
+                f"unknown webhook_events {sorted(unknown)}; known: {sorted(EVENT_TYPES)} or *"
+            )
+        if self.webhook_queue < 1 or self.webhook_max_attempts < 1:
+            raise ConfigError("webhook_queue and webhook_max_attempts must be at least 1")
         if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
             raise ConfigError("public_url must start with http:// or https://")
 

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import socket
 import ssl
+from typing import Any
 
 from aiohttp import web
 
-from .app import SafeAccessLogger, build_app
+from . import clock
+from .app import SERVICES_KEY, SafeAccessLogger, build_app
 from .config import Settings
 from .services import Services
 from .tls import TLS_DIR, TlsFiles, ensure_local_ca, server_context
 
 logger = logging.getLogger(__name__)
+
+# A drain (SIGTERM) ends within this many seconds, finished or not.
+DRAIN_LIMIT = 30.0
+# How long the drain waits for storage sessions to end after their participants got GO_AWAY,
+# before the remaining ones are stopped by the server's own shutdown.
+SESSION_WAIT = 15.0
 
 
 @dataclasses.dataclass
@@ -79,6 +88,30 @@ class Server:
         self.bound = Bound(port, http_port, files)
         return self.bound
 
+    async def drain(self, limit: float = DRAIN_LIMIT) -> bool:
+        """Stop gracefully: refuse new sessions, uploads and signaling connections (``/readyz``
+        answers 503 from here on), send GO_AWAY to every signaling client, end PutMedia uploads
+        after their last whole fragment, wait for storage sessions to end (each flushes its
+        partial fragment), then stop. False when ``limit`` seconds passed first."""
+        services = self.app[SERVICES_KEY]
+        services.health.drain()
+        started = clock.monotonic()
+        logger.info("draining: %d storage session(s) live", _live_sessions(services.sessions))
+        try:
+            async with asyncio.timeout(limit):
+                await services.hub.shutdown()
+                await services.dataplane.shutdown()
+                wait_until = started + min(SESSION_WAIT, limit / 2)
+                # Sessions end in their own tasks (in this process or a worker's): poll.
+                while _live_sessions(services.sessions) and clock.monotonic() < wait_until:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+                await self.stop()
+        except TimeoutError:
+            logger.error("drain did not finish within %.0f s", limit)
+            return False
+        logger.info("drained in %.2f s", clock.monotonic() - started)
+        return True
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
@@ -86,3 +119,10 @@ class Server:
         for sock in (self._tls_sock, self._http_sock):
             if sock is not None:
                 sock.close()
+
+
+def _live_sessions(sessions: Any) -> int:
+    """Storage sessions still running (masters and viewers), for the drain's wait."""
+    masters = getattr(sessions, "masters", {})
+    viewers = getattr(sessions, "viewers", {})
+    return len(masters) + sum(len(v) for v in viewers.values())

@@ -12,6 +12,9 @@ from .control.ratelimit import RateLimiter
 from .control.resources import ControlPlane
 from .control.sessions import StorageSessions
 from .dataplane import DataPlane
+from .ops.events import Events
+from .ops.health import Health
+from .ops.metrics import Metrics
 from .playback.imagegen import ImageGenerator
 from .playback.service import PlaybackService
 from .signaling.hub import SignalingHub
@@ -34,6 +37,12 @@ class Services:
     dataplane: DataPlane = dataclasses.field(default=None)  # type: ignore[assignment]
     # HLS/DASH sessions, GetClip and GetImages; built when not given.
     playback: PlaybackService = dataclasses.field(default=None)  # type: ignore[assignment]
+    # Starting / ready / draining, and the readiness checks.
+    health: Health = dataclasses.field(default_factory=Health)
+    # Prometheus metrics; built from settings when not given.
+    metrics: Metrics = dataclasses.field(default=None)  # type: ignore[assignment]
+    # Webhook events (``events.publish(type, **fields)``); built from settings when not given.
+    events: Events = dataclasses.field(default=None)  # type: ignore[assignment]
     # ICE servers for GetIceServerConfig and the storage peer (runs coturn); built when not given.
     ice: IceServers = dataclasses.field(default=None)  # type: ignore[assignment]
     # Images of fragments whose producer asked for them (IMAGE_GENERATION events); built when
@@ -47,6 +56,20 @@ class Services:
             self.hub = SignalingHub(self.settings, self.control)
         if self.dataplane is None:
             self.dataplane = DataPlane(self.settings, self.control, self.fragments)
+        if self.metrics is None:
+            self.metrics = Metrics(channel_labels=self.settings.metrics_channel_labels)
+        if self.events is None:
+            s = self.settings
+            dropped = self.metrics.events_dropped
+            self.events = Events(
+                s.webhook_urls,
+                s.webhook_secret,
+                s.webhook_events,
+                queue_size=s.webhook_queue,
+                max_attempts=s.webhook_max_attempts,
+                on_delivered=self.metrics.events_sent.inc,
+                on_dropped=lambda cause: dropped.labels(cause).inc(),
+            )
         if self.ice is None:
             self.ice = IceServers(self.settings)
         if self.playback is None:

@@ -82,3 +82,16 @@ def test_duplicates_ignored() -> None:
     pk = packets([(1000, IDR, 2)])
     frames = feed(a, [pk[0], pk[0], pk[1], pk[1]])
     assert len(frames) == 1 and a.stats.duplicates == 2
+
+
+def test_frames_completed_by_a_late_packet_count_as_recovered() -> None:
+    a = FrameAssembler()
+    pk = packets([(1000, IDR, 3), (4000, P, 2), (7000, P, 1)])
+    # pk[1] is lost and comes back (a retransmission) after the later frames arrived.
+    frames = feed(a, [pk[0], pk[2], pk[3], pk[4], pk[5], pk[1]])
+    assert [f[1] for f in frames] == [1000, 4000, 7000]
+    assert a.stats.late_packets == 1
+    assert a.stats.recovered_frames == 3  # the first frame, and the two waiting behind it
+    in_order = FrameAssembler()
+    feed(in_order, pk)
+    assert in_order.stats.late_packets == 0 and in_order.stats.recovered_frames == 0

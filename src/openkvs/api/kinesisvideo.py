@@ -6,6 +6,7 @@ from typing import Any
 
 from ..control.resources import paginate
 from ..errors import InvalidArgumentException, NoDataRetentionException
+from ..ops.events import CHANNEL_CREATED, CHANNEL_DELETED, STREAM_CREATED, STREAM_DELETED
 from ..store.base import Channel, Stream
 from .context import Handlers, RequestContext
 from .endpoints import base_url
@@ -72,6 +73,7 @@ async def create_signaling_channel(ctx: RequestContext, p: dict[str, Any]) -> di
         message_ttl=cfg.get("MessageTtlSeconds", 60),
         tags=_tag_list(p.get("Tags")),
     )
+    ctx.services.events.publish(CHANNEL_CREATED, ChannelARN=channel.arn, ChannelName=channel.name)
     return {"ChannelARN": channel.arn}
 
 
@@ -112,6 +114,7 @@ async def delete_signaling_channel(ctx: RequestContext, p: dict[str, Any]) -> di
     await ctx.services.control.delete_channel(
         arn=channel.arn, current_version=p.get("CurrentVersion")
     )
+    ctx.services.events.publish(CHANNEL_DELETED, ChannelARN=channel.arn, ChannelName=channel.name)
     return {}
 
 
@@ -193,6 +196,7 @@ async def create_stream(ctx: RequestContext, p: dict[str, Any]) -> dict[str, Any
         tags=p.get("Tags"),
         storage_tier=storage.get("DefaultStorageTier", "HOT"),
     )
+    ctx.services.events.publish(STREAM_CREATED, StreamARN=stream.arn, StreamName=stream.name)
     return {"StreamARN": stream.arn}
 
 
@@ -248,6 +252,7 @@ async def delete_stream(ctx: RequestContext, p: dict[str, Any]) -> dict[str, Any
     await ctx.services.control.delete_stream(
         arn=stream.arn, current_version=p.get("CurrentVersion")
     )
+    ctx.services.events.publish(STREAM_DELETED, StreamARN=stream.arn, StreamName=stream.name)
     return {}
 
 

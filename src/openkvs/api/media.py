@@ -54,6 +54,7 @@ async def get_media(ctx: RequestContext, p: dict[str, Any]) -> web.StreamRespons
 async def put_media(ctx: RequestContext, params: dict[str, Any]) -> web.StreamResponse:
     """POST /putMedia: validate the headers, take the stream's writer slot, stream acks."""
     services = ctx.services
+    services.health.refuse_if_draining()
     spec = PutMediaRequest.from_headers(ctx.request.headers)
     stream = services.control.get_stream(name=spec.stream_name, arn=spec.stream_arn)
     ctx.authorize(stream.arn)

@@ -14,6 +14,7 @@ from ..errors import (
     InvalidArgumentException,
     ResourceNotFoundException,
 )
+from ..ops.events import STORAGE_SESSION_STARTED
 from ..store.base import Channel, Stream
 from .context import Handlers, RequestContext
 
@@ -21,6 +22,7 @@ handlers = Handlers("kinesis-video-webrtc-storage")
 
 
 def _resolve(ctx: RequestContext, channel_arn: str) -> tuple[Channel, Stream]:
+    ctx.services.health.refuse_if_draining()
     control = ctx.services.control
     channel = control.store.channel_by_arn(channel_arn)
     if channel is None:
@@ -47,6 +49,9 @@ def _resolve(ctx: RequestContext, channel_arn: str) -> tuple[Channel, Stream]:
 async def join_storage_session(ctx: RequestContext, p: dict[str, Any]) -> None:
     channel, stream = _resolve(ctx, p["channelArn"])
     await ctx.services.sessions.join_master(channel, stream)
+    ctx.services.events.publish(
+        STORAGE_SESSION_STARTED, ChannelARN=channel.arn, StreamARN=stream.arn, role="master"
+    )
 
 
 @handlers.operation("JoinStorageSessionAsViewer")
@@ -56,3 +61,10 @@ async def join_storage_session_as_viewer(ctx: RequestContext, p: dict[str, Any])
         raise InvalidArgumentException("clientId must not start with AWS_.")
     channel, stream = _resolve(ctx, p["channelArn"])
     await ctx.services.sessions.join_viewer(channel, stream, client_id)
+    ctx.services.events.publish(
+        STORAGE_SESSION_STARTED,
+        ChannelARN=channel.arn,
+        StreamARN=stream.arn,
+        role="viewer",
+        clientId=client_id,
+    )

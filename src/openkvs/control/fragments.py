@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .. import clock, ids
 from ..errors import ResourceNotFoundException
@@ -34,6 +34,8 @@ class FragmentStore:
         self._numbers = ids.FragmentNumbers()
         self._changed: dict[int, asyncio.Event] = {}
         self._latest: dict[int, Fragment] = {}
+        # Called with every fragment made visible (metrics, events); never fails a commit.
+        self.on_commit: list[Callable[[Fragment], None]] = []
 
     async def start(self) -> None:
         self._numbers.bump(await self.meta.max_fragment_number())
@@ -101,6 +103,11 @@ class FragmentStore:
         event = self._changed.pop(fragment.stream_id, None)
         if event is not None:
             event.set()
+        for hook in self.on_commit:
+            try:
+                hook(fragment)
+            except Exception:  # noqa: BLE001 - an observer's failure is not the writer's
+                logger.exception("fragment commit hook failed")
 
     async def read(self, fragment: Fragment) -> bytes:
         return await self.blobs.get(fragment.blob_key)

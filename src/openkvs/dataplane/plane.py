@@ -41,6 +41,7 @@ class DataPlane:
         self._writers: dict[int, WriterSlot] = {}
         self._freed: dict[int, asyncio.Event] = {}  # set when a stream's writer slot is released
         self.events = FragmentEvents()
+        self.ingested_bytes = 0  # PutMedia request-body bytes, for metrics
         self._closing: asyncio.Event | None = None
 
     @property

@@ -174,6 +174,7 @@ class PutMediaSession:
                 last_data = last_ack = clock.monotonic()
                 if self.slot is not None:
                     self.slot.last_data = last_data
+                self.plane.ingested_bytes += len(chunk)
                 await self._handle(self.parser.feed(chunk))
                 if closing.is_set():
                     break

@@ -251,6 +251,7 @@ async def _fragment_images(
         for p, data in rendered.items():
             if data is not None:
                 svc.images.put((*base, p), data)
+                svc.images_decoded += 1
             images[p] = data
     out: list[tuple[int, tuple[str, str]]] = []
     for i, p in zip(indices, picks, strict=True):

@@ -146,6 +146,7 @@ class PlaybackService:
         self.images: ByteLRU[tuple[Any, ...], bytes] = ByteLRU(budget // 4, len)
         self._cursors: OrderedDict[str, Cursor] = OrderedDict()
         self._pool: ThreadPoolExecutor | None = None
+        self.images_decoded = 0  # GetImages images decoded (not from the cache), for metrics
         self._queued = 0
         self._signer: TokenSigner | None = None
 

@@ -201,6 +201,7 @@ class SignalingEndpoint:
             None if raw_client_id is None else messages.check_viewer_client_id(raw_client_id)
         )
         operation = "ConnectAsMaster" if client_id is None else "ConnectAsViewer"
+        services.health.refuse_if_draining()
 
         principal = self._authenticate(request)
         channel = services.control.store.channel_by_arn(channel_arn)

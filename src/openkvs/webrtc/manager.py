@@ -28,6 +28,7 @@ from ..signaling.turn import TurnAccess
 from ..store.base import Channel, Stream
 from . import net, tap
 from .audio import ChannelAudio
+from .diagnostics import recent_diagnostics
 from .master import MasterSession
 from .seams import FragmentSink, SignalingSink
 from .viewer import ViewerSession
@@ -228,7 +229,8 @@ class StorageSessionManager:
             self.on_session_end({**stats, "current": current, "channel_arn": stats["channel_arn"]})
 
     async def _master_ended(self, session: MasterSession, reason: str) -> None:
-        self._report(session.stats(), self.masters.get(session.channel.arn) is session)
+        current = self.masters.get(session.channel.arn) is session
+        self._report({**session.stats(), "diagnostics": session.timeline.as_dict()}, current)
         if self.masters.get(session.channel.arn) is session:
             del self.masters[session.channel.arn]
             for viewer in self.viewers.get(session.channel.arn, {}).values():
@@ -237,7 +239,8 @@ class StorageSessionManager:
 
     async def _viewer_ended(self, session: ViewerSession, reason: str) -> None:
         viewers = self.viewers.get(session.channel.arn, {})
-        self._report(session.stats(), viewers.get(session.client_id) is session)
+        current = viewers.get(session.client_id) is session
+        self._report({**session.stats(), "diagnostics": session.timeline.as_dict()}, current)
         if viewers.get(session.client_id) is session:
             del viewers[session.client_id]
         if not viewers:
@@ -281,6 +284,16 @@ class StorageSessionManager:
         out = [m.stats() for m in self.masters.values()]
         for viewers in self.viewers.values():
             out += [v.stats() for v in viewers.values()]
+        return out
+
+    def describe(self, channel_arn: str, *, ended: bool = True) -> list[dict[str, Any]]:
+        """Diagnostics of the channel's current sessions, then (``ended``) its recent ended
+        ones, newest first."""
+        live: list[Any] = [self.masters.get(channel_arn)]
+        live += list(self.viewers.get(channel_arn, {}).values())
+        out = [s.timeline.as_dict() for s in live if s is not None]
+        if ended:
+            out += recent_diagnostics(self.ended, channel_arn)
         return out
 
     async def wait_idle(self) -> None:

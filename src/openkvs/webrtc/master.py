@@ -134,4 +134,17 @@ class MasterSession(StorageSession):
             "opus_dropped_packets": self.opus_in.dropped,
             "opus_decode_errors": self.opus_in.decode_errors,
             **self.recorder.stats.as_dict(),
+            **self._frame_stats(),
+        }
+
+    def _frame_stats(self) -> dict[str, int]:
+        assembler = tap.video_assembler(self.video.receiver)
+        if assembler is None:
+            return {}
+        a = assembler.stats
+        return {
+            "frames_lost": a.dropped_frames + self.recorder.stats.dropped_video,
+            "frames_recovered": a.recovered_frames,
+            "late_packets": a.late_packets,
+            "rtp_packets": a.packets,
         }

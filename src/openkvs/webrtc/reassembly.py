@@ -41,6 +41,8 @@ class AssemblerStats:
     dropped_frames: int = 0
     gaps_skipped: int = 0
     overflow: int = 0
+    late_packets: int = 0  # filled a hole behind the newest packet (retransmitted or reordered)
+    recovered_frames: int = 0  # frames that a late packet completed
 
 
 class FrameAssembler:
@@ -70,6 +72,7 @@ class FrameAssembler:
         """Add one packet; return (request keyframe?, completed frames as (data, ts, keyframe))."""
         self.stats.packets += 1
         seq = self._extend(seq16)
+        late = self._highest is not None and seq < self._highest
         if self._highest is None or seq > self._highest:
             self._highest = seq
         if self._next is None:
@@ -95,6 +98,9 @@ class FrameAssembler:
                 break
             self._last_progress = now
             out.extend(frame)
+        if late:
+            self.stats.late_packets += 1
+            self.stats.recovered_frames += len(out)
         return pli, out
 
     def _take_frame(self) -> list[tuple[bytes, int, bool]] | None:

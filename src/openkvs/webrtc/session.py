@@ -16,6 +16,7 @@ from ..config import Settings
 from ..errors import InvalidArgumentException
 from ..store.base import Channel
 from . import net, offer_tags, signaling_io
+from .diagnostics import Timeline, dtls_state, selected_pair
 from .peer import OfferingPeer, Send
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,11 @@ class StorageSession:
             self.pc, self._send, settings.webrtc_advertised_hosts, self.prefix
         )
         self.pc.on("connectionstatechange", self._on_state)
+        self.timeline = Timeline(self.role, channel.arn, number)
+        self.pc.on(
+            "iceconnectionstatechange",
+            lambda: self.timeline.state("ice", self.pc.iceConnectionState),
+        )
 
     def spawn(self, coro: Awaitable[Any], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -146,6 +152,7 @@ class StorageSession:
                 self._tasks.discard(offering)
         if self.state is State.NEW:
             self.state = State.OFFERED
+        self.timeline.offer_sent(self.pc.localDescription.sdp)
         logger.info("%soffer sent", self.prefix)
 
     def stop(self, reason: str) -> asyncio.Task[None]:
@@ -163,7 +170,9 @@ class StorageSession:
                 task.cancel()
         await self.peer.close()
         await self.finish(reason)
-        logger.info("%sended (%s)", self.prefix, reason)
+        verdict = self.timeline.end(reason, self.stats())
+        log = logger.warning if verdict else logger.info
+        log("%sended (%s)%s", self.prefix, reason, f": {verdict}" if verdict else "")
         await self._on_end(self, reason)
 
     async def finish(self, reason: str) -> None:
@@ -177,6 +186,7 @@ class StorageSession:
         s = self.settings
         while self.state is not State.ENDED:
             await asyncio.sleep(0.5)
+            self.timeline.observe(self.stats())
             now = clock.monotonic()
             if self.state is not State.CONNECTED:
                 wait = max(s.storage_connect_timeout, self.channel.message_ttl + 10.0)
@@ -194,7 +204,10 @@ class StorageSession:
 
     async def _on_state(self) -> None:
         state = self.pc.connectionState
+        self.timeline.state("dtls", dtls_state(self.pc))
+        self.timeline.state("connection", state)
         if state == "connected" and self.state is not State.ENDED:
+            self.timeline.selected(selected_pair(self.pc))
             self.state = State.CONNECTED
             self.connected_at = clock.monotonic()
             self.on_connected()
@@ -212,9 +225,12 @@ class StorageSession:
                 # An answer to a replaced session's offer: refused, this session unharmed.
                 raise InvalidArgumentException(STALE_ANSWER_MESSAGE) from None
             except InvalidArgumentException as exc:
+                self.timeline.answer_refused(exc.message)
                 self.stop(f"unusable answer: {exc.message}")
                 raise
+            self.timeline.answer_received(self.pc.remoteDescription.sdp)
         elif message_type == "ICE_CANDIDATE":
+            self.timeline.candidate_received(payload)
             data = signaling_io.decode(payload, "ICE candidate")
             if isinstance(data.get("sdpMid"), str):
                 try:
@@ -236,6 +252,10 @@ class StorageSession:
         data["sdp"] = offer_tags.untag_sdp(data["sdp"], self.tag)
         return signaling_io.encode(data)
 
+    def stats(self) -> dict[str, Any]:
+        """Subclasses add their own counters."""
+        return self.base_stats()
+
     def base_stats(self) -> dict[str, Any]:
         return {
             "channel": self.channel.name,
@@ -247,4 +267,5 @@ class StorageSession:
             if self.connected_at
             else 0.0,
             "end_reason": self.end_reason,
+            "verdict": self.timeline.verdict,
         }

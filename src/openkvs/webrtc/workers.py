@@ -194,6 +194,8 @@ class WorkerPool:
         self.masters: dict[str, int] = {}  # channel ARN → worker index, while a master session runs
         self.viewers: dict[str, set[str]] = {}
         self.ended: list[dict[str, Any]] = []
+        # Called with each session's final stats, as the in-process manager's hook is.
+        self.on_session_end: Callable[[dict[str, Any]], None] | None = None
         self._stopping = False
         self._ctx = multiprocessing.get_context("spawn")
 
@@ -286,6 +288,8 @@ class WorkerPool:
             stats = args["stats"]
             self.ended.append(stats)
             del self.ended[:-100]
+            if self.on_session_end is not None:
+                self.on_session_end(stats)
             arn = stats["channel_arn"]
             if stats.get("current"):
                 if stats["role"] == "master":
@@ -351,6 +355,15 @@ class WorkerPool:
         worker = self._worker_for(channel_arn, create=False)
         if worker is not None:
             worker.link.notify("on_disconnect", channel_arn=channel_arn, client_id=client_id)
+
+    async def describe(self, channel_arn: str) -> list[dict[str, Any]]:
+        """Diagnostics of the channel's current sessions (from its worker), then its recent
+        ended ones (reported to this side when they ended)."""
+        from .diagnostics import recent_diagnostics
+
+        worker = self._worker_for(channel_arn, create=False)
+        live = await worker.link.request("describe", channel_arn=channel_arn) if worker else []
+        return list(live) + recent_diagnostics(self.ended, channel_arn)
 
     async def stats(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -468,6 +481,8 @@ async def _worker(
             await manager.channel_closed(_channel(args["channel"]))
         elif op == "stats":
             return manager.stats()
+        elif op == "describe":
+            return manager.describe(args["channel_arn"], ended=False)
         elif op == "stop":
             await manager.stop()
             stop.set()

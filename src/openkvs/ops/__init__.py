@@ -1,0 +1,1 @@
+"""Running openkvs in production: health and drain, Prometheus metrics, webhook events."""
