@@ -66,8 +66,14 @@ def fill(disk: Path, leave: int = 0) -> Path:
     return filler
 
 
-async def _put(srv: ProcessServer, stream: str, seconds: float) -> PacedPut:
-    put = PacedPut(srv, stream, producer_mkv(seconds=seconds, gop_seconds=0.5))
+async def _put(
+    srv: ProcessServer, stream: str, seconds: float, start_ms: int = 1_700_000_000_000
+) -> PacedPut:
+    # A fragment with a producer timestamp the stream already holds is taken as a resend (acked
+    # with its stored number, not stored again), so each upload brings its own times.
+    put = PacedPut(
+        srv, stream, producer_mkv(seconds=seconds, gop_seconds=0.5, start_ms=start_ms)
+    )
     await put.open()
     while await put.send_next(0.05):
         if put.numbers("ERROR"):
@@ -104,7 +110,7 @@ async def test_disk_full_during_putmedia(small_disk: Path, tmp_path: Path) -> No
         assert any("the disk is full" in line for line in srv.log)
         # Space returns: a new upload works.
         filler.unlink()
-        again = await _put(srv, "full", seconds=1.5)
+        again = await _put(srv, "full", seconds=1.5, start_ms=1_700_000_100_000)
         assert [a["EventType"] for a in again.acks if a["EventType"] == "ERROR"] == []
         assert len(again.numbers("PERSISTED")) == 3
         assert listed_fragments(srv, "full") == persisted + again.numbers("PERSISTED")
