@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from .. import clock, ids
+from .. import clock, ids, safejson
 from ..errors import (
     AccountChannelLimitExceededException,
     AccountStreamLimitExceededException,
@@ -43,7 +43,7 @@ def encode_token(after: str) -> str:
 
 def decode_token(token: str) -> str:
     try:
-        data = json.loads(base64.b64decode(token.encode(), validate=True))
+        data = safejson.loads(base64.b64decode(token.encode(), validate=True))
         after = data["after"]
         if not isinstance(after, str):
             raise TypeError
