@@ -67,9 +67,11 @@ def send(
     *,
     delay: float = 0.0,
     timeout: float = 30.0,
+    head_only: bool = False,
 ) -> RawResponse:
     """Write ``writes`` one by one (``delay`` seconds apart, TCP_NODELAY), read the response.
 
+    ``head_only`` stops at the headers of a successful response (a media stream that may go on).
     Raises ConnectionError if the server resets the connection or closes it without a response.
     """
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -82,12 +84,18 @@ def send(
             except (BrokenPipeError, ConnectionResetError):
                 # The server answered early (413) and closed: its response may be readable.
                 break
-        return read_response(sock)
+        return read_response(sock, head_only=head_only)
 
 
-def read_response(sock: socket.socket) -> RawResponse:
+def read_response(sock: socket.socket, *, head_only: bool = False) -> RawResponse:
     data = b""
     while True:
+        if (
+            head_only
+            and b"\r\n\r\n" in data
+            and not data.startswith((b"HTTP/1.1 4", b"HTTP/1.1 5"))
+        ):
+            break
         try:
             got = sock.recv(65536)
         except ConnectionResetError:
@@ -99,18 +107,27 @@ def read_response(sock: socket.socket) -> RawResponse:
         data += got
         if _complete(data):
             break
+    if head_only and b"\r\n\r\n" in data and data.startswith(b"HTTP/1.1 2"):
+        data = data.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+        raw_head = data[:-4].decode("latin-1").split("\r\n")
+        return RawResponse(int(raw_head[0].split()[1]), _headers(raw_head[1:]), b"")
     if b"\r\n\r\n" not in data:
         raise ConnectionError(f"no HTTP response (got {data[:80]!r})")
     raw_head, body = data.split(b"\r\n\r\n", 1)
     lines = raw_head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+    headers = _headers(lines[1:])
     if headers.get("transfer-encoding", "").lower() == "chunked":
         body = _unchunk(body)
     return RawResponse(status, headers, body)
+
+
+def _headers(lines: list[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return headers
 
 
 def _complete(data: bytes) -> bool:
@@ -121,6 +138,8 @@ def _complete(data: bytes) -> bool:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             return len(body) >= int(value.strip())
+        if name.strip().lower() == b"transfer-encoding" and b"chunked" in value.lower():
+            return body.endswith(b"0\r\n\r\n")
     return False
 
 
@@ -148,6 +167,7 @@ def post(
     headers: dict[str, str] | None = None,
     service: str = "kinesisvideo",
     timeout: float = 30.0,
+    head_only: bool = False,
 ) -> RawResponse:
     """A POST with ``body`` written in pieces cut at the offsets ``splits``, ``delay`` apart.
 
@@ -173,4 +193,4 @@ def post(
         writes = [first + body_writes[0], *body_writes[1:]]
     else:
         writes = [first]
-    return send(port, writes, delay=delay, timeout=timeout)
+    return send(port, writes, delay=delay, timeout=timeout, head_only=head_only)

@@ -8,6 +8,7 @@ import socket
 import ssl
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .app import SafeAccessLogger, build_app
 from .config import Settings
@@ -15,6 +16,19 @@ from .services import Services
 from .tls import TLS_DIR, TlsFiles, ensure_local_ca, server_context
 
 logger = logging.getLogger(__name__)
+
+
+class _ConnectionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's connection-level log. A request that is not valid HTTP (a bad header, a broken
+    chunk) is answered 400 by aiohttp before openkvs sees it; that is the client's error and is
+    logged in one line, without a traceback."""
+
+    def exception(self, msg: object, *args: object, **kwargs: object) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, HttpProcessingError):
+            self.logger.info("refused a malformed HTTP request: %s", exc.message)
+            return
+        self.logger.exception(msg, *args, **kwargs)
 
 
 @dataclasses.dataclass
@@ -58,7 +72,11 @@ class Server:
         files = tls_files(s)
         self.ssl_context = server_context(files)
         self._runner = web.AppRunner(
-            self.app, access_log_class=SafeAccessLogger, handle_signals=False, shutdown_timeout=5
+            self.app,
+            access_log_class=SafeAccessLogger,
+            handle_signals=False,
+            shutdown_timeout=5,
+            logger=_ConnectionLog(logging.getLogger("aiohttp.server"), {}),
         )
         await self._runner.setup()
         site: web.BaseSite

@@ -5,6 +5,7 @@ Malformed JSON (including JSON nested deeper than any model allows) is a 400, ne
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -123,3 +124,22 @@ def test_deeply_nested_json_is_400(server: ServerThread, path: str, template: st
     # The server is unharmed.
     r = rawhttp.post(server.http_port, "/listStreams", b"{}", server.keys)
     assert r.status == 200
+
+
+def test_malformed_http_is_400_without_a_traceback(
+    server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request aiohttp cannot parse never reaches openkvs: aiohttp answers 400 and closes;
+    the log gets one line, not a traceback."""
+    caplog.set_level(logging.INFO, logger="aiohttp.server")
+    for junk in (b"X-Junk: a\x00b", b"X-Junk: \x7f", b"Bad Header Line"):
+        head = (
+            b"POST /listStreams HTTP/1.1\r\nHost: x\r\n" + junk + b"\r\nContent-Length: 2\r\n\r\n{}"
+        )
+        r = rawhttp.send(server.http_port, [head])
+        assert r.status == 400
+    chunked = b"POST /listStreams HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
+    assert rawhttp.send(server.http_port, [chunked]).status == 400
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert records and not [r for r in records if r.exc_info], [r.getMessage() for r in records]
+    assert rawhttp.post(server.http_port, "/listStreams", b"{}", server.keys).status == 200
