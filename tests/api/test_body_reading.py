@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 import pytest
 
@@ -85,8 +86,8 @@ def test_length_body_over_the_limit_is_413(server: ServerThread) -> None:
     assert_wire_error(r, 413, "RequestEntityTooLargeException")
 
 
-def test_chunked_body_at_the_limit_is_read(make_server: object) -> None:
-    srv: ServerThread = make_server(max_body_bytes=300_000)  # type: ignore[operator]
+def test_chunked_body_at_the_limit_is_read(make_server: Callable[..., ServerThread]) -> None:
+    srv = make_server(max_body_bytes=300_000)
     body = json.dumps({"StreamName": "at-limit"}).encode()[:-1]
     body += b" " * (300_000 - len(body) - 1) + b"}"
     assert len(body) == 300_000
