@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: run test fuzz lint typecheck bench bench-quick clean venv system-packages npm-packages
+.PHONY: run test fuzz lint typecheck bench bench-quick faults-long clean venv system-packages \
+	npm-packages
 
 # Every test runs: a missing tool is an error, never a skip (tests/support.py reads CI).
 TEST_ENV := CI=$${CI:-true}
@@ -53,6 +54,9 @@ FUZZ_EXAMPLES ?= 20000
 fuzz: $(STAMP_TEST)
 	OPENKVS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(TEST_ENV) $(BIN)/python -m pytest -p no:xdist \
 		-m fuzz --timeout 0 -q $(PYTEST_ARGS) tests/fuzz
+
+faults-long: $(STAMP_TEST)
+	OPENKVS_LONG_FAULTS=1 $(BIN)/python -m pytest tests/faults -p no:xdist -s $(PYTEST_ARGS)
 
 lint: $(STAMP_TEST)
 	$(BIN)/ruff check src tests

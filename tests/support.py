@@ -68,6 +68,25 @@ def free_port() -> int:
     raise RuntimeError("no free loopback port below the ephemeral range")
 
 
+def free_port_pair() -> int:
+    """A port p such that p and p + 1 are free loopback ports (the embedded TURN server's
+    ``turn_port``: coturn listens on both)."""
+    for _ in range(200):
+        port = free_port()
+        if port + 1 in _handed_out or port + 1 > _LOW_PORTS[1]:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                tcp.bind(("127.0.0.1", port + 1))
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        _handed_out.add(port + 1)
+        return port
+    raise RuntimeError("no two free consecutive loopback ports below the ephemeral range")
+
+
 class ServerThread:
     """The real openkvs server, running on its own event loop in a background thread."""
 
@@ -193,9 +212,15 @@ def _rebind(port: int) -> socket.socket:
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Test server settings. The embedded coturn is off unless a test turns it on (with
+    ``no_turn=False`` and a ``turn_port`` from free_port_pair()): most tests need no TURN, and many
+    servers each starting coturn would cost time. What runs instead, the STUN responder, listens
+    on a free port."""
     base: dict[str, Any] = {
         "data_dir": data_dir,
         "storage_retention_interval": 0.0,
+        "no_turn": True,
+        "turn_port": 0,
     }
     base.update(overrides)
     return Settings.load({}, None, base)

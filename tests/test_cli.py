@@ -16,7 +16,7 @@ import boto3
 import pytest
 from cryptography import x509
 
-from .support import free_port
+from .support import free_port, free_port_pair, need_tool
 
 
 def env_from(exports: str) -> dict[str, str]:
@@ -44,7 +44,9 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
         "--data-dir",
         str(data),
     ]
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    # The embedded coturn runs for real, on a free port.
+    env = {**os.environ, "OPENKVS_TURN_PORT": str(free_port_pair())}
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
     lines: list[str] = []
     ready = threading.Event()
     assert proc.stderr is not None
@@ -72,7 +74,12 @@ def test_serve_credentials_and_shutdown(served) -> None:  # type: ignore[no-unty
     assert f"https://127.0.0.1:{port}" in log and f"http://127.0.0.1:{http_port}" in log
     assert str(data.resolve()) in log and "ca.pem" in log
 
-    for name in ("credentials.json", "tls/ca-key.pem", "tls/server-key.pem"):
+    coturn = need_tool("turnserver")
+    keys = ["credentials.json", "tls/ca-key.pem", "tls/server-key.pem"]
+    if coturn is not None:
+        keys += ["turn-secret.key", "turn/turnserver.conf"]
+        assert "coturn started (pid" in log, log
+    for name in keys:
         mode = stat.S_IMODE((data / name).stat().st_mode)
         assert mode == 0o600, (name, oct(mode))
     cert = x509.load_pem_x509_certificate((data / "tls/server.pem").read_bytes())
@@ -99,6 +106,9 @@ def test_serve_credentials_and_shutdown(served) -> None:  # type: ignore[no-unty
     ).stdout
     env = env_from(out)
     assert env["OPENKVS_ENDPOINT"] == f"https://127.0.0.1:{port}"
+    # The two variables the KVS Producer SDK (kvssink) reads.
+    assert env["CONTROL_PLANE_URI"] == f"https://127.0.0.1:{port}"
+    assert env["KVSSINK_CA_CERT_PATH"] == env["AWS_CA_BUNDLE"]
     # The shell eval path works for real, and that shell can still run openkvs (the OPENKVS_*
     # client variables it now holds are not server settings).
     creds = shlex.join([sys.executable, "-m", "openkvs", "credentials", "--data-dir", str(data)])
@@ -167,10 +177,13 @@ def test_serve_credentials_and_shutdown(served) -> None:  # type: ignore[no-unty
         )
         assert res.returncode == 0 and '"ChannelName": "cli"' in res.stdout, res.stderr
 
+    turn_pid = int((data / "turn/turnserver.pid").read_text()) if coturn else None
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
     rest = proc.stderr.read()
     assert "stopped" in rest and "Traceback" not in rest
+    if turn_pid is not None:  # coturn went with the server
+        assert not Path(f"/proc/{turn_pid}").exists()
 
 
 def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:

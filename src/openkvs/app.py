@@ -167,11 +167,19 @@ def build_services(settings: Settings, sessions: StorageSessions | None = None) 
         if settings.webrtc_workers > 0:
             from .webrtc.workers import WorkerPool
 
-            services.sessions = WorkerPool(settings, services.fragments, services.hub)
+            ice = services.ice
+            services.sessions = WorkerPool(
+                settings,
+                services.fragments,
+                services.hub,
+                turn=lambda: ice.storage_turn(live_only=False),
+            )
         else:
             from .webrtc.manager import StorageSessionManager
 
-            services.sessions = StorageSessionManager(settings, services.fragments, services.hub)
+            services.sessions = StorageSessionManager(
+                settings, services.fragments, services.hub, turn=services.ice.storage_turn
+            )
     return services
 
 
@@ -230,6 +238,8 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
         await control.blobs.start()
         await services.fragments.start()
         retention = RetentionTask(control, services.settings.storage_retention_interval)
+        # Before the storage sessions: they allocate on the embedded TURN server.
+        await services.ice.start()
         await services.sessions.start()
         control.on_channel_closed(services.sessions.channel_closed)
         await services.hub.start()
@@ -237,14 +247,17 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
         await retention.start()
         await services.dataplane.start()
         await services.playback.start()
+        await services.imagegen.start()
         try:
             yield
         finally:
+            await services.imagegen.stop()
             await services.playback.stop()
             await services.dataplane.stop()
             await retention.stop()
             await services.hub.stop()
             await services.sessions.stop()
+            await services.ice.stop()
             await services.fragments.stop()
             await control.blobs.stop()
             await control.store.stop()

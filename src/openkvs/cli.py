@@ -42,13 +42,18 @@ SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         {"help": "PEM certificate chain to serve instead of the local CA's"},
     ),
     ("--tls-key", "tls_key", {"help": "PEM private key for --tls-cert"}),
+    (
+        "--turn-port",
+        "turn_port",
+        {"type": int, "help": "port of the embedded TURN server, UDP and TCP (default 3478)"},
+    ),
 ]
 
 
 def _settings(args: argparse.Namespace, fields: list[tuple[str, str, dict[str, Any]]]) -> Settings:
     config = args.config or os.environ.get("OPENKVS_CONFIG")
     overrides: dict[str, Any] = {field: getattr(args, field, None) for _, field, _ in fields}
-    for flag in ("no_auth", "aws_error_codes"):
+    for flag in ("no_auth", "aws_error_codes", "no_turn"):
         if getattr(args, flag, False):
             overrides[flag] = True
     return Settings.load(os.environ, Path(config) if config else None, overrides)
@@ -141,6 +146,10 @@ def cmd_credentials(args: argparse.Namespace) -> int:
     ca = local_ca(settings.data_dir)
     if settings.tls_cert is None:
         print(f"export AWS_CA_BUNDLE={ca.resolve()}")
+    # The KVS Producer SDK (kvssink) reads its control-plane endpoint and CA file from these.
+    print(f"export {PRODUCER_SDK_ENDPOINT_ENV}={tls}")
+    if settings.tls_cert is None:
+        print(f"export {PRODUCER_SDK_CA_ENV}={ca.resolve()}")
     return 0
 
 
@@ -151,6 +160,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or "warning")  # keep the terminal for the progress line
     return demo.main(settings, args)
 
+
+PRODUCER_SDK_ENDPOINT_ENV = "CONTROL_PLANE_URI"
+PRODUCER_SDK_CA_ENV = "KVSSINK_CA_CERT_PATH"
 
 SERVICE_IDS = (
     "Kinesis Video",
@@ -180,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--aws-error-codes",
         action="store_true",
         help="JoinStorageSession[AsViewer] errors use AWS's 400/403/404, not 480-483",
+    )
+    serve.add_argument(
+        "--no-turn",
+        action="store_true",
+        help="do not run the embedded TURN server (coturn); clients get a STUN server only",
     )
     serve.set_defaults(func=cmd_serve)
 

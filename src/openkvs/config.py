@@ -76,10 +76,17 @@ class Settings:
     signaling_ice_rate: float = 20.0
     signaling_send_queue: int = 256
     signaling_ping_interval: float = 30.0  # server WebSocket pings; 0 disables
-    # TURN (coturn REST API shared secret)
+    # TURN. An external coturn (turn_uris + its REST API shared secret) replaces the embedded one
+    # that openkvs runs otherwise; no_turn (or no coturn installed) leaves a STUN responder.
     turn_uris: tuple[str, ...] = ()
     turn_secret: str | None = None
     turn_ttl: int = 3600
+    no_turn: bool = False
+    # UDP + TCP, embedded coturn (and turn_port + 1) or STUN responder (0: free ports)
+    turn_port: int = 3478
+    turn_relay_port_min: int = 49152
+    turn_relay_port_max: int = 49999
+    turn_binary: str = "turnserver"  # coturn's server, a path or a name looked up in PATH
     # Storage session (webrtc_enabled = False answers JoinStorageSession without media)
     webrtc_enabled: bool = True
     # 0: storage sessions run in the server process; N: spread over N worker processes
@@ -96,6 +103,12 @@ class Settings:
     putmedia_idle_timeout: float = 30.0
     putmedia_idle_ack_interval: float = 5.0
     putmedia_max_fragment_bytes: int = 50 * 1024 * 1024
+    # A second PutMedia to a stream waits this long for the first to end (the Producer SDK opens
+    # its next connection a few seconds before it ends the current one), then is refused
+    putmedia_handover_wait: float = 10.0
+    # ... and a holder without data for putmedia_handover_idle s is ended for it (a producer gone
+    # without closing its connection)
+    putmedia_handover_idle: float = 5.0
     # Playback (HLS/DASH, GetClip, GetImages): remux/decode threads, cache budget (segments,
     # parsed fragments and images share it), LIVE/LIVE_REPLAY session cursors kept in memory
     playback_workers: int = 2
@@ -135,7 +148,7 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        for name in ("port", "http_port", "webrtc_port_min", "webrtc_port_max"):
+        for name in ("port", "http_port", "webrtc_port_min", "webrtc_port_max", "turn_port"):
             value = getattr(self, name)
             if not 0 <= value <= 65535:
                 raise ConfigError(f"{name} must be between 0 and 65535, got {value}")
@@ -143,6 +156,17 @@ class Settings:
             raise ConfigError("tls_cert and tls_key must be given together")
         if self.webrtc_port_min > self.webrtc_port_max:
             raise ConfigError("webrtc_port_min must not exceed webrtc_port_max")
+        if not 1024 <= self.turn_relay_port_min <= self.turn_relay_port_max <= 65535:
+            raise ConfigError(
+                "turn_relay_port_min and turn_relay_port_max must be ports from 1024 to 65535, "
+                "min <= max"
+            )
+        if self.turn_port == 65535:
+            raise ConfigError("turn_port must be below 65535 (coturn also uses turn_port + 1)")
+        if self.turn_port and {self.turn_port, self.turn_port + 1} & {self.port, self.http_port}:
+            raise ConfigError("turn_port and turn_port + 1 must differ from port and http_port")
+        if bool(self.turn_uris) != bool(self.turn_secret):
+            raise ConfigError("turn_uris and turn_secret must be given together")
         if not self.account_id.isdigit() or len(self.account_id) != 12:
             raise ConfigError("account_id must be 12 digits")
         if not 0 <= self.webrtc_workers <= 64:
@@ -153,6 +177,10 @@ class Settings:
             raise ConfigError(
                 "putmedia_idle_ack_interval must be positive and at most putmedia_idle_timeout"
             )
+        if not 0 <= self.putmedia_handover_wait <= 60:
+            raise ConfigError("putmedia_handover_wait must be between 0 and 60 seconds")
+        if self.putmedia_handover_idle <= 0:
+            raise ConfigError("putmedia_handover_idle must be positive")
         if not 1024 <= self.putmedia_max_fragment_bytes <= 50 * 1024 * 1024:
             raise ConfigError("putmedia_max_fragment_bytes must be between 1024 and 52428800")
         if not 1 <= self.playback_workers <= 64:

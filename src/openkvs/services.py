@@ -12,8 +12,10 @@ from .control.ratelimit import RateLimiter
 from .control.resources import ControlPlane
 from .control.sessions import StorageSessions
 from .dataplane import DataPlane
+from .playback.imagegen import ImageGenerator
 from .playback.service import PlaybackService
 from .signaling.hub import SignalingHub
+from .signaling.ice import IceServers
 
 
 @dataclasses.dataclass
@@ -32,6 +34,11 @@ class Services:
     dataplane: DataPlane = dataclasses.field(default=None)  # type: ignore[assignment]
     # HLS/DASH sessions, GetClip and GetImages; built when not given.
     playback: PlaybackService = dataclasses.field(default=None)  # type: ignore[assignment]
+    # ICE servers for GetIceServerConfig and the storage peer (runs coturn); built when not given.
+    ice: IceServers = dataclasses.field(default=None)  # type: ignore[assignment]
+    # Images of fragments whose producer asked for them (IMAGE_GENERATION events); built when
+    # not given.
+    imagegen: ImageGenerator = dataclasses.field(default=None)  # type: ignore[assignment]
     # Filled in by the subsystems that exist: the signaling hub, the fragment store, playback.
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -40,5 +47,11 @@ class Services:
             self.hub = SignalingHub(self.settings, self.control)
         if self.dataplane is None:
             self.dataplane = DataPlane(self.settings, self.control, self.fragments)
+        if self.ice is None:
+            self.ice = IceServers(self.settings)
         if self.playback is None:
             self.playback = PlaybackService(self.settings, self.control.store, self.fragments)
+        if self.imagegen is None:
+            self.imagegen = ImageGenerator(
+                self.settings.data_dir, self.control.store, self.playback, self.dataplane.events
+            )

@@ -332,3 +332,89 @@ def test_restart_keeps_state(server: ServerThread) -> None:
         ]
         == st
     )
+
+
+IMAGE_CONFIG = {
+    "Status": "ENABLED",
+    "ImageSelectorType": "PRODUCER_TIMESTAMP",
+    "DestinationConfig": {"Uri": "s3://bucket/images", "DestinationRegion": "us-west-2"},
+    "SamplingInterval": 500,
+    "Format": "JPEG",
+    "FormatConfig": {"JPEGQuality": "80"},
+    "WidthPixels": 320,
+}
+NOTIFY_CONFIG = {
+    "Status": "ENABLED",
+    "DestinationConfig": {"Uri": "arn:aws:sns:us-west-2:123456789012:topic"},
+}
+
+
+def test_image_generation_and_notification_configurations(server: ServerThread) -> None:
+    kv = server.client("kinesisvideo")
+    kv.create_stream(StreamName="events", DataRetentionInHours=1)
+    for describe in (
+        kv.describe_image_generation_configuration,
+        kv.describe_notification_configuration,
+    ):
+        out = describe(StreamName="events")
+        assert "ImageGenerationConfiguration" not in out and "NotificationConfiguration" not in out
+    kv.update_image_generation_configuration(
+        StreamName="events", ImageGenerationConfiguration=IMAGE_CONFIG
+    )
+    kv.update_notification_configuration(
+        StreamName="events", NotificationConfiguration=NOTIFY_CONFIG
+    )
+    got = kv.describe_image_generation_configuration(StreamName="events")
+    assert got["ImageGenerationConfiguration"] == IMAGE_CONFIG
+    got = kv.describe_notification_configuration(StreamName="events")
+    assert got["NotificationConfiguration"] == NOTIFY_CONFIG
+
+    # They survive a restart.
+    server.restart()
+    kv = server.client("kinesisvideo")
+    got = kv.describe_image_generation_configuration(StreamName="events")
+    assert got["ImageGenerationConfiguration"] == IMAGE_CONFIG
+    assert (
+        kv.describe_notification_configuration(StreamName="events")["NotificationConfiguration"]
+        == NOTIFY_CONFIG
+    )
+
+    # Bad values are refused with the field named; a stream without retention takes none.
+    for change, text in (
+        ({"SamplingInterval": 100}, "SamplingInterval"),
+        ({"FormatConfig": {"JPEGQuality": "0"}}, "JPEGQuality"),
+        ({"Format": "PNG"}, "JPEGQuality"),
+    ):
+        with pytest.raises(ClientError) as exc:
+            kv.update_image_generation_configuration(
+                StreamName="events", ImageGenerationConfiguration={**IMAGE_CONFIG, **change}
+            )
+        assert code(exc) == "InvalidArgumentException" and text in str(exc.value)
+    kv.create_stream(StreamName="no-retention", DataRetentionInHours=0)
+    with pytest.raises(ClientError) as exc:
+        kv.update_image_generation_configuration(
+            StreamName="no-retention", ImageGenerationConfiguration=IMAGE_CONFIG
+        )
+    assert code(exc) == "NoDataRetentionException"
+    with pytest.raises(ClientError) as exc:
+        kv.describe_notification_configuration(StreamName="missing")
+    assert code(exc) == "ResourceNotFoundException"
+
+    # Without a configuration in the update, the configuration is removed.
+    kv.update_image_generation_configuration(StreamName="events")
+    kv.update_notification_configuration(StreamName="events")
+    assert "ImageGenerationConfiguration" not in kv.describe_image_generation_configuration(
+        StreamName="events"
+    )
+    assert "NotificationConfiguration" not in kv.describe_notification_configuration(
+        StreamName="events"
+    )
+    # Deleting a stream deletes its configurations with it.
+    kv.update_notification_configuration(
+        StreamName="events", NotificationConfiguration=NOTIFY_CONFIG
+    )
+    kv.delete_stream(StreamARN=kv.describe_stream(StreamName="events")["StreamInfo"]["StreamARN"])
+    kv.create_stream(StreamName="events", DataRetentionInHours=1)
+    assert "NotificationConfiguration" not in kv.describe_notification_configuration(
+        StreamName="events"
+    )

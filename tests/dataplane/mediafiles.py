@@ -199,3 +199,24 @@ def video_only_tracks() -> bytes:
     return mkv.tracks(
         [mkv.Track(1, mkv.CODEC_H264, b"\x01\x64\x00\x1f\xff\xe0\x00", width=64, height=64)]
     )
+
+
+def _sized(element_id: int, payload: bytes) -> bytes:
+    """An element with the 8-byte size field the KVS Producer SDK (PIC mkvgen) writes."""
+    return ebml.encode_id(element_id) + ebml.encode_size(len(payload), 8) + payload
+
+
+def sdk_tags(name: str, value: str = "", siblings: list[tuple[str, str]] | None = None) -> bytes:
+    """Tags as PIC's mkvgenGenerateTagsChain writes them: Tags > Tag > SimpleTag (no Targets),
+    the SimpleTags of the same event (MKV_TREE_SIMPLE) as siblings in the Tag."""
+
+    def simple(n: str, v: str) -> bytes:
+        return _sized(
+            mkv.SIMPLE_TAG, _sized(mkv.TAG_NAME, n.encode()) + _sized(mkv.TAG_STRING, v.encode())
+        )
+
+    tag = simple(name, value) + b"".join(simple(n, v) for n, v in siblings or [])
+    return _sized(mkv.TAGS, _sized(mkv.TAG, tag))
+
+
+END_OF_FRAGMENT = sdk_tags("AWS_KINESISVIDEO_END_OF_FRAGMENT")

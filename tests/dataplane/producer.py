@@ -5,8 +5,11 @@ SDKs). Written on raw asyncio streams so nothing buffers the upload or the acks.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import ssl
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -93,17 +96,20 @@ class Producer:
         await self._writer.drain()
 
     async def read_head(self, timeout: float = 10) -> int:
-        """Read the status line and headers of the response; return the status."""
+        """Read the status line and headers of the response; return the status (an interim
+        ``100 Continue`` is read past)."""
         assert self._reader is not None
-        line = await asyncio.wait_for(self._reader.readline(), timeout)
-        self.status = int(line.split()[1])
         while True:
             line = await asyncio.wait_for(self._reader.readline(), timeout)
-            if line in (b"\r\n", b""):
-                break
-            k, _, v = line.decode().partition(":")
-            self.response_headers[k.strip().lower()] = v.strip()
-        return self.status
+            self.status = int(line.split()[1])
+            while True:
+                line = await asyncio.wait_for(self._reader.readline(), timeout)
+                if line in (b"\r\n", b""):
+                    break
+                k, _, v = line.decode().partition(":")
+                self.response_headers[k.strip().lower()] = v.strip()
+            if self.status != 100:
+                return self.status
 
     async def read_error(self, timeout: float = 10) -> dict[str, Any]:
         """The JSON body of an error response (after ``read_head``)."""
@@ -187,6 +193,112 @@ class Producer:
         while (a := await self.ack(timeout)) is not None:
             out.append(a)
         return out
+
+
+def sdk_sign(
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body: bytes | None,
+    keys: tuple[str, str],
+    region: str,
+    now: float | None = None,
+) -> dict[str, str]:
+    """Sign a request the way the KVS Producer SDK (producer-c AwsV4Signer.c) does.
+
+    The host header is the URL cut at the first ':' (no port); every header set so far is signed
+    except x-amz-security-token, content-type, content-length and authorization; content-type is
+    sent as application/json; a streamed body (``None``) is hashed as if it were empty, and no
+    x-amz-content-sha256 header is sent. Returns the headers to send, in the SDK's order
+    (alphabetical, as its header list keeps them)."""
+    parts = urlsplit(url)
+    amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    hdrs = dict(headers)
+    hdrs["host"] = url.split("://", 1)[1].split(":", 1)[0].split("/", 1)[0]
+    hdrs["X-Amz-Date"] = amz_date
+    hdrs["content-type"] = "application/json"
+    if body is not None:
+        hdrs["content-length"] = str(len(body))
+    unsigned = ("x-amz-security-token", "content-type", "content-length", "authorization")
+    signed = sorted(
+        (k.lower(), " ".join(v.split())) for k, v in hdrs.items() if k.lower() not in unsigned
+    )
+    names = ";".join(k for k, _ in signed)
+    creq = "\n".join(
+        [
+            method,
+            parts.path or "/",
+            parts.query,
+            "".join(f"{k}:{v}\n" for k, v in signed),
+            names,
+            hashlib.sha256(body or b"").hexdigest(),
+        ]
+    )
+    scope = f"{amz_date[:8]}/{region}/kinesisvideo/aws4_request"
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(creq.encode()).hexdigest()]
+    )
+    akid, secret = keys
+    key = ("AWS4" + secret).encode()
+    for part in (amz_date[:8], region, "kinesisvideo", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    hdrs["Authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={akid}/{scope}, SignedHeaders={names}, Signature={signature}"
+    )
+    return dict(sorted(hdrs.items(), key=lambda kv: kv[0].lower()))
+
+
+SDK_USER_AGENT = "AWS-SDK-KVS-CPP-CLIENT/3.6.0/1.6.4 GCC/12.2.0 Linux/6.1.0 x86_64"
+
+
+class SdkProducer(Producer):
+    """PutMedia as the KVS Producer SDK (kvssink, producer-c CurlApiCallbacks.c putStream) sends
+    it: its header set, signed by ``sdk_sign`` (Host without port, the body hashed as empty, no
+    x-amz-content-sha256), with the ``Accept`` and ``Expect: 100-continue`` headers curl adds to
+    a chunked POST."""
+
+    def __init__(
+        self,
+        srv: ServerThread,
+        *,
+        stream_name: str,
+        endpoint: str | None = None,
+        start_timestamp: str = "1700000000.000",
+        absolute: bool = True,
+    ) -> None:
+        super().__init__(srv, stream_name=stream_name)
+        self.endpoint = endpoint or srv.endpoint
+        self.sdk_headers = {
+            "user-agent": SDK_USER_AGENT,
+            "x-amzn-stream-name": stream_name,
+            "x-amzn-producer-start-timestamp": start_timestamp,
+            "x-amzn-fragment-acknowledgment-required": "1",
+            "x-amzn-fragment-timecode-type": "ABSOLUTE" if absolute else "RELATIVE",
+            "transfer-encoding": "chunked",
+            "connection": "keep-alive",
+        }
+
+    async def connect(self) -> None:
+        parts = urlsplit(self.endpoint)
+        ctx = ssl.create_default_context(cafile=self.srv.ca)
+        self._reader, self._writer = await asyncio.open_connection(
+            parts.hostname, parts.port or 443, ssl=ctx
+        )
+        headers = sdk_sign(
+            "POST",
+            f"{self.endpoint}/putMedia",
+            self.sdk_headers,
+            None,
+            self.keys,
+            self.srv.settings.region,
+        )
+        self.sent_headers = headers
+        lines = ["POST /putMedia HTTP/1.1"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        lines += ["Accept: */*", "Expect: 100-continue"]
+        self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        await self._writer.drain()
 
 
 async def put_media(

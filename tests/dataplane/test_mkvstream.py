@@ -13,15 +13,18 @@ from openkvs.media.mkvstream import (
     FragmentReady,
     FragmentRejected,
     FragmentStarted,
+    KvsEvent,
     MkvStreamParser,
     Problem,
     StreamRejected,
 )
 
 from .mediafiles import (
+    END_OF_FRAGMENT,
     block,
     craft_cluster,
     producer_mkv,
+    sdk_tags,
     segment_start,
     unknown_size_clusters,
     video_only_tracks,
@@ -199,12 +202,76 @@ def test_producer_tags_travel_with_the_next_fragment() -> None:
     reserved = mkv.tags({"AWS_KINESISVIDEO_FRAGMENT_NUMBER": "1"})
     cl1 = craft_cluster(1000, [block(1, 0, b"k")])
     cl2 = craft_cluster(2000, [block(1, 0, b"k")])
-    evs = run(segment_start() + t + tags + cl1 + reserved + cl2, [50])
+    cl3 = craft_cluster(3000, [block(1, 0, b"k")])
+    evs = run(segment_start() + t + tags + cl1 + reserved + cl2 + cl3, [50])
     ready = [e for e in evs if isinstance(e, FragmentReady)]
+    assert [r.timecode for r in ready] == [1000, 3000]
     assert ready[0].tags == tags and ready[1].tags == b""
     assert mkv.read_fragment(mkvstream.assemble(ready[0])).tags == {"CAMERA": "front-door"}
+    # A reserved name refuses the fragment it travels with, naming its timecode.
     (rej,) = [e for e in evs if isinstance(e, FragmentRejected)]
-    assert rej.index is None and rej.problem is Problem.FRAGMENT_METADATA_LIMIT_REACHED
+    assert (rej.index, rej.timecode) == (1, 2000)
+    assert rej.problem is Problem.FRAGMENT_METADATA_LIMIT_REACHED
+    assert "AWS_KINESISVIDEO_FRAGMENT_NUMBER" in rej.message
+    # Refused Tags that no Cluster follows are reported when the body ends.
+    evs = run(segment_start() + t + cl1 + reserved, [50])
+    assert isinstance(evs[-1], FragmentRejected) and evs[-1].index is None
+
+
+def test_end_of_fragment_tag_closes_the_fragment_at_once() -> None:
+    # The KVS Producer SDK ends a fragment (at stop and when it rotates its connection) with a
+    # Tags element holding AWS_KINESISVIDEO_END_OF_FRAGMENT with an empty value.
+    t = video_only_tracks()
+    cl1 = craft_cluster(1000, [block(1, 0, b"k"), block(1, 33, b"d", False)], unknown_size=True)
+    cl2 = craft_cluster(2000, [block(1, 0, b"k")], unknown_size=True)
+    parser = MkvStreamParser(max_fragment_bytes=MB)
+    evs = parser.feed(segment_start() + t + cl1)
+    assert [type(e) for e in evs] == [FragmentStarted]
+    # The fragment is complete as soon as the tag's element header arrives.
+    evs = parser.feed(END_OF_FRAGMENT[:12])
+    assert [type(e) for e in evs] == [FragmentReady]
+    assert evs[0].timecode == 1000 and evs[0].tags == b"" and evs[0].events == ()
+    evs = parser.feed(END_OF_FRAGMENT[12:] + cl2 + END_OF_FRAGMENT) + parser.finish()
+    assert [type(e) for e in evs] == [FragmentStarted, FragmentReady]
+    assert evs[1].timecode == 2000 and evs[1].tags == b""
+    # Beside producer tags in the same stretch, the marker is dropped and the tags are kept.
+    custom = sdk_tags("CAMERA", "front-door")
+    evs = run(segment_start() + t + cl1 + END_OF_FRAGMENT + custom + cl2 + END_OF_FRAGMENT)
+    ready = [e for e in evs if isinstance(e, FragmentReady)]
+    assert len(ready) == 2 and not any(isinstance(e, FragmentRejected) for e in evs)
+    assert mkv.read_fragment(mkvstream.assemble(ready[1])).tags == {"CAMERA": "front-door"}
+
+
+def test_kvs_event_metadata_becomes_events_of_the_next_fragment() -> None:
+    t = video_only_tracks()
+    cl1 = craft_cluster(1000, [block(1, 0, b"k")], unknown_size=True)
+    cl2 = craft_cluster(2000, [block(1, 0, b"k")], unknown_size=True)
+    image = sdk_tags(
+        "AWS_KINESISVIDEO_IMAGE_GENERATION",
+        siblings=[("AWS_KINESISVIDEO_IMAGE_PREFIX", "door-"), ("zone", "3")],
+    )
+    notify = sdk_tags("AWS_KINESISVIDEO_NOTIFICATION", siblings=[("reason", "motion")])
+    evs = run(segment_start() + t + cl1 + image + notify + END_OF_FRAGMENT + cl2, [29])
+    assert not any(isinstance(e, FragmentRejected | StreamRejected) for e in evs)
+    ready = [e for e in evs if isinstance(e, FragmentReady)]
+    assert ready[0].events == ()
+    assert ready[1].events == (
+        KvsEvent("IMAGE_GENERATION", "door-", (("zone", "3"),)),
+        KvsEvent("NOTIFICATION", None, (("reason", "motion"),)),
+    )
+    assert ready[1].tags == b""  # events are not stored as tags
+    # Other reserved names beside an event are refused like any reserved name.
+    bad = sdk_tags(
+        "AWS_KINESISVIDEO_NOTIFICATION", siblings=[("AWS_KINESISVIDEO_IMAGE_PREFIX", "x")]
+    )
+    evs = run(segment_start() + t + cl1 + bad + cl2)
+    (rej,) = [e for e in evs if isinstance(e, FragmentRejected)]
+    assert rej.timecode == 2000 and rej.problem is Problem.FRAGMENT_METADATA_LIMIT_REACHED
+    # At most MAX_KVS_EVENTS events per fragment.
+    many = notify * (mkvstream.MAX_KVS_EVENTS + 1)
+    evs = run(segment_start() + t + many + cl1)
+    (rej,) = [e for e in evs if isinstance(e, FragmentRejected)]
+    assert rej.timecode == 1000
 
 
 def test_ack_lines_are_pinned() -> None:

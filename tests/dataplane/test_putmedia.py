@@ -382,7 +382,8 @@ async def test_wrong_signature_is_refused_before_any_byte_is_stored(server: Serv
     assert server.call(server.services.fragments.blobs.keys()) == set()
 
 
-async def test_one_writer_per_stream(server: ServerThread) -> None:
+async def test_one_writer_per_stream(make_server: Any) -> None:
+    server = make_server(putmedia_handover_wait=0.2)
     create_stream(server, "single")
     first = Producer(server, stream_name="single")
     await first.connect()

@@ -25,7 +25,7 @@ from openkvs import testpattern
 from openkvs.media import h264, mkv
 
 from ..playback.support import ffprobe_json, gray
-from ..support import ServerThread, free_port, need_tool
+from ..support import ServerThread, free_port, free_port_pair, need_tool
 
 pytestmark = pytest.mark.slow
 
@@ -179,6 +179,7 @@ def test_demo_on_embedded_defaults_records_the_test_pattern(
     demo = start_demo(
         *("--data-dir", str(data), "--port", str(port), "--http-port", str(http_port)),
         *("--resolution", f"{width}x{height}", "--duration", "8"),
+        *("--turn-port", str(free_port_pair())),  # its server runs coturn: not on the shared 3478
     )
     line = demo.wait_for(lambda s: s.startswith("HLS, live"), 120)
     url = line.split(": ", 1)[1]

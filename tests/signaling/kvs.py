@@ -112,13 +112,19 @@ class Client:
         *,
         url: str | None = None,
         autoping: bool = True,
+        protocols: tuple[str, ...] = (),
         **kw: Any,
     ) -> Client:
         url = url or presigned_url(server, channel_arn, client_id, **kw)
         session = aiohttp.ClientSession()
         try:
             ws = await session.ws_connect(
-                url, ssl=client_ssl(server), autoping=autoping, autoclose=True, heartbeat=None
+                url,
+                ssl=client_ssl(server),
+                autoping=autoping,
+                autoclose=True,
+                heartbeat=None,
+                protocols=protocols,
             )
         except aiohttp.WSServerHandshakeError as exc:
             await session.close()

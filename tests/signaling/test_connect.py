@@ -34,6 +34,23 @@ async def test_master_and_viewer_connect_on_both_ports(server: ServerThread) -> 
         await master.close()
 
 
+async def test_wss_subprotocol_is_echoed(server: ServerThread) -> None:
+    """The KVS WebRTC C SDK asks for the ``wss`` subprotocol (libwebsockets); it is answered in
+    Sec-WebSocket-Protocol. A client that asks for none gets none."""
+    arn = setup_channel(server, "subprotocol")
+    master = await Client.connect(server, arn, protocols=("wss",))
+    viewer = await Client.connect(server, arn, "viewer-1", protocols=("wss",))
+    plain = await Client.connect(server, arn, "viewer-2")
+    try:
+        assert master.ws.protocol == "wss" and viewer.ws.protocol == "wss"
+        assert plain.ws.protocol is None
+        await viewer.send("SDP_OFFER", {"type": "offer", "sdp": "v=0"})
+        assert (await master.recv())["messageType"] == "SDP_OFFER"
+    finally:
+        for c in (plain, viewer, master):
+            await c.close()
+
+
 async def test_bad_channel_arn(server: ServerThread) -> None:
     for arn in ("not-an-arn", "arn:aws:kinesisvideo:us-east-1:000000000000:stream/s/1"):
         r = await connect_rejected(server, presigned_url(server, arn))

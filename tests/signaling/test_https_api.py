@@ -39,10 +39,14 @@ def error(exc: pytest.ExceptionInfo[ClientError]) -> tuple[int, str, str]:
     )
 
 
-def test_no_turn_configured(server: ServerThread) -> None:
+def test_no_turn_means_stun_entries(server: ServerThread) -> None:
+    # The test fixture runs with no_turn: two STUN entries, never an empty list.
     arn = setup_channel(server, "noturn")
     sig = signaling_client(server, arn)
-    assert sig.get_ice_server_config(ChannelARN=arn)["IceServerList"] == []
+    servers = sig.get_ice_server_config(ChannelARN=arn)["IceServerList"]
+    port = server.services.ice.port
+    assert [s["Uris"] for s in servers] == [[f"stun:127.0.0.1:{port}"]] * 2
+    assert all(s["Ttl"] == 3600 and s["Username"] and s["Password"] for s in servers)
 
 
 def test_turn_credentials(make_server: Callable[..., ServerThread]) -> None:

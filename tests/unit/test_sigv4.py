@@ -264,3 +264,44 @@ def test_missing_auth() -> None:
 )
 def test_canonical_uri(path: str, expected: str) -> None:
     assert sigv4.canonical_uri(path) == expected
+
+
+def _verify_streamed(req: AWSRequest, **kw: Any) -> sigv4.Identity:
+    """Verify ``req`` as the dispatcher verifies a streaming operation: the body is never hashed."""
+    hdrs = [(k, v if isinstance(v, str) else v.decode()) for k, v in req.headers.items()]
+    hdrs.append(("Host", "example.com"))
+    return sigv4.verify(
+        method=req.method,
+        raw_path="/putMedia",
+        raw_query="",
+        headers=hdrs,
+        body_sha256=None,
+        lookup=lookup,
+        now=time.time(),
+        **kw,
+    )
+
+
+def test_streamed_body_signed_as_empty_without_payload_header() -> None:
+    # The KVS Producer SDK's PutMedia: payload hash of "" and no x-amz-content-sha256 header.
+    req = AWSRequest(method="POST", url="https://example.com/putMedia", data=b"")
+    SigV4Auth(CREDS, "kinesisvideo", "us-east-1").add_auth(req)
+    assert "X-Amz-Content-SHA256" not in req.headers
+    assert _verify_streamed(req, allow_streaming=True).form == "header"
+    with pytest.raises(AuthFailure, match="streams its body"):
+        _verify_streamed(req)
+    # The signature still covers the headers.
+    req.headers["X-Amz-Date"] = req.headers["X-Amz-Date"][:-2] + "00"
+    with pytest.raises(AuthFailure, match="does not match"):
+        _verify_streamed(req, allow_streaming=True)
+
+
+def test_non_streamed_body_signed_as_empty_is_refused() -> None:
+    # The same relaxation does not apply when the body is read and hashed.
+    req = AWSRequest(method="POST", url="https://example.com/describeStream", data=b"")
+    SigV4Auth(CREDS, "kinesisvideo", "us-east-1").add_auth(req)
+    assert verify(req, body=b"").form == "header"
+    with pytest.raises(AuthFailure, match="does not match"):
+        verify(req, body=b'{"StreamName":"x"}')
+    with pytest.raises(AuthFailure, match="does not match"):
+        verify(req, body=b'{"StreamName":"x"}', allow_streaming=True)

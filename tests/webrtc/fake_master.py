@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
@@ -66,8 +66,10 @@ class FakeMaster:
         audio: Sequence[EncodedFrame] | None = None,
         *,
         loops: int = 1,
+        configuration: RTCConfiguration | None = None,
     ) -> None:
-        self.pc = RTCPeerConnection()
+        self.pc = RTCPeerConnection(configuration)
+        self.offer_sdp: str | None = None
         self.video_track = PacketTrack("video", video, loops=loops) if video else None
         self.audio_track = PacketTrack("audio", audio, loops=loops) if audio else None
         self.received_audio: list[Any] = []
@@ -88,6 +90,7 @@ class FakeMaster:
             pass
 
     async def answer(self, offer_sdp: str) -> str:
+        self.offer_sdp = offer_sdp
         await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
         for t in self.pc.getTransceivers():
             if t.kind == "video" and self.video_track is not None:

@@ -10,11 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from aiortc import RTCConfiguration
+
 from openkvs.media import h264, mkv
 from openkvs.store.base import Fragment
 
 from ..mediagen import EncodedFrame
-from ..signaling.kvs import Client, enable_storage, setup_channel
+from ..signaling.kvs import Client, enable_storage, setup_channel, unb64json
 from ..support import ServerThread
 from .fake_master import FakeMaster
 
@@ -31,11 +33,14 @@ class Camera:
         *,
         loops: int = 1,
         client_id: str | None = None,
+        configuration: RTCConfiguration | None = None,
     ) -> None:
         self.client_id = client_id
         self.server = server
         self.channel_arn = channel_arn
-        self.master = FakeMaster(video, audio, loops=loops)
+        self.master = FakeMaster(video, audio, loops=loops, configuration=configuration)
+        # (perf_counter, messageType, decoded payload) of every storage-session message
+        self.messages: list[tuple[float, str, Any]] = []
         self.client: Client | None = None
         self.offers = 0
         self.offer_at: float | None = None
@@ -56,6 +61,9 @@ class Camera:
                     self.status.append(msg)
                     continue
                 assert "senderClientId" not in msg, msg  # storage-session messages carry none
+                payload = msg.get("messagePayload")
+                if payload:
+                    self.messages.append((time.perf_counter(), kind, unb64json(payload)))
                 if kind == "SDP_OFFER":
                     self.offers += 1
                     self.offer_at = time.perf_counter()

@@ -28,7 +28,8 @@ class ProcessServer:
         self.port = free_port()
         self.http_port = free_port()
         self.settings = Settings.load({}, None, {"data_dir": data_dir})
-        self._env = env
+        # No embedded coturn unless asked for: a kill -9 of the server would leave it running.
+        self._env = {"no_turn": "true", "turn_port": "0", **env}
         self.proc: subprocess.Popen[str] | None = None
         self.log: list[str] = []
         self._clients: list[Any] = []

@@ -113,3 +113,24 @@ async def test_records_bit_exact_video_and_aac(
     assert audio_blocks > 100  # ~4 s of 1024-sample AAC frames at 48 kHz is ~187
     total_ms = sum(f.duration_ms for f in frags)
     assert abs(total_ms - 4000) < 200
+
+
+def test_check_internals_fails_loudly_when_aioice_moves(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aioice
+    import aioice.ice
+
+    monkeypatch.setattr(aioice, "__version__", "0.99.0")
+    with pytest.raises(RuntimeError, match="aioice"):
+        tap.check_internals()
+    monkeypatch.undo()
+
+    def check_start_task(self: object, pair: object) -> None:
+        pass
+
+    monkeypatch.setattr(aioice.ice.Connection, "check_start_task", check_start_task)
+    with pytest.raises(RuntimeError, match="check_start"):
+        tap.check_internals()
+    monkeypatch.undo()
+    monkeypatch.delattr(aioice.ice, "relayed_candidate")
+    with pytest.raises(RuntimeError, match="relayed_candidate"):
+        tap.check_internals()

@@ -16,7 +16,10 @@ def base_url(request: web.Request, settings: Settings, *, websocket: bool = Fals
 
     ``public_url`` wins when set. Otherwise the request's Host header is reused (validated) with
     the scheme of the port it came in on: TLS for the main port, plain only when the request
-    itself came in on the plain port.
+    itself came in on the plain port. A Host header without a port names the scheme's default
+    port; when the request came in on another port, that port is added. (The KVS Producer SDK
+    cuts the Host header at the first ':' and sends ``Host: 127.0.0.1`` to port 18443; handing
+    back ``https://127.0.0.1`` would send its PutMedia to port 443.)
     """
     if settings.public_url:
         url = settings.public_url.rstrip("/")
@@ -25,9 +28,23 @@ def base_url(request: web.Request, settings: Settings, *, websocket: bool = Fals
         return url
     secure = request.secure
     host = request.headers.get("Host", "")
-    if not _HOST.fullmatch(host):
+    match = _HOST.fullmatch(host)
+    if match is None:
         port = settings.port if secure else settings.http_port
         host = f"{settings.host}:{port}"
+    elif match.group(2) is None:
+        local = _local_port(request)
+        if local is not None and local != (443 if secure else 80):
+            host = f"{host}:{local}"
     if websocket:
         return ("wss://" if secure else "ws://") + host
     return ("https://" if secure else "http://") + host
+
+
+def _local_port(request: web.Request) -> int | None:
+    """The port of this server that ``request`` came in on (None if the socket cannot say)."""
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2 and isinstance(sockname[1], int):
+        return sockname[1]
+    return None

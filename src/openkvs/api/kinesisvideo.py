@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..control.resources import paginate
-from ..errors import InvalidArgumentException
+from ..errors import InvalidArgumentException, NoDataRetentionException
 from ..store.base import Channel, Stream
 from .context import Handlers, RequestContext
 from .endpoints import base_url
@@ -18,10 +18,6 @@ UNSUPPORTED = (
     "DescribeEdgeConfiguration",
     "ListEdgeAgentConfigurations",
     "StartEdgeConfigurationUpdate",
-    "DescribeImageGenerationConfiguration",
-    "UpdateImageGenerationConfiguration",
-    "DescribeNotificationConfiguration",
-    "UpdateNotificationConfiguration",
 )
 
 
@@ -285,6 +281,93 @@ async def update_stream_storage_configuration(
     tier = p["StreamStorageConfiguration"]["DefaultStorageTier"]
     await control.update_stream_tier(arn=stream.arn, current_version=p["CurrentVersion"], tier=tier)
     return {}
+
+
+# -- image generation and notification configurations ------
+#
+# Stored as sent. Image generation acts on the AWS_KINESISVIDEO_IMAGE_GENERATION events producers
+# attach to fragments (playback/imagegen.py); notifications are published in-process
+# (dataplane/events.py) for a delivery mechanism to pick up.
+
+MIN_SAMPLING_INTERVAL_MS = 200
+MAX_SAMPLING_INTERVAL_MS = 20_000
+
+
+def _check_image_generation(stream: Stream, config: dict[str, Any]) -> None:
+    interval = config["SamplingInterval"]
+    if not MIN_SAMPLING_INTERVAL_MS <= interval <= MAX_SAMPLING_INTERVAL_MS:
+        raise InvalidArgumentException(
+            f"SamplingInterval must be between {MIN_SAMPLING_INTERVAL_MS} and "
+            f"{MAX_SAMPLING_INTERVAL_MS} milliseconds."
+        )
+    fmt_config = config.get("FormatConfig") or {}
+    quality = fmt_config.get("JPEGQuality")
+    if quality is not None:
+        if config["Format"] != "JPEG":
+            raise InvalidArgumentException("FormatConfig JPEGQuality applies to the JPEG Format.")
+        if not quality.isdigit() or not 1 <= int(quality) <= 100:
+            raise InvalidArgumentException("JPEGQuality must be a number from 1 to 100.")
+    if not config["DestinationConfig"]["Uri"].strip():
+        raise InvalidArgumentException("DestinationConfig Uri must not be empty.")
+    if config["Status"] == "ENABLED" and stream.retention_hours == 0:
+        raise NoDataRetentionException(
+            f"The stream {stream.name} has no data retention; images need stored media."
+        )
+
+
+@handlers.operation("UpdateImageGenerationConfiguration")
+async def update_image_generation_configuration(
+    ctx: RequestContext, p: dict[str, Any]
+) -> dict[str, Any]:
+    control = ctx.services.control
+    stream = control.get_stream(name=p.get("StreamName"), arn=p.get("StreamARN"))
+    ctx.authorize(stream.arn)
+    config = p.get("ImageGenerationConfiguration")
+    if config is not None:
+        _check_image_generation(stream, config)
+    await control.update_stream_config(arn=stream.arn, kind="image_generation", config=config)
+    return {}
+
+
+@handlers.operation("DescribeImageGenerationConfiguration")
+async def describe_image_generation_configuration(
+    ctx: RequestContext, p: dict[str, Any]
+) -> dict[str, Any]:
+    stream = ctx.services.control.get_stream(name=p.get("StreamName"), arn=p.get("StreamARN"))
+    ctx.authorize(stream.arn)
+    if stream.image_generation is None:
+        return {}
+    return {"ImageGenerationConfiguration": dict(stream.image_generation)}
+
+
+@handlers.operation("UpdateNotificationConfiguration")
+async def update_notification_configuration(
+    ctx: RequestContext, p: dict[str, Any]
+) -> dict[str, Any]:
+    control = ctx.services.control
+    stream = control.get_stream(name=p.get("StreamName"), arn=p.get("StreamARN"))
+    ctx.authorize(stream.arn)
+    config = p.get("NotificationConfiguration")
+    if config is not None:
+        if not config["DestinationConfig"]["Uri"].strip():
+            raise InvalidArgumentException("DestinationConfig Uri must not be empty.")
+        if config["Status"] == "ENABLED" and stream.retention_hours == 0:
+            raise NoDataRetentionException(
+                f"The stream {stream.name} has no data retention; notifications need stored media."
+            )
+    await control.update_stream_config(arn=stream.arn, kind="notification", config=config)
+    return {}
+
+
+@handlers.operation("DescribeNotificationConfiguration")
+async def describe_notification_configuration(
+    ctx: RequestContext, p: dict[str, Any]
+) -> dict[str, Any]:
+    stream = ctx.services.control.get_stream(name=p.get("StreamName"), arn=p.get("StreamARN"))
+    ctx.authorize(stream.arn)
+    if stream.notification is None:
+        return {}
+    return {"NotificationConfiguration": dict(stream.notification)}
 
 
 # -- tags ------

@@ -58,8 +58,8 @@ async def put_media(ctx: RequestContext, params: dict[str, Any]) -> web.StreamRe
     stream = services.control.get_stream(name=spec.stream_name, arn=spec.stream_arn)
     ctx.authorize(stream.arn)
     plane = services.dataplane
-    with plane.writer(stream):
+    async with plane.writer(stream) as slot:
         response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         await prepare_stream(ctx, response)
-        await PutMediaSession(plane, stream, ctx.request, response, spec).run()
+        await PutMediaSession(plane, stream, ctx.request, response, spec, slot).run()
     return response

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import clock, ids
+from .. import ids
 from ..errors import InvalidArgumentException
 from ..signaling.messages import valid_base64
-from ..signaling.turn import ice_server_list
 from .context import Handlers, RequestContext
 
 handlers = Handlers("kinesis-video-signaling")
@@ -16,23 +15,15 @@ handlers = Handlers("kinesis-video-signaling")
 
 @handlers.operation("GetIceServerConfig")
 async def get_ice_server_config(ctx: RequestContext, p: dict[str, Any]) -> dict[str, Any]:
-    """TURN servers from the configuration with coturn REST-API credentials; an empty list when
-    no TURN server (or no shared secret) is configured."""
+    """Two TURN server sets with coturn REST-API credentials (the embedded coturn, or the
+    configured ``turn_uris``), or STUN-only entries when there is no TURN server: never empty."""
     channel = ctx.services.control.get_channel(arn=p["ChannelARN"])
     ctx.authorize(channel.arn)
-    settings = ctx.services.settings
     # The username's second half only labels the allocation in coturn's logs and quotas; the
     # JS SDK sends no ClientId, so such callers get a random label.
     client_id = p.get("ClientId") or p.get("Username") or ids.token(9)
-    return {
-        "IceServerList": ice_server_list(
-            uris=settings.turn_uris,
-            secret=settings.turn_secret,
-            ttl=settings.turn_ttl,
-            client_id=client_id,
-            now=clock.now(),
-        )
-    }
+    ice = ctx.services.ice
+    return {"IceServerList": ice.server_list(client_id, ctx.request.headers.get("Host"))}
 
 
 @handlers.operation("SendAlexaOfferToMaster")

@@ -342,8 +342,10 @@ def verify(
     """Verify a request; return who sent it or raise :class:`AuthFailure`.
 
     ``body_sha256`` returns the hex SHA-256 of the body (``None`` for bodies that are streamed and
-    never hashed up front; then the payload hash must be UNSIGNED or STREAMING). ``lookup`` maps an
-    access key id to ``(secret, session_token_or_None)``.
+    never hashed up front; then the payload hash must be UNSIGNED or STREAMING, or, with
+    ``allow_streaming``, absent: the request is then signed as if its body were empty, the way
+    the KVS Producer SDK signs PutMedia). ``lookup`` maps an access key id to
+    ``(secret, session_token_or_None)``.
     """
     query = parse_query(raw_query)
     parts = parse_signed_parts(headers, query)
@@ -420,11 +422,16 @@ def verify(
                     "InvalidSignatureException",
                 )
         elif body_sha256 is None:
-            raise AuthFailure(
-                "This operation streams its body: send x-amz-content-sha256 with "
-                "UNSIGNED-PAYLOAD or STREAMING-AWS4-HMAC-SHA256-PAYLOAD.",
-                "InvalidSignatureException",
-            )
+            if not allow_streaming:
+                raise AuthFailure(
+                    "This operation streams its body: send x-amz-content-sha256 with "
+                    "UNSIGNED-PAYLOAD or STREAMING-AWS4-HMAC-SHA256-PAYLOAD.",
+                    "InvalidSignatureException",
+                )
+            # The KVS Producer SDK signs a streamed body as if it were empty and sends no
+            # x-amz-content-sha256 (as AWS accepts): the signature covers the headers, the body
+            # is carried by TLS. Only streaming operations get this.
+            payload_hash = EMPTY_SHA256
         else:
             payload_hash = body_sha256()
 

@@ -12,6 +12,7 @@ import binascii
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from .. import clock, ids, safejson
 from ..errors import (
@@ -313,6 +314,19 @@ class ControlPlane:
                 device_name=device_name if device_name is not None else stream.device_name,
                 media_type=media_type if media_type is not None else stream.media_type,
             )
+            await self.store.save_stream(updated)
+            return updated
+
+    async def update_stream_config(
+        self, *, arn: str, kind: str, config: Mapping[str, Any] | None
+    ) -> Stream:
+        """Set (or, with None, remove) a stream's ``image_generation`` or ``notification``
+        configuration."""
+        if kind not in ("image_generation", "notification"):
+            raise ValueError(f"unknown stream configuration {kind!r}")
+        async with self._lock:
+            stream = self.get_stream(arn=arn)
+            updated = stream.replace(**{kind: None if config is None else dict(config)})
             await self.store.save_stream(updated)
             return updated
 

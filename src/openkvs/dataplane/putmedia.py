@@ -11,6 +11,12 @@ frames, producer-timestamp or storage failures) drop that fragment only and the 
 on with the next Cluster. Errors that make the rest of the body unusable (malformed MKV, a second
 Segment, too many tracks, the stream deleted) are acknowledged and end the request. A fragment is
 stored only when complete: a connection that breaks mid-Cluster leaves nothing of that Cluster.
+Every ack but IDLE names the fragment's timecode (and number once assigned).
+
+A producer that reconnects after losing acks (the KVS Producer SDK rolls back to the first
+fragment it has no PERSISTED ack for) may send again fragments an earlier connection stored: a
+fragment whose producer timestamp matches one of the stream's last ``RESEND_WINDOW`` fragments
+from before this connection is acknowledged with that fragment's number and not stored twice.
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ from aiohttp import web
 from .. import clock
 from ..errors import InvalidArgumentException, ResourceNotFoundException
 from ..media import mkvstream
-from ..store.base import Stream
+from ..media.mkv import to_ms
+from ..store.base import Fragment, Stream, is_disk_full
 from .acks import AckError, ack
-from .plane import DataPlane
+from .events import FragmentEvent
+from .plane import DataPlane, WriterSlot
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +45,7 @@ _NAME = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
 _ARN = re.compile(r"arn:aws:kinesisvideo:[a-z0-9-]+:[0-9]+:[a-z]+/[a-zA-Z0-9_.-]+/[0-9]+")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
 MAX_PRODUCER_TS_MS = 10**13  # year 2286; anything later is not a timestamp
+RESEND_WINDOW = 16  # a stream's last fragments a new connection may send again
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +97,7 @@ class _Current:
     timecode: int
     number: int
     server_ts: int
+    stored: Fragment | None = None  # the same fragment, stored by an earlier connection
 
 
 class PutMediaSession:
@@ -100,8 +110,10 @@ class PutMediaSession:
         request: web.Request,
         response: web.StreamResponse,
         spec: PutMediaRequest,
+        slot: WriterSlot | None = None,
     ) -> None:
         self.plane = plane
+        self.slot = slot
         self.stream = stream
         self.request = request
         self.response = response
@@ -111,6 +123,9 @@ class PutMediaSession:
         )
         self.persisted = 0
         self._current: _Current | None = None
+        # Fragments stored by earlier connections, by producer timestamp: a producer that
+        # reconnects after losing acks sends again what it has no PERSISTED ack for.
+        self._earlier: dict[int, Fragment] = {}
         self._finished = False  # stop reading: fatal error, idle, shutdown or client gone
         self._client_gone = False
         self._prefix = f"putmedia[{stream.name}]"
@@ -121,6 +136,12 @@ class PutMediaSession:
         closing = self.plane.closing
         last_data = last_ack = clock.monotonic()
         try:
+            try:
+                recent = await self.plane.fragments.last(self.stream, RESEND_WINDOW)
+            except Exception:  # noqa: BLE001 - without them, fragments sent again are stored again
+                logger.exception("%s cannot read the stream's last fragments", self._prefix)
+                recent = []
+            self._earlier = {f.producer_ts: f for f in recent}
             while not self._finished:
                 wait = min(settings.putmedia_idle_ack_interval, 1.0)
                 try:
@@ -129,6 +150,9 @@ class PutMediaSession:
                     now = clock.monotonic()
                     if closing.is_set():
                         logger.info("%s server shutting down", self._prefix)
+                        break
+                    if self.slot is not None and self.slot.taken_over.is_set():
+                        logger.info("%s a new connection takes over the stream", self._prefix)
                         break
                     if now - last_data >= settings.putmedia_idle_timeout:
                         logger.info("%s no data for %.0f s, closing", self._prefix, now - last_data)
@@ -148,6 +172,8 @@ class PutMediaSession:
                     await self._handle(self.parser.finish())
                     break
                 last_data = last_ack = clock.monotonic()
+                if self.slot is not None:
+                    self.slot.last_data = last_data
                 await self._handle(self.parser.feed(chunk))
                 if closing.is_set():
                     break
@@ -194,9 +220,11 @@ class PutMediaSession:
     async def _handle(self, events: list[mkvstream.Event]) -> None:
         for ev in events:
             if isinstance(ev, mkvstream.FragmentStarted):
-                self._current = _Current(
-                    ev.index, ev.timecode, self.plane.fragments.next_number(), clock.now_ms()
-                )
+                assert self.parser.header is not None
+                ts = self._producer_ts(to_ms(ev.timecode, self.parser.header.timecode_scale))
+                earlier = self._earlier.pop(ts, None)
+                number = self.plane.fragments.next_number() if earlier is None else earlier.number
+                self._current = _Current(ev.index, ev.timecode, number, clock.now_ms(), earlier)
                 await self._send(
                     ack("BUFFERING", timecode=ev.timecode, number=self._current.number)
                 )
@@ -204,15 +232,24 @@ class PutMediaSession:
                 await self._store(ev)
             elif isinstance(ev, mkvstream.FragmentRejected):
                 logger.debug("%s fragment rejected: %s", self._prefix, ev.message)
-                if ev.index is None or (self._current and self._current.index != ev.index):
-                    await self._send(ack("ERROR", error=AckError.of(ev.problem)))
-                else:
+                if self._current is not None and self._current.index == ev.index:
                     await self._error(AckError.of(ev.problem))
+                else:
+                    # Refused Tags that no Cluster followed: there is no fragment to name.
+                    await self._send(
+                        ack("ERROR", timecode=ev.timecode, error=AckError.of(ev.problem))
+                    )
             else:
                 logger.info("%s stream rejected: %s", self._prefix, ev.message)
                 await self._error(AckError.of(ev.problem), fatal=True)
             if self._finished:
                 return
+
+    def _producer_ts(self, timecode_ms: int) -> int:
+        if self.spec.timecode_type == "RELATIVE":
+            assert self.spec.producer_start_ms is not None
+            return self.spec.producer_start_ms + timecode_ms
+        return timecode_ms
 
     async def _store(self, ev: mkvstream.FragmentReady) -> None:
         cur = self._current
@@ -222,11 +259,19 @@ class PutMediaSession:
             )
         self._current = cur
         await self._send(ack("RECEIVED", timecode=ev.timecode, number=cur.number))
-        if self.spec.timecode_type == "RELATIVE":
-            assert self.spec.producer_start_ms is not None
-            producer_ts = self.spec.producer_start_ms + ev.timecode_ms
-        else:
-            producer_ts = ev.timecode_ms
+        producer_ts = self._producer_ts(ev.timecode_ms)
+        if cur.stored is not None:
+            # Sent again on a new connection (its PERSISTED ack was lost with the old one):
+            # acknowledged as the fragment already stored, not stored twice.
+            logger.info(
+                "%s fragment at producer time %d is stored already as %d",
+                self._prefix,
+                producer_ts,
+                cur.number,
+            )
+            self._current = None
+            await self._ack_persisted(ev.timecode, cur.number)
+            return
         if not 0 <= producer_ts < MAX_PRODUCER_TS_MS:
             await self._error(AckError.INVALID_PRODUCER_TIMESTAMP)
             return
@@ -252,13 +297,39 @@ class PutMediaSession:
             logger.info("%s stream was deleted", self._prefix)
             await self._error(AckError.STREAM_DELETED, fatal=True)
             return
-        except Exception:  # noqa: BLE001 - a storage failure loses this fragment only
-            logger.exception("%s storing fragment %d failed", self._prefix, cur.number)
-            await self._error(AckError.ARCHIVAL_ERROR)
+        except Exception as exc:  # noqa: BLE001 - a storage failure loses this fragment only
+            if not is_disk_full(exc):
+                logger.exception("%s storing fragment %d failed", self._prefix, cur.number)
+                await self._error(AckError.ARCHIVAL_ERROR)
+                return
+            # Out of space: every later fragment would fail too, so the upload ends here.
+            logger.error(
+                "%s storing fragment %d failed, the disk is full: %s; ending the upload",
+                self._prefix,
+                cur.number,
+                exc,
+            )
+            await self._error(AckError.ARCHIVAL_ERROR, fatal=True)
             return
         self.persisted += 1
         self._current = None
+        for event in ev.events:
+            self.plane.events.publish(
+                FragmentEvent(
+                    stream_id=self.stream.id,
+                    stream_name=self.stream.name,
+                    stream_arn=self.stream.arn,
+                    fragment_number=cur.number,
+                    producer_ts_ms=producer_ts,
+                    server_ts_ms=cur.server_ts,
+                    duration_ms=ev.duration_ms,
+                    event=event,
+                )
+            )
+        await self._ack_persisted(ev.timecode, cur.number)
+
+    async def _ack_persisted(self, timecode: int, number: int) -> None:
         # PERSISTED means durable; streams without retention keep nothing to acknowledge.
         current = self.plane.control.store.stream_by_id(self.stream.id)
         if current is not None and current.retention_hours > 0:
-            await self._send(ack("PERSISTED", timecode=ev.timecode, number=cur.number))
+            await self._send(ack("PERSISTED", timecode=timecode, number=number))

@@ -7,9 +7,22 @@ bytes the connection delivered and returns events:
 - ``FragmentStarted`` when a Cluster's Timecode has been read (the BUFFERING acknowledgement);
 - ``FragmentReady`` when a Cluster is complete and valid (RECEIVED; the caller then stores it);
 - ``FragmentRejected`` when a Cluster breaks a per-fragment rule; the parser skips the rest of
-  it without buffering and carries on with the next Cluster;
+  it without buffering and carries on with the next Cluster. Producer Tags that cannot be taken
+  (a reserved name, too many bytes) refuse the fragment they travel with, the next one;
 - ``StreamRejected`` when the stream itself is unusable (malformed EBML, a second Segment, a
   Cluster before Tracks, too many tracks); the parser then ignores all further input.
+
+Producer Tags travel with the next Cluster's fragment. Three reserved tag names of the KVS
+Producer SDK are understood, in the layout its PIC library writes (Tags > Tag > SimpleTag, with the
+SimpleTags of the same event as siblings in that Tag):
+
+- ``AWS_KINESISVIDEO_END_OF_FRAGMENT`` (empty value) closes the open fragment: a level-1 Tags
+  element ends an unknown-size Cluster, so the fragment is complete at once; the tag is dropped;
+- ``AWS_KINESISVIDEO_IMAGE_GENERATION`` (with an optional ``AWS_KINESISVIDEO_IMAGE_PREFIX``) and
+  ``AWS_KINESISVIDEO_NOTIFICATION``, plus the producer's name/value pairs beside them, become a
+  ``KvsEvent`` of the next fragment instead of stored tags.
+
+Any other ``AWS_KINESISVIDEO`` name is refused.
 
 Memory stays bounded: a Cluster's blocks are kept (at most ``max_fragment_bytes``), header
 elements (Info, Tracks, Tags) are capped, and everything else is skipped as it streams by.
@@ -37,6 +50,11 @@ MAX_HEADER_ELEMENT_BYTES = 1024 * 1024  # Info, Tracks
 MAX_TAGS_BYTES = 64 * 1024  # producer Tags attached to one fragment
 MAX_EBML_HEADER_BYTES = 4096
 RESERVED_TAG_PREFIX = "AWS_KINESISVIDEO"
+END_OF_FRAGMENT_TAG = "AWS_KINESISVIDEO_END_OF_FRAGMENT"
+IMAGE_GENERATION_TAG = "AWS_KINESISVIDEO_IMAGE_GENERATION"
+IMAGE_PREFIX_TAG = "AWS_KINESISVIDEO_IMAGE_PREFIX"
+NOTIFICATION_TAG = "AWS_KINESISVIDEO_NOTIFICATION"
+MAX_KVS_EVENTS = 10  # events attached to one fragment
 
 
 class Problem(enum.Enum):
@@ -50,6 +68,15 @@ class Problem(enum.Enum):
     TRACK_NUMBER_MISMATCH = "TRACK_NUMBER_MISMATCH"
     FRAMES_MISSING_FOR_TRACK = "FRAMES_MISSING_FOR_TRACK"
     MORE_THAN_ALLOWED_TRACKS_FOUND = "MORE_THAN_ALLOWED_TRACKS_FOUND"
+
+
+@dataclasses.dataclass(frozen=True)
+class KvsEvent:
+    """A KVS event the producer attached to a fragment (``putKinesisVideoEventMetadata``)."""
+
+    kind: str  # "IMAGE_GENERATION" | "NOTIFICATION"
+    image_prefix: str | None
+    metadata: tuple[tuple[str, str], ...]  # the producer's name/value pairs of the event
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +94,7 @@ class FragmentReady:
     body: bytearray  # the cluster's block elements as received
     blocks: tuple[BlockRef, ...]
     tags: bytes  # producer Tags elements sent before this cluster
+    events: tuple[KvsEvent, ...]  # KVS events sent before this cluster
     rebuild: bool  # True when the cluster must be rewritten as SimpleBlocks in ms
     first_ms: int
     last_ms: int
@@ -75,9 +103,10 @@ class FragmentReady:
 
 @dataclasses.dataclass(frozen=True)
 class FragmentRejected:
-    index: int | None  # None for problems outside a cluster (oversized Tags)
+    index: int | None  # None only for refused Tags that no Cluster followed
     problem: Problem
     message: str
+    timecode: int | None = None  # the Cluster Timecode as sent, when it was read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,20 +170,76 @@ def _read_tracks(data: bytes) -> tuple[TrackInfo, ...]:
     return tuple(tracks)
 
 
-def _reserved_tag_names(data: bytes) -> list[str]:
-    names: list[str] = []
-    for tag in ebml.iter_elements(data):
-        if tag.id != mkv.TAG:
+def _is_reserved(name: str) -> bool:
+    return name.upper().startswith(RESERVED_TAG_PREFIX)
+
+
+def _simple_tags(data: bytes, tag: ebml.Element) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    for st in ebml.iter_elements(data, tag.data_start, tag.end):
+        if st.id != mkv.SIMPLE_TAG:
             continue
-        for st in ebml.iter_elements(data, tag.data_start, tag.end):
-            if st.id != mkv.SIMPLE_TAG:
+        name, value = "", ""
+        for f in ebml.iter_elements(data, st.data_start, st.end):
+            if f.id == mkv.TAG_NAME:
+                name = ebml.read_string(data, f)
+            elif f.id == mkv.TAG_STRING:
+                value = ebml.read_string(data, f)
+        pairs.append((name, value))
+    return pairs
+
+
+@dataclasses.dataclass
+class SortedTags:
+    kept: bytes  # a Tags element of the Tag elements to store with the fragment (or empty)
+    events: list[KvsEvent]
+    end_of_fragment: bool
+    refused: str | None  # a reserved tag name that is not understood
+
+
+def sort_tags(element: bytes) -> SortedTags:
+    """Split one Tags element into stored tags, KVS events and the end-of-fragment marker.
+
+    ValueError on malformed EBML."""
+    body_start = ebml.read_header(element, 0).data_start
+    kept: list[bytes] = []
+    events: list[KvsEvent] = []
+    eofr = False
+    refused: str | None = None
+    for tag in ebml.iter_elements(element, body_start):
+        if tag.id != mkv.TAG:
+            kept.append(element[tag.start : tag.end])
+            continue
+        pairs = _simple_tags(element, tag)
+        first = pairs[0][0].upper() if pairs else ""
+        rest = pairs[1:]
+        if first == END_OF_FRAGMENT_TAG:
+            eofr = True
+            continue
+        if first in (IMAGE_GENERATION_TAG, NOTIFICATION_TAG):
+            prefix = next((v for n, v in rest if n.upper() == IMAGE_PREFIX_TAG), None)
+            allowed = (IMAGE_PREFIX_TAG,) if first == IMAGE_GENERATION_TAG else ()
+            bad = [n for n, _ in rest if _is_reserved(n) and n.upper() not in allowed]
+            if bad:
+                refused = refused or bad[0]
                 continue
-            for f in ebml.iter_elements(data, st.data_start, st.end):
-                if f.id == mkv.TAG_NAME:
-                    name = ebml.read_string(data, f)
-                    if name.upper().startswith(RESERVED_TAG_PREFIX):
-                        names.append(name)
-    return names
+            events.append(
+                KvsEvent(
+                    first.removeprefix(RESERVED_TAG_PREFIX + "_"),
+                    prefix,
+                    tuple((n, v) for n, v in rest if not _is_reserved(n)),
+                )
+            )
+            continue
+        bad = [n for n, _ in pairs if _is_reserved(n)]
+        if bad:
+            refused = refused or bad[0]
+            continue
+        kept.append(element[tag.start : tag.end])
+    blob = b"".join(kept)
+    if len(blob) == len(element) - body_start:
+        return SortedTags(element, events, eofr, refused)  # all kept: the bytes as sent
+    return SortedTags(ebml.element(mkv.TAGS, blob) if blob else b"", events, eofr, refused)
 
 
 class MkvStreamParser:
@@ -181,6 +266,8 @@ class MkvStreamParser:
         self._clusters = 0
         self._prev_tc_ms: int | None = None
         self._tags = bytearray()  # producer Tags waiting for the next cluster
+        self._kvs_events: list[KvsEvent] = []  # KVS events waiting for the next cluster
+        self._tag_problem: tuple[Problem, str] | None = None  # refuses the next cluster
         self._scale = 1_000_000
         self._events: list[Event] = []
         self._reset_cluster()
@@ -222,6 +309,10 @@ class MkvStreamParser:
                 self._end_cluster()
             if self._seg_end is not None and pos < self._seg_end:
                 raise _Fatal(Problem.INVALID_MKV_DATA, "the MKV stream ends inside its Segment")
+            if self._tag_problem is not None:
+                problem, message = self._tag_problem
+                self._tag_problem = None
+                self._events.append(FragmentRejected(None, problem, message))
         except _Fatal as exc:
             self._die(exc.problem, exc.message)
         self._state = _State.DEAD
@@ -244,6 +335,8 @@ class MkvStreamParser:
         self._cl_rejected = False
         self._cl_rebuild = False
         self._cl_tags = b""
+        self._cl_events: tuple[KvsEvent, ...] = ()
+        self._cl_tag_problem: tuple[Problem, str] | None = None
         self._cl_budget = 0
         self._body = bytearray()
         self._blocks: list[BlockRef] = []
@@ -358,12 +451,9 @@ class MkvStreamParser:
             self._expect(_Op.COLLECT, size, eid)
         elif eid == mkv.TAGS:
             if len(self._tags) + hlen + size > MAX_TAGS_BYTES:
-                self._events.append(
-                    FragmentRejected(
-                        None,
-                        Problem.FRAGMENT_METADATA_LIMIT_REACHED,
-                        f"producer Tags exceed {MAX_TAGS_BYTES} bytes per fragment",
-                    )
+                self._tag_problem = self._tag_problem or (
+                    Problem.FRAGMENT_METADATA_LIMIT_REACHED,
+                    f"producer Tags exceed {MAX_TAGS_BYTES} bytes per fragment",
                 )
                 self._expect(_Op.SKIP, size)
             else:
@@ -386,6 +476,10 @@ class MkvStreamParser:
         self._cl_end = end
         self._cl_tags = bytes(self._tags)
         self._tags = bytearray()
+        self._cl_events = tuple(self._kvs_events)
+        self._kvs_events = []
+        self._cl_tag_problem = self._tag_problem
+        self._tag_problem = None
         overhead = 512 + len(self.header.tracks_element) + len(self._cl_tags)
         self._cl_budget = self.max_fragment_bytes - overhead
 
@@ -431,7 +525,7 @@ class MkvStreamParser:
         return hlen
 
     def _reject(self, problem: Problem, message: str) -> None:
-        self._events.append(FragmentRejected(self._cl_index, problem, message))
+        self._events.append(FragmentRejected(self._cl_index, problem, message, self._cl_tc))
         self._cl_rejected = True
         self._body = bytearray()
         self._blocks = []
@@ -464,6 +558,8 @@ class MkvStreamParser:
                 self._cl_tc = int.from_bytes(data, "big")
                 self._cl_ms = self._to_ms(self._cl_tc)
                 self._events.append(FragmentStarted(self._cl_index, self._cl_tc))
+                if self._cl_tag_problem is not None:
+                    self._reject(*self._cl_tag_problem)
 
     def _ebml_header(self, data: bytes) -> None:
         try:
@@ -518,20 +614,24 @@ class MkvStreamParser:
 
     def _producer_tags(self, data: bytes) -> None:
         try:
-            start = ebml.read_header(data, 0).data_start
-            reserved = _reserved_tag_names(data[start:])
+            sorted_tags = sort_tags(data)
         except ValueError as exc:
             raise _Fatal(Problem.INVALID_MKV_DATA, f"invalid Tags: {exc}") from exc
-        if reserved:
-            self._events.append(
-                FragmentRejected(
-                    None,
-                    Problem.FRAGMENT_METADATA_LIMIT_REACHED,
-                    f"tag name {reserved[0][:60]!r} uses the reserved prefix {RESERVED_TAG_PREFIX}",
-                )
+        if sorted_tags.refused is not None:
+            self._tag_problem = self._tag_problem or (
+                Problem.FRAGMENT_METADATA_LIMIT_REACHED,
+                f"tag name {sorted_tags.refused[:60]!r} uses the reserved prefix "
+                f"{RESERVED_TAG_PREFIX}",
             )
             return
-        self._tags += data
+        if len(self._kvs_events) + len(sorted_tags.events) > MAX_KVS_EVENTS:
+            self._tag_problem = self._tag_problem or (
+                Problem.FRAGMENT_METADATA_LIMIT_REACHED,
+                f"more than {MAX_KVS_EVENTS} KVS events for one fragment",
+            )
+            return
+        self._kvs_events += sorted_tags.events
+        self._tags += sorted_tags.kept
 
     def _block_done(self, eid: int, start: int) -> None:
         """Parse the block element just copied into ``self._body[start:]``."""
@@ -584,6 +684,7 @@ class MkvStreamParser:
                     index,
                     Problem.FRAMES_MISSING_FOR_TRACK,
                     f"the fragment has no frames for track {missing[0]}",
+                    tc,
                 )
             )
             self._reset_cluster()
@@ -599,6 +700,7 @@ class MkvStreamParser:
                     Problem.FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS,
                     f"the fragment timecode {self._cl_ms} ms is lower than the previous "
                     f"fragment's {self._prev_tc_ms} ms",
+                    tc,
                 )
             )
             self._reset_cluster()
@@ -614,6 +716,7 @@ class MkvStreamParser:
                 body=self._body,
                 blocks=tuple(blocks),
                 tags=self._cl_tags,
+                events=self._cl_events,
                 rebuild=rebuild,
                 first_ms=first_ms,
                 last_ms=last_ms,
@@ -642,6 +745,7 @@ __all__ = [
     "FragmentReady",
     "FragmentRejected",
     "FragmentStarted",
+    "KvsEvent",
     "MkvStreamParser",
     "Problem",
     "StreamHeader",

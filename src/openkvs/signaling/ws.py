@@ -44,6 +44,9 @@ _CHANNEL_ARN = re.compile(r"arn:aws:kinesisvideo:[a-z0-9-]+:[0-9]+:channel/[a-zA
 # larger ones make aiohttp close the connection with 1009.
 MAX_FRAME = 256 * 1024
 CLOSE_TIMEOUT = 5.0
+# The KVS WebRTC C SDK asks for the ``wss`` subprotocol (libwebsockets protocol name) and the
+# endpoint echoes it in Sec-WebSocket-Protocol; clients that ask for none get none.
+SUBPROTOCOLS = ("wss",)
 
 
 class PeerState(enum.Enum):
@@ -174,6 +177,7 @@ class SignalingEndpoint:
         services = self.services
         settings = services.settings
         ws = web.WebSocketResponse(
+            protocols=SUBPROTOCOLS,
             autoping=False,
             heartbeat=settings.signaling_ping_interval or None,
             max_msg_size=MAX_FRAME,

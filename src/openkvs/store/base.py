@@ -9,8 +9,9 @@ milliseconds (fragments).
 from __future__ import annotations
 
 import dataclasses
+import errno
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,9 @@ class Stream:
     retention_hours: int
     tags: Mapping[str, str]
     storage_tier: str = "HOT"
+    # UpdateImageGenerationConfiguration / UpdateNotificationConfiguration, as sent (wire shape)
+    image_generation: Mapping[str, Any] | None = None
+    notification: Mapping[str, Any] | None = None
 
     def replace(self, **changes: object) -> Stream:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -114,3 +118,12 @@ class BlobStore(Protocol):
 
 class BlobNotFound(KeyError):
     """A blob key has no data."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A write failed for want of space: a blob's ENOSPC/EDQUOT, the index's "database or disk
+    is full", or either of them reported by a storage worker process."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc).lower()
+    return "disk is full" in text or "no space left" in text

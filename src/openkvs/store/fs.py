@@ -8,6 +8,7 @@ validated so that nothing outside the store's root can be named.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -57,14 +58,20 @@ class FsBlobStore:
         tmp = path.with_name(path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            # A failed write (a full disk) leaves no partial file holding on to space.
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dfd)

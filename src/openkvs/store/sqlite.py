@@ -52,6 +52,12 @@ CREATE TABLE IF NOT EXISTS streams (
     tags TEXT NOT NULL,
     storage_tier TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS stream_configs (
+    stream_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    config TEXT NOT NULL,
+    PRIMARY KEY (stream_id, kind)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS fragments (
     stream_id INTEGER NOT NULL,
     number INTEGER NOT NULL,
@@ -66,6 +72,7 @@ CREATE INDEX IF NOT EXISTS fragments_by_server_ts ON fragments (stream_id, serve
 CREATE INDEX IF NOT EXISTS fragments_by_producer_ts ON fragments (stream_id, producer_ts);
 """
 
+_STREAM_CONFIGS = ("image_generation", "notification")  # Stream fields kept in stream_configs
 _FRAGMENT_COLUMNS = "stream_id, number, producer_ts, server_ts, duration_ms, size, blob_key"
 
 
@@ -139,6 +146,12 @@ class SqliteMetadataStore:
             self._wconn.executescript(SCHEMA)
             channels = [_channel(r) for r in self._wconn.execute("SELECT * FROM channels")]
             streams = [_stream(r) for r in self._wconn.execute("SELECT * FROM streams")]
+            configs: dict[int, dict[str, Any]] = {}
+            for stream_id, kind, config in self._wconn.execute(
+                "SELECT stream_id, kind, config FROM stream_configs"
+            ):
+                configs.setdefault(stream_id, {})[kind] = json.loads(config)
+            streams = [s.replace(**configs[s.id]) if s.id in configs else s for s in streams]
             return channels, streams
 
         channels, streams = await self._write(init)
@@ -308,20 +321,40 @@ class SqliteMetadataStore:
 
     async def save_stream(self, stream: Stream) -> None:
         def run() -> None:
-            self._wc().execute(
-                "UPDATE streams SET device_name=?, media_type=?, version=?, status=?,"
-                " retention_hours=?, tags=?, storage_tier=? WHERE id=?",
-                (
-                    stream.device_name,
-                    stream.media_type,
-                    stream.version,
-                    stream.status,
-                    stream.retention_hours,
-                    json.dumps(dict(stream.tags)),
-                    stream.storage_tier,
-                    stream.id,
-                ),
-            )
+            conn = self._wc()
+            conn.execute("BEGIN")
+            try:
+                conn.execute(
+                    "UPDATE streams SET device_name=?, media_type=?, version=?, status=?,"
+                    " retention_hours=?, tags=?, storage_tier=? WHERE id=?",
+                    (
+                        stream.device_name,
+                        stream.media_type,
+                        stream.version,
+                        stream.status,
+                        stream.retention_hours,
+                        json.dumps(dict(stream.tags)),
+                        stream.storage_tier,
+                        stream.id,
+                    ),
+                )
+                for kind in _STREAM_CONFIGS:
+                    config = getattr(stream, kind)
+                    if config is None:
+                        conn.execute(
+                            "DELETE FROM stream_configs WHERE stream_id=? AND kind=?",
+                            (stream.id, kind),
+                        )
+                    else:
+                        conn.execute(
+                            "INSERT OR REPLACE INTO stream_configs (stream_id, kind, config)"
+                            " VALUES (?, ?, ?)",
+                            (stream.id, kind, json.dumps(config)),
+                        )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
         await self._write(run)
         self._cache_stream(stream)
@@ -338,6 +371,7 @@ class SqliteMetadataStore:
             conn.execute("BEGIN")
             conn.execute("DELETE FROM fragments WHERE stream_id=?", (stream.id,))
             conn.execute("DELETE FROM streams WHERE id=?", (stream.id,))
+            conn.execute("DELETE FROM stream_configs WHERE stream_id=?", (stream.id,))
             conn.execute("COMMIT")
             return keys
 

@@ -23,7 +23,8 @@ from ..config import Settings
 from ..control.fragments import FragmentStore
 from ..errors import ClientLimitExceededException, InvalidArgumentException
 from ..signaling.hub import SignalingHub
-from ..signaling.turn import ice_server_list
+from ..signaling.ice import external_turn
+from ..signaling.turn import TurnAccess
 from ..store.base import Channel, Stream
 from . import net, tap
 from .audio import ChannelAudio
@@ -44,8 +45,12 @@ class StorageSessionManager:
         hub: SignalingHub | SignalingSink,
         *,
         number_base: int = 0,
+        turn: Callable[[], TurnAccess | None] | None = None,
     ) -> None:
         self.settings = settings
+        # The TURN server the storage peer allocates on (asked per session: the embedded one is
+        # known once the server has started); the configured one by default.
+        self.turn = turn or (lambda: external_turn(settings))
         self.fragments = fragments
         self.hub = hub
         # Called with a session's final stats (plus "current": whether it was still the
@@ -57,6 +62,9 @@ class StorageSessionManager:
         self.ended: list[dict[str, Any]] = []  # stats of recently ended sessions
         self._numbers = itertools.count(number_base + 1)
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Masters' joins not turned into sessions yet (channel ARN → the latest join).
+        self._pending: dict[str, tuple[Channel, Stream]] = {}
+        self._creator: asyncio.Task[None] | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._ports: net.PortRange | None = None
 
@@ -77,6 +85,9 @@ class StorageSessionManager:
 
     async def stop(self) -> None:
         self.hub.set_storage_endpoint(None)
+        self._pending.clear()
+        if self._creator is not None:
+            self._creator.cancel()
         sessions: list[Any] = list(self.masters.values())
         for viewers in self.viewers.values():
             sessions += list(viewers.values())
@@ -98,27 +109,54 @@ class StorageSessionManager:
 
     def ice_servers(self) -> list[Any]:
         s = self.settings
+        access = self.turn()
+        if access is None:
+            return net.ice_servers(s, None)
 
         def mint(client_id: str) -> list[dict[str, Any]]:
             # The server's own allocations live as long as a session may: a day.
-            return ice_server_list(
-                uris=s.turn_uris,
-                secret=s.turn_secret,
-                ttl=max(s.turn_ttl, 86_400),
-                client_id=client_id,
-                now=clock.now(),
-            )
+            assert access is not None
+            return access.ice_server_list(client_id, max(s.turn_ttl, 86_400), clock.now())
 
         return net.ice_servers(s, mint)
 
     # -- StorageSessions (the API side) ------------------------------------------------------------
 
     async def join_master(self, channel: Channel, stream: Stream) -> None:
+        """Accept a master's join: the channel's running session is replaced at once (it sends
+        nothing more), and the new session is created on the loop's next turn. Joins that
+        arrive before that turn (a camera retrying, a burst over many channels) coalesce into
+        one session: only the latest is ever created, so a master gets one offer, and a burst
+        costs one peer connection per channel rather than one per call."""
         assert self._pool is not None, "storage sessions not started"
+        arn = channel.arn
+        self._pending[arn] = (channel, stream)
+        previous = self.masters.get(arn)
+        if previous is not None:
+            previous.stop("replaced by a newer JoinStorageSession")
+        if self._creator is None or self._creator.done():
+            self._creator = asyncio.ensure_future(self._create_pending())
+            self._creator.set_name("storage sessions: create")
+
+    async def _create_pending(self) -> None:
+        while self._pending:
+            arn = next(iter(self._pending))
+            channel, stream = self._pending.pop(arn)
+            try:
+                self._create_master(channel, stream)
+            except Exception:  # noqa: BLE001 - one channel's failure must not stop the others
+                logger.exception("[%s] could not create the storage session", channel.name)
+            await asyncio.sleep(0)  # joins that came in meanwhile are seen before the next one
+
+    def _create_master(self, channel: Channel, stream: Stream) -> None:
+        assert self._pool is not None
         arn = channel.arn
 
         async def send(message_type: str, payload: str | None) -> None:
             await self.hub.send(arn, None, message_type, payload)
+
+        def is_current() -> bool:
+            return self.masters.get(arn) is session and arn not in self._pending
 
         session = MasterSession(
             channel=channel,
@@ -130,6 +168,7 @@ class StorageSessionManager:
             ice_servers=self.ice_servers(),
             on_end=self._master_ended,
             number=next(self._numbers),
+            is_current=is_current,
             audio=self.audio.setdefault(arn, ChannelAudio()),
         )
         previous = self.masters.get(arn)
@@ -151,6 +190,9 @@ class StorageSessionManager:
         async def send(message_type: str, payload: str | None) -> None:
             await self.hub.send(arn, client_id, message_type, payload)
 
+        def is_current() -> bool:
+            return self.viewers.get(arn, {}).get(client_id) is session
+
         session = ViewerSession(
             channel=channel,
             client_id=client_id,
@@ -161,6 +203,7 @@ class StorageSessionManager:
             number=next(self._numbers),
             audio=self.audio.setdefault(arn, ChannelAudio()),
             pool=self._pool,
+            is_current=is_current,
         )
         viewers[client_id] = session
         if previous is not None:
@@ -171,6 +214,7 @@ class StorageSessionManager:
         self._spawn(session.start(), f"offer {channel.name}/{client_id}")
 
     async def channel_closed(self, channel: Channel) -> None:
+        self._pending.pop(channel.arn, None)
         master = self.masters.get(channel.arn)
         if master is not None:
             master.stop("channel deleted or media storage disabled")
@@ -242,4 +286,6 @@ class StorageSessionManager:
     async def wait_idle(self) -> None:
         """Wait until background offer tasks finished (tests)."""
         with contextlib.suppress(Exception):
+            while self._creator is not None and not self._creator.done():
+                await self._creator
             await asyncio.gather(*list(self._tasks))

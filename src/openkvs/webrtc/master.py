@@ -41,6 +41,7 @@ class MasterSession(StorageSession):
         ice_servers: list[Any],
         on_end: Callable[[Any, str], Awaitable[None]],
         number: int,
+        is_current: Callable[[], bool] | None = None,
         audio: ChannelAudio | None = None,
     ) -> None:
         super().__init__(
@@ -51,6 +52,7 @@ class MasterSession(StorageSession):
             on_end=on_end,
             number=number,
             label="master",
+            is_current=is_current,
         )
         self.stream = stream
         self.audio_mix = audio or ChannelAudio()
@@ -65,6 +67,7 @@ class MasterSession(StorageSession):
             target_ms=int(settings.storage_fragment_duration * 1000),
             request_keyframe=self.request_keyframe,
             log_prefix=self.prefix,
+            on_disk_full=self._disk_full,
         )
         tap.tap_video(self.video.receiver, self._on_video)
         self.opus_in = OpusIn(pool, self._on_audio_frames, live=lambda: self.audio_mix.viewers > 0)
@@ -87,6 +90,9 @@ class MasterSession(StorageSession):
         await self.opus_in.close()  # what arrived before the end goes into the recording
         self.audio_mix.remove(MASTER)
         await self.recorder.close()
+
+    def _disk_full(self, exc: BaseException) -> None:
+        self.stop(f"the disk is full: {exc}")
 
     def on_connected(self) -> None:
         assert self.connected_at is not None

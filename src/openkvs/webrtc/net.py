@@ -29,12 +29,13 @@ _CANDIDATE = re.compile(r"^(a=)?candidate:(\S+) (\d+) (udp|UDP) (\d+) (\S+) (\d+
 def ice_servers(
     settings: Settings, mint: Callable[[str], list[dict[str, Any]]] | None
 ) -> list[RTCIceServer]:
-    """ICE servers for the storage peer: explicit URLs, plus the configured TURN with minted
-    credentials (the same coturn shared secret GetIceServerConfig uses)."""
+    """ICE servers for the storage peer: explicit URLs, plus the TURN server (the embedded coturn
+    or the configured one) with credentials ``mint`` makes from the shared secret
+    GetIceServerConfig uses."""
     servers: list[RTCIceServer] = []
     for url in settings.webrtc_ice_servers:
         servers.append(RTCIceServer(urls=url))
-    if mint is not None and settings.turn_uris and settings.turn_secret:
+    if mint is not None:
         for entry in mint("openkvs-storage"):
             servers.append(
                 RTCIceServer(

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.sdp import SessionDescription, candidate_from_sdp, candidate_to_sdp
 
 from ..errors import InvalidArgumentException
-from . import net, signaling_io
+from . import net, offer_sdp, signaling_io, tap
 
 logger = logging.getLogger(__name__)
 
@@ -83,27 +83,75 @@ class OfferingPeer:
         self._prefix = prefix
         self.answered = asyncio.Event()
         self._early_candidates: list[tuple[str, str | None, int | None]] = []
+        self._trickling: set[asyncio.Task[None]] = set()
 
     async def offer(self) -> None:
+        """Send the offer at once with the host candidates, then trickle the server-reflexive and
+        relay candidates as the STUN/TURN servers answer (a slow or unreachable server never
+        delays the offer).
+
+        No end-of-candidates message follows the last one: KVS clients take an ICE_CANDIDATE
+        with an empty candidate as an error (the C SDK's STATUS_ICE_CANDIDATE_MISSING_CANDIDATE).
+        """
+        gatherers = _unique(
+            t.receiver.transport.transport.iceGatherer for t in self.pc.getTransceivers()
+        )
+        deferred = []
+        for gatherer in gatherers:
+            tap.nominate_regularly(gatherer)
+            held = tap.defer_server_candidates(gatherer)
+            if held is not None:
+                deferred.append(held)
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)
         local = self.pc.localDescription
         sdp = net.add_advertised_candidates(local.sdp, self._advertised)
+        sdp = offer_sdp.storage_offer(sdp, more_candidates=bool(deferred))
         await self._send("SDP_OFFER", signaling_io.encode({"type": "offer", "sdp": sdp}))
         # Trickle the gathered candidates too: KVS clients expect ICE_CANDIDATE messages.
         parsed = SessionDescription.parse(sdp)
         for index, media in enumerate(parsed.media):
             for cand in media.ice_candidates:
-                await self._send(
-                    "ICE_CANDIDATE",
-                    signaling_io.encode(
-                        {
-                            "candidate": "candidate:" + candidate_to_sdp(cand),
-                            "sdpMid": media.rtp.muxId,
-                            "sdpMLineIndex": index,
-                        }
-                    ),
-                )
+                await self._send_candidate(candidate_to_sdp(cand), media.rtp.muxId, index)
+        for held in deferred:
+            task = asyncio.ensure_future(self._trickle(held, parsed))
+            task.set_name(f"{self._prefix}trickle")
+            self._trickling.add(task)
+            task.add_done_callback(self._trickling.discard)
+
+    async def _send_candidate(self, candidate: str, mid: str | None, index: int) -> None:
+        await self._send(
+            "ICE_CANDIDATE",
+            signaling_io.encode(
+                {"candidate": "candidate:" + candidate, "sdpMid": mid, "sdpMLineIndex": index}
+            ),
+        )
+
+    async def _trickle(self, held: tap.DeferredGathering, offer: SessionDescription) -> None:
+        """Send each server-reflexive or relay candidate for the media sections it serves."""
+        sections = [
+            (index, t.mid)
+            for index, media in enumerate(offer.media)
+            for t in self.pc.getTransceivers()
+            if t.mid == media.rtp.muxId
+            and t.receiver.transport.transport.iceGatherer is held.gatherer
+        ]
+        try:
+            async with contextlib.aclosing(held.candidates()) as candidates:
+                async for cand in candidates:
+                    logger.info(
+                        "%strickling %s candidate %s:%s",
+                        self._prefix,
+                        cand.type,
+                        cand.ip,
+                        cand.port,
+                    )
+                    for index, mid in sections:
+                        await self._send_candidate(candidate_to_sdp(cand), mid, index)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the peer may have closed meanwhile
+            logger.info("%scandidate trickling ended: %s", self._prefix, exc)
 
     def check_answer(self, sdp: str) -> None:
         """Hook for subclasses: raise InvalidArgumentException if the answer is unusable."""
@@ -144,5 +192,15 @@ class OfferingPeer:
             await self.pc.addIceCandidate(ice)
 
     async def close(self) -> None:
+        for task in list(self._trickling):
+            task.cancel()
         with contextlib.suppress(Exception):
             await self.pc.close()
+
+
+def _unique(items: Iterable[Any]) -> list[Any]:
+    out: list[Any] = []
+    for item in items:
+        if not any(item is seen for seen in out):
+            out.append(item)
+    return out

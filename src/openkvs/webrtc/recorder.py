@@ -21,7 +21,7 @@ from .. import clock
 from ..media.aac import AacEncoder, is_dual_mono
 from ..media.fragmenter import FragmentData, Fragmenter
 from ..media.timeline import SessionClock
-from ..store.base import Fragment, Stream
+from ..store.base import Fragment, Stream, is_disk_full
 from .seams import FragmentSink
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class Recorder:
         request_keyframe: Callable[[], bool],
         log_prefix: str = "",
         on_fragment: Callable[[Fragment, FragmentData], None] | None = None,
+        on_disk_full: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.stream = stream
         self.fragments = fragments
@@ -84,6 +85,7 @@ class Recorder:
         self._last_key_request = 0.0
         self._prefix = log_prefix
         self._on_fragment = on_fragment
+        self._on_disk_full = on_disk_full
         self._queue: collections.deque[FragmentData] = collections.deque()
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -234,9 +236,13 @@ class Recorder:
                         server_ts_ms=frag.start_ms,
                         duration_ms=frag.duration_ms,
                     )
-                except Exception:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001
                     self.stats.store_errors += 1
-                    logger.exception("%sfailed to store a fragment", self._prefix)
+                    if is_disk_full(exc) and self._on_disk_full is not None:
+                        logger.error("%sfailed to store a fragment: %s", self._prefix, exc)
+                        self._on_disk_full(exc)
+                    else:
+                        logger.exception("%sfailed to store a fragment", self._prefix)
                     continue
                 self.stats.fragments += 1
                 self.stats.fragment_bytes += len(data)

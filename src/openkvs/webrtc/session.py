@@ -15,10 +15,20 @@ from .. import clock
 from ..config import Settings
 from ..errors import InvalidArgumentException
 from ..store.base import Channel
-from . import net
+from . import net, offer_tags, signaling_io
 from .peer import OfferingPeer, Send
 
 logger = logging.getLogger(__name__)
+
+
+STALE_ANSWER_MESSAGE = (
+    "This SDP answer is for the offer of a storage session that was replaced or has ended; "
+    "answer the latest SDP_OFFER."
+)
+
+
+class SessionGone(Exception):
+    """A send from a session that is no longer its participant's current session."""
 
 
 class State(enum.Enum):
@@ -60,6 +70,7 @@ class StorageSession:
         on_end: Callable[[Any, str], Awaitable[None]],
         number: int,
         label: str,
+        is_current: Callable[[], bool] | None = None,
     ) -> None:
         self.channel = channel
         self.settings = settings
@@ -72,8 +83,14 @@ class StorageSession:
         self._on_end = on_end
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping: asyncio.Task[None] | None = None
+        self._send_raw = send
+        self._is_current = is_current or (lambda: True)
+        self.tag = offer_tags.session_tag(number)
+        self.offer_sent = False
         self.pc = RTCPeerConnection(net.configuration(ice_servers))
-        self.peer = CodecCheckingPeer(self.pc, send, settings.webrtc_advertised_hosts, self.prefix)
+        self.peer = CodecCheckingPeer(
+            self.pc, self._send, settings.webrtc_advertised_hosts, self.prefix
+        )
         self.pc.on("connectionstatechange", self._on_state)
 
     def spawn(self, coro: Awaitable[Any], name: str) -> None:
@@ -82,14 +99,51 @@ class StorageSession:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def live(self) -> bool:
+        """Still its participant's current session, and not ended."""
+        return self.state is not State.ENDED and self._is_current()
+
+    async def _send(self, message_type: str, payload: str | None) -> None:
+        """Everything the peer sends goes through here: nothing leaves a session that was
+        replaced or ended (checked right before the send), and offers and candidates carry the
+        session's tag on their mids (see ``offer_tags``)."""
+        if not self.live():
+            raise SessionGone(message_type)
+        if payload is not None and message_type == "SDP_OFFER":
+            data = signaling_io.decode(payload, "SDP")
+            data["sdp"] = offer_tags.tag_sdp(str(data.get("sdp", "")), self.tag)
+            payload = signaling_io.encode(data)
+        elif payload is not None and message_type == "ICE_CANDIDATE":
+            data = signaling_io.decode(payload, "ICE candidate")
+            if isinstance(data.get("sdpMid"), str):
+                data["sdpMid"] = offer_tags.tag_mid(data["sdpMid"], self.tag)
+            payload = signaling_io.encode(data)
+        await self._send_raw(message_type, payload)
+        if message_type == "SDP_OFFER":
+            self.offer_sent = True
+
     async def start(self) -> None:
         self.spawn(self._watchdog(), "storage watchdog")
+        # The offer is part of the session: stopping the session (replaced by a newer join)
+        # cancels an offer still being prepared, and a finished one is never sent (``_send``).
+        offering = asyncio.current_task()
+        if offering is not None:
+            self._tasks.add(offering)
         try:
             await self.peer.offer()
+        except (SessionGone, asyncio.CancelledError):
+            if self.state is not State.ENDED and self._is_current():
+                raise
+            if not self.offer_sent:
+                logger.info("%sended before its offer went out: no offer sent", self.prefix)
+            return
         except Exception as exc:  # noqa: BLE001
             logger.warning("%scould not send the offer: %s", self.prefix, exc)
             self.stop(f"offer failed: {exc}")
             return
+        finally:
+            if offering is not None:
+                self._tasks.discard(offering)
         if self.state is State.NEW:
             self.state = State.OFFERED
         logger.info("%soffer sent", self.prefix)
@@ -153,16 +207,34 @@ class StorageSession:
             raise InvalidArgumentException("This storage session has ended; join again.")
         if message_type == "SDP_ANSWER":
             try:
-                await self.peer.on_answer(payload)
+                await self.peer.on_answer(self._own_answer(payload))
+            except offer_tags.ForeignTag:
+                # An answer to a replaced session's offer: refused, this session unharmed.
+                raise InvalidArgumentException(STALE_ANSWER_MESSAGE) from None
             except InvalidArgumentException as exc:
                 self.stop(f"unusable answer: {exc.message}")
                 raise
         elif message_type == "ICE_CANDIDATE":
+            data = signaling_io.decode(payload, "ICE candidate")
+            if isinstance(data.get("sdpMid"), str):
+                try:
+                    data["sdpMid"] = offer_tags.untag_mid(data["sdpMid"], self.tag)
+                except offer_tags.ForeignTag:
+                    return  # a candidate for a replaced session's offer: of no use here
+                payload = signaling_io.encode(data)
             await self.peer.on_candidate(payload)
         else:
             raise InvalidArgumentException(
                 f"The storage session does not accept {message_type[:40]} messages."
             )
+
+    def _own_answer(self, payload: str) -> str:
+        """The answer with the session's tag taken off its mids (ForeignTag: another's)."""
+        data = signaling_io.decode(payload, "SDP")
+        if not isinstance(data.get("sdp"), str):
+            return payload
+        data["sdp"] = offer_tags.untag_sdp(data["sdp"], self.tag)
+        return signaling_io.encode(data)
 
     def base_stats(self) -> dict[str, Any]:
         return {

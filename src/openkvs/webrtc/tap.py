@@ -19,16 +19,21 @@ module — reaches into ``RTCRtpReceiver``:
 Audio receivers keep aiortc's jitter buffer; their decoder queue is replaced by the same sink, so
 the encoded Opus packets (with unwrapped RTP timestamps) reach a callback on the event loop and
 are decoded in batches by ``opus_in`` instead of in aiortc's decoder thread.
-``check_internals()`` fails loudly if a new aiortc release moves any of this; a test calls it.
+It also holds the two ICE adjustments KVS cameras need, which reach into aioice's
+``Connection`` (see the ICE section below): host candidates first with server-reflexive and relay
+candidates trickled afterwards, and regular nomination of a single candidate pair.
+``check_internals()`` fails loudly if a new aiortc or aioice release moves any of this; a test
+calls it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import aiortc
@@ -196,6 +201,79 @@ def check_internals() -> None:
         raise RuntimeError("aiortc.rtcrtpreceiver.decoder_worker is gone")
     if "video" not in aiortc.codecs.CODECS:
         raise RuntimeError("aiortc.codecs.CODECS changed shape")
+    _check_ice_internals()
+
+
+SUPPORTED_AIOICE = ("0.13",)
+_CONNECTION_ATTRS = (
+    "_check_list",
+    "_closing",
+    "_components",
+    "_local_candidates",
+    "_nominated",
+    "_protocols",
+    "_remote_candidates",
+    "_transport_policy",
+    "stun_server",
+    "turn_server",
+    "turn_username",
+    "turn_password",
+    "turn_ssl",
+    "turn_transport",
+    "ice_controlling",
+    "remote_is_lite",
+)
+_CONNECTION_METHODS = (
+    "build_request",
+    "check_complete",
+    "check_start",
+    "check_start_task",
+    "check_state",
+    "sort_check_list",
+    "switch_role",
+    "_pair_remote_candidate",
+)
+
+
+def _check_ice_internals() -> None:
+    import aioice
+    import aioice.ice as ice
+    import aiortc.rtcicetransport as it
+
+    if not aioice.__version__.startswith(SUPPORTED_AIOICE):
+        raise RuntimeError(
+            f"openkvs's ICE adjustments support aioice {SUPPORTED_AIOICE}, "
+            f"found {aioice.__version__}"
+        )
+    names = set(ice.Connection.__init__.__code__.co_names)
+    for attr in _CONNECTION_ATTRS:
+        if attr not in names:
+            raise RuntimeError(f"aioice Connection no longer sets {attr}")
+    for method in _CONNECTION_METHODS:
+        if not callable(getattr(ice.Connection, method, None)):
+            raise RuntimeError(f"aioice Connection has no {method}()")
+    # The checks must go through the instance's check_start/check_complete, which are replaced.
+    if "check_start" not in ice.Connection.check_start_task.__code__.co_names:
+        raise RuntimeError("aioice Connection.check_start_task no longer calls check_start")
+    if "check_complete" not in ice.Connection.check_incoming.__code__.co_names:
+        raise RuntimeError("aioice Connection.check_incoming no longer calls check_complete")
+    for fn in ("server_reflexive_candidate", "relayed_candidate", "StunProtocol"):
+        if not callable(getattr(ice, fn, None)):
+            raise RuntimeError(f"aioice.ice.{fn} is gone")
+    if {s.name for s in ice.CandidatePair.State} != {
+        "FROZEN",
+        "WAITING",
+        "IN_PROGRESS",
+        "SUCCEEDED",
+        "FAILED",
+    }:
+        raise RuntimeError("aioice CandidatePair.State changed")
+    if not hasattr(ice, "TransportPolicy") or not callable(
+        getattr(it, "candidate_from_aioice", None)
+    ):
+        raise RuntimeError("aioice/aiortc candidate helpers moved")
+    if "_connection" not in it.RTCIceGatherer.__init__.__code__.co_names:
+        raise RuntimeError("aiortc RTCIceGatherer no longer keeps its aioice _connection")
 
 
 def video_assembler(receiver: RTCRtpReceiver) -> FrameAssembler | None:
@@ -302,3 +380,293 @@ def register_h264_profiles() -> None:
         )
         used.update((pt, pt + 1))
     _registered = True
+
+
+# -- ICE (aioice) ----------------------------------------------------------------------------------
+#
+# aiortc gives no control over candidate gathering or nomination, so the two ICE behaviours KVS
+# cameras need reach into aioice's ``Connection`` (behind ``RTCIceGatherer._connection``), here:
+#
+# Host candidates first. ``setLocalDescription`` gathers every candidate before the offer exists,
+# and a slow or unreachable STUN/TURN server then holds the offer back for up to 5 s, close to the
+# KVS C SDK's retry of JoinStorageSession. :func:`defer_server_candidates` makes that gathering
+# host-only; :meth:`DeferredGathering.candidates` then queries the STUN/TURN servers, adds each
+# server-reflexive or relay candidate to the connection (a relay's socket paired with the remote
+# candidates already known, so it is checked like the others) and yields it to be trickled.
+#
+# One nominated pair (regular nomination, RFC 8445 section 8.1.1). aioice nominates aggressively as
+# the controlling agent: every check carries USE-CANDIDATE and every pair whose check succeeds
+# replaces the selected one, so the LAST to succeed wins — triggered checks answering the remote's
+# checks of its relay candidates included, long after ICE completed. The KVS C SDK (controlled)
+# selects the highest-priority nominated pair that succeeded on its side, frees its other TURN
+# allocations and expects media and consent on that pair only; after aggressive nomination the two
+# ends may pick different pairs (e.g. the SDK a host pair and openkvs the SDK's relay candidate),
+# and the SDK declares the connection dead 30 s later. :class:`_RegularNomination` sends checks
+# without USE-CANDIDATE, waits until no better pair is still being checked (at most
+# ``NOMINATION_WAIT`` after the first success), and nominates exactly the best succeeded pair; that
+# pair then carries RTP, RTCP and consent checks for the whole session. Once a component has its
+# nominated pair it never changes: neither a later check nor a USE-CANDIDATE from the remote (which
+# a controlled peer must not send, and aioice ignores while controlling) replaces it.
+
+NOMINATION_WAIT = 0.6  # seconds after the first succeeded check before nominating the best pair
+SERVER_CANDIDATE_TIMEOUT = 5.0  # like aioice's own gathering timeout
+
+
+def _ice_connection(gatherer: Any) -> Any:
+    return gatherer._connection
+
+
+class DeferredGathering:
+    """A gatherer's STUN/TURN queries, held back from ``gather()`` to run after the offer."""
+
+    def __init__(self, gatherer: Any, stun_server: Any, turn_server: Any) -> None:
+        self.gatherer = gatherer
+        self._stun_server = stun_server
+        self._turn_server = turn_server
+
+    async def candidates(
+        self, limit: float = SERVER_CANDIDATE_TIMEOUT
+    ) -> AsyncGenerator[Any, None]:
+        """Gather the server-reflexive and relay candidates; yield each (as an aiortc
+        ``RTCIceCandidate``) once it is part of the connection. Failures and timeouts just
+        yield nothing; servers are given ``limit`` seconds in all."""
+        from aioice import ice
+        from aiortc.rtcicetransport import candidate_from_aioice
+
+        conn = _ice_connection(self.gatherer)
+        conn.stun_server, conn.turn_server = self._stun_server, self._turn_server
+        tasks: list[asyncio.Task[Any]] = []
+        for component in sorted(conn._components):
+            hosts = [
+                p
+                for p in conn._protocols
+                if p.local_candidate.type == "host" and p.local_candidate.component == component
+            ]
+            if self._stun_server is not None:
+                for protocol in hosts:
+                    if ":" not in protocol.local_candidate.host:  # IPv4 only, like aioice
+                        tasks.append(
+                            asyncio.ensure_future(
+                                ice.server_reflexive_candidate(protocol, self._stun_server)
+                            )
+                        )
+            if self._turn_server is not None:
+                tasks.append(
+                    asyncio.ensure_future(
+                        ice.relayed_candidate(
+                            component=component,
+                            hide_related_address=(
+                                conn._transport_policy == ice.TransportPolicy.RELAY
+                            ),
+                            protocol_factory=lambda: ice.StunProtocol(conn),
+                            turn_server=self._turn_server,
+                            turn_username=conn.turn_username,
+                            turn_password=conn.turn_password,
+                            turn_ssl=conn.turn_ssl,
+                            turn_transport=conn.turn_transport,
+                        )
+                    )
+                )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        pending: set[asyncio.Task[Any]] = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(
+                    pending,
+                    timeout=max(0.0, deadline - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:
+                    break
+                for task in done:
+                    if task.cancelled() or task.exception() is not None:
+                        continue
+                    candidate, relay = task.result()
+                    if conn._closing:
+                        if relay is not None:
+                            await relay.close()
+                        continue
+                    conn._local_candidates.append(candidate)
+                    if relay is not None:
+                        conn._protocols.append(relay)
+                        for remote in conn._remote_candidates:
+                            conn._pair_remote_candidate(remote)
+                        conn.sort_check_list()
+                    yield candidate_from_aioice(candidate)
+        finally:
+            for task in pending:
+                task.cancel()
+            # A relay allocated after the connection closed is released, not leaked.
+            for task in pending:
+                with contextlib.suppress(BaseException):
+                    result = await task
+                    if result[1] is not None:
+                        await result[1].close()
+
+
+def defer_server_candidates(gatherer: Any) -> DeferredGathering | None:
+    """Make the gatherer's ``gather()`` collect host candidates only (fast: no network round
+    trip); returns what was held back, or None if there is nothing to hold back (no STUN/TURN
+    server, or gathering already started)."""
+    conn = _ice_connection(gatherer)
+    if gatherer.state != "new" or (conn.stun_server is None and conn.turn_server is None):
+        return None
+    deferred = DeferredGathering(gatherer, conn.stun_server, conn.turn_server)
+    conn.stun_server = conn.turn_server = None
+    return deferred
+
+
+class _RegularNomination:
+    """Regular nomination for one aioice ``Connection`` (see the section comment above)."""
+
+    def __init__(self, conn: Any, wait: float) -> None:
+        from aioice import stun
+        from aioice.ice import CandidatePair
+
+        self._conn = conn
+        self._wait = wait
+        self._states = CandidatePair.State
+        self._transaction_error = stun.TransactionError
+        self._check_start = conn.check_start
+        self._check_complete = conn.check_complete
+        self._valid: list[Any] = []  # succeeded checks waiting for the decision
+        self._decision: asyncio.Future[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.chosen: Any = None
+        conn.check_start = self.check_start
+        conn.check_complete = self.check_complete
+
+    # The checks ------------------------------------------------------------------------------
+
+    async def check_start(self, pair: Any) -> None:
+        conn = self._conn
+        if not conn.ice_controlling or conn.remote_is_lite:
+            await self._check_start(pair)  # controlled (or lite peer): aioice's own behaviour
+            return
+        conn.check_state(pair, self._states.IN_PROGRESS)
+        ok = await self._request(pair, nominate=False)
+        if ok is None:  # role conflict: the role switched, check again in the new role
+            await conn.check_start(pair)
+            return
+        if not ok:
+            self._fail(pair)
+            return
+        if self.chosen is not None or self._decision_made():
+            self._succeed(pair)  # the choice is made; a later success changes nothing
+            return
+        self._valid.append(pair)
+        decision = self._pending_decision()
+        self._maybe_decide()
+        await decision
+        if self.chosen is not pair:
+            self._succeed(pair)
+            return
+        await self._nominate(pair)
+
+    async def _nominate(self, pair: Any) -> None:
+        ok = await self._request(pair, nominate=True)
+        if ok:
+            pair.nominated = True
+            self._succeed(pair)
+            return
+        # The chosen pair stopped answering: choose the next best one before this failure can
+        # end the check list.
+        self._valid = [p for p in self._valid if p is not pair]
+        if self._valid:
+            nxt = self._best()
+            self.chosen = nxt
+            self._conn.check_state(nxt, self._states.IN_PROGRESS)
+            nxt.task = asyncio.ensure_future(self._nominate(nxt))
+        else:
+            self.chosen = None
+            self._decision = None
+        self._fail(pair)
+
+    async def _request(self, pair: Any, *, nominate: bool) -> bool | None:
+        """One binding request on the pair: True on success, False on failure, None after a
+        role conflict (the role has been switched)."""
+        conn = self._conn
+        request = conn.build_request(pair, nominate=nominate)
+        try:
+            _response, addr = await pair.protocol.request(
+                request, pair.remote_addr, integrity_key=conn.remote_password.encode("utf8")
+            )
+        except self._transaction_error as exc:
+            if exc.response is not None and exc.response.error_code == 487 and not nominate:
+                conn.switch_role(ice_controlling="ICE-CONTROLLED" in request.attributes)
+                return None
+            return False
+        return bool(addr == pair.remote_addr)
+
+    def _succeed(self, pair: Any) -> None:
+        self._conn.check_state(pair, self._states.SUCCEEDED)
+        self._conn.check_complete(pair)
+
+    def _fail(self, pair: Any) -> None:
+        self._conn.check_state(pair, self._states.FAILED)
+        self._conn.check_complete(pair)
+        self._maybe_decide()
+
+    # The decision ----------------------------------------------------------------------------
+
+    def _decision_made(self) -> bool:
+        return self._decision is not None and self._decision.done()
+
+    def _pending_decision(self) -> asyncio.Future[Any]:
+        if self._decision is None:
+            self._decision = asyncio.get_running_loop().create_future()
+        return self._decision
+
+    def _best(self) -> Any:
+        order = {id(p): i for i, p in enumerate(self._conn._check_list)}
+        return min(self._valid, key=lambda p: order.get(id(p), len(order)))
+
+    def _maybe_decide(self) -> None:
+        if not self._valid or self._decision is None or self._decision.done():
+            return
+        best = self._best()
+        pending = (self._states.FROZEN, self._states.WAITING, self._states.IN_PROGRESS)
+        for pair in self._conn._check_list:
+            if pair is best:
+                break
+            if pair.component == best.component and pair.state in pending:
+                if pair in self._valid:
+                    continue
+                # A better pair is still being checked: give it a moment.
+                if self._timer is None:
+                    self._timer = asyncio.get_running_loop().call_later(self._wait, self._decide)
+                return
+        self._decide()
+
+    def _decide(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._valid or self._decision is None or self._decision.done():
+            return
+        self.chosen = self._best()
+        self._decision.set_result(self.chosen)
+
+    # Keeping the choice ----------------------------------------------------------------------
+
+    def check_complete(self, pair: Any) -> None:
+        current = self._conn._nominated.get(pair.component)
+        if pair.nominated and current is not None and current is not pair:
+            pair.nominated = False  # the component's pair is chosen for good
+        self._check_complete(pair)
+
+
+def nominate_regularly(gatherer: Any, wait: float = NOMINATION_WAIT) -> _RegularNomination:
+    """Give the gatherer's ICE connection regular nomination (idempotent)."""
+    conn = _ice_connection(gatherer)
+    nomination = getattr(conn, "_openkvs_nomination", None)
+    if not isinstance(nomination, _RegularNomination):
+        nomination = conn._openkvs_nomination = _RegularNomination(conn, wait)
+    return nomination
+
+
+def selected_pair(gatherer: Any) -> tuple[tuple[str, int], tuple[str, int]] | None:
+    """(local address, remote address) of the pair carrying the media, if one is selected."""
+    pair = _ice_connection(gatherer)._nominated.get(1)
+    return None if pair is None else (pair.local_addr, pair.remote_addr)

@@ -37,6 +37,7 @@ class ViewerSession(StorageSession):
         number: int,
         audio: ChannelAudio,
         pool: Executor,
+        is_current: Callable[[], bool] | None = None,
     ) -> None:
         super().__init__(
             channel=channel,
@@ -46,6 +47,7 @@ class ViewerSession(StorageSession):
             on_end=on_end,
             number=number,
             label=f"viewer {client_id}",
+            is_current=is_current,
         )
         self.client_id = client_id
         self.audio_mix = audio

@@ -37,6 +37,8 @@ from typing import Any
 from .. import errors, heap
 from ..config import Settings
 from ..control.fragments import FragmentStore, blob_key
+from ..signaling.ice import external_turn
+from ..signaling.turn import TurnAccess
 from ..store.base import Channel, Fragment, Stream
 
 logger = logging.getLogger(__name__)
@@ -175,8 +177,16 @@ class _Worker:
 class WorkerPool:
     """StorageSessions + StorageEndpoint that forwards to worker processes."""
 
-    def __init__(self, settings: Settings, fragments: FragmentStore, hub: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        fragments: FragmentStore,
+        hub: Any,
+        *,
+        turn: Callable[[], TurnAccess | None] | None = None,
+    ) -> None:
         self.settings = settings
+        self.turn = turn or (lambda: external_turn(settings))
         self.fragments = fragments
         self.hub = hub
         self.workers: list[_Worker | None] = [None] * settings.webrtc_workers
@@ -196,7 +206,7 @@ class WorkerPool:
         parent, child = socket.socketpair()
         process = self._ctx.Process(
             target=worker_main,
-            args=(self.settings, child, index),
+            args=(self.settings, child, index, self.turn()),
             name=f"openkvs-storage-{index}",
             daemon=True,
         )
@@ -408,7 +418,9 @@ class _RemoteFragments:
         return fragment
 
 
-def worker_main(settings: Settings, sock: socket.socket, index: int) -> None:
+def worker_main(
+    settings: Settings, sock: socket.socket, index: int, turn: TurnAccess | None = None
+) -> None:
     """Entry point of a storage worker process."""
     logging.basicConfig(
         level=getattr(logging, settings.log_level.upper(), logging.INFO),
@@ -423,10 +435,12 @@ def worker_main(settings: Settings, sock: socket.socket, index: int) -> None:
     except ImportError:
         pass
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_worker(settings, sock, index))
+        asyncio.run(_worker(settings, sock, index, turn))
 
 
-async def _worker(settings: Settings, sock: socket.socket, index: int) -> None:
+async def _worker(
+    settings: Settings, sock: socket.socket, index: int, turn: TurnAccess | None
+) -> None:
     from ..store.fs import FsBlobStore
     from .manager import StorageSessionManager
 
@@ -468,6 +482,7 @@ async def _worker(settings: Settings, sock: socket.socket, index: int) -> None:
         _RemoteFragments(link, blobs),
         _RemoteHub(link),
         number_base=(index + 1) * 1_000_000_000,
+        turn=lambda: turn,
     )
     manager.on_session_end = lambda stats: link.notify("ended", stats=stats)
     await manager.start()
