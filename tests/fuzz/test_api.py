@@ -378,8 +378,10 @@ def test_api_fuzz(fuzz_server: ServerThread) -> None:
         fuzz_server.http_port, [b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"]
     )
     assert health.status == 200
+    # (The fuzz stream may have been deleted or changed by the cases: a new one.)
     kv = fuzz_server.client("kinesisvideo")
-    assert kv.describe_stream(StreamName=STREAM)["StreamInfo"]["StreamName"] == STREAM
+    kv.create_stream(StreamName="after-fuzz", DataRetentionInHours=1)
+    assert kv.describe_stream(StreamName="after-fuzz")["StreamInfo"]["StreamName"] == "after-fuzz"
     signed = rawhttp.post(fuzz_server.http_port, "/listStreams", b"{}", fuzz_server.keys)
     assert signed.status == 200
 
@@ -394,10 +396,14 @@ def test_known_vectors(fuzz_server: ServerThread) -> None:
     big = b'{"StreamName": "' + b"a" * (MAX_BODY + 10) + b'"}'
     r = rawhttp.post(port, "/describeStream", big, keys, framing="chunked", splits=[50_000])
     assert (r.status, r.headers["x-amzn-errortype"]) == (413, "RequestEntityTooLargeException")
-    # PutMedia, its body in pieces: one fragment acknowledged as persisted.
+    # PutMedia, its body in pieces: one fragment acknowledged as persisted. (A stream of its
+    # own: the fuzz cases may have deleted the fuzz stream or set its retention to 0.)
+    fuzz_server.client("kinesisvideo").create_stream(
+        StreamName="known-vectors", DataRetentionInHours=1
+    )
     headers = {
         "X-Amz-Content-SHA256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
-        "x-amzn-stream-name": STREAM,
+        "x-amzn-stream-name": "known-vectors",
         "x-amzn-fragment-timecode-type": "ABSOLUTE",
         "Content-Type": "application/octet-stream",
     }
