@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from .. import clock, ids
+from .. import clock, ids, safejson
 from ..errors import (
     AccountChannelLimitExceededException,
     AccountStreamLimitExceededException,
@@ -44,7 +44,7 @@ def encode_token(after: str) -> str:
 
 def decode_token(token: str) -> str:
     try:
-        data = json.loads(base64.b64decode(token.encode(), validate=True))
+        data = safejson.loads(base64.b64decode(token.encode(), validate=True))
         after = data["after"]
         if not isinstance(after, str):
             raise TypeError
