@@ -132,7 +132,17 @@ class Recorder:
         if self._closed:
             return
         self.stats.last_media_at = clock.monotonic()
+        drift = self.clock.drift
+        steps = drift.steps
         self.clock.audio_arrival(rtp_ts, float(clock.now_ms()))
+        if drift.steps != steps and (drift.steps <= 3 or drift.steps % 100 == 0):  # not each
+            logger.info(
+                "%sthe sender's audio clock parts from its video: audio moved by %+.0f ms in all "
+                "(%d steps)",
+                self._prefix,
+                drift.correction,
+                drift.steps,
+            )
 
     def on_audio(self, frames: list[av.AudioFrame]) -> None:
         """Decoded audio (whose packets went through :meth:`audio_arrived`), as ``OpusIn``
