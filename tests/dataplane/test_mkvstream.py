@@ -114,6 +114,16 @@ def test_a_body_resuming_inside_a_stream_is_a_retriable_read_error() -> None:
     assert evs[-1].problem is Problem.INVALID_MKV_DATA
 
 
+def test_a_body_of_only_the_end_of_fragment_tags_is_no_error() -> None:
+    # At stop, after refused fragments, the Producer SDK sends one more PutMedia whose whole
+    # body is its END_OF_FRAGMENT Tags element (no EBML header): nothing to store, no ERROR.
+    from .mediafiles import END_OF_FRAGMENT
+
+    assert run(END_OF_FRAGMENT, [len(END_OF_FRAGMENT)]) == []
+    data = producer_mkv()
+    assert run(END_OF_FRAGMENT + data, [7]) == run(data, [7])
+
+
 def test_a_dead_parser_ignores_input() -> None:
     parser = MkvStreamParser(max_fragment_bytes=MB)
     assert isinstance(parser.feed(b"\x00\x01")[0], StreamRejected)

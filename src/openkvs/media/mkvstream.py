@@ -434,6 +434,11 @@ class MkvStreamParser:
         if eid == mkv.VOID and size != ebml.UNKNOWN_SIZE:
             self._expect(_Op.SKIP, size)
             return hlen
+        if eid == mkv.TAGS and not self._segments and 0 <= size <= MAX_EBML_HEADER_BYTES:
+            # The KVS Producer SDK ends a stream on a connection of its own when it has nothing
+            # left to send: the whole body is its END_OF_FRAGMENT Tags. Nothing to store.
+            self._expect(_Op.SKIP, size)
+            return hlen
         if not self._ebml_seen and pos == 0 and eid in _RESUMED_STREAM_ELEMENTS:
             # The KVS Producer SDK can resume on a new connection from inside the fragment that
             # a broken connection was sending. STREAM_READ_ERROR is retriable for it: it rolls
