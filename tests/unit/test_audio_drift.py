@@ -18,6 +18,7 @@ def _run(
     wall_clock_reports: bool = True,
     seed: int = 7,
     step_ms: float | None = None,
+    audio_stall: tuple[float, float, float] | None = None,
 ) -> tuple[SessionClock, list[tuple[float, float]]]:
     """A sender like the KVS WebRTC C SDK's sample: video at real time (25 fps), Opus packets of
     20 ms sent every ``20 / audio_speed`` ms, RTP timestamps from the media, sender reports from
@@ -39,6 +40,8 @@ def _run(
     placed: list[tuple[float, float]] = []
     for send, kind, ts in events:
         arrival = T0 + send + 30 + rnd.uniform(0, jitter_ms)
+        if kind == "audio" and audio_stall and audio_stall[0] <= send < audio_stall[1]:
+            arrival += audio_stall[2]  # the sender's audio thread (or this loop) stalled
         ntp = T0 - 5_000 + send  # the sender's NTP clock: another epoch
         if kind == "video":
             clock.video_ms(ts, arrival)
@@ -97,3 +100,15 @@ def test_steps_apply_from_the_next_packet_on() -> None:
     assert clock.drift.steps >= 1
     assert clock.drift.at(0) == 0.0  # audio from before the first step keeps its place
     assert clock.drift.at(10**12) == clock.drift.correction
+
+
+def test_a_stall_of_a_second_is_no_drift() -> None:
+    clock, placed = _run(60, audio_speed=1.0, wall_clock_reports=False, audio_stall=(20_000, 21_300, 150))
+    assert clock.drift.steps == 0
+
+
+def test_a_lasting_shift_of_audio_alone_is_stepped() -> None:
+    # The same lateness for three seconds and on: the sender's audio really moved.
+    clock, placed = _run(60, audio_speed=1.0, wall_clock_reports=False, audio_stall=(20_000, 60_000, 150))
+    assert clock.drift.steps == 1
+    assert 80 < clock.drift.correction <= 170

@@ -73,8 +73,9 @@ class AudioDrift:
     Each arrival gives a lag: arrival time minus the media time the clock gives the packet. The
     minimum over a window of ``DRIFT_WINDOW_MS`` is the lag without network jitter. The audio
     lag less the video lag stays constant for a sender whose clocks agree (whatever the network
-    does to both); when it moves by more than ``DRIFT_STEP_MS`` from its first value, audio from
-    the next packet on is moved by that much. Moving it later leaves a gap in the recorded audio,
+    does to both); when it stays more than ``DRIFT_STEP_MS`` from its first value for two windows
+    in a row (one late second is a stall of the sender or of this loop), audio from the next
+    packet on is moved by that much. Moving it later leaves a gap in the recorded audio,
     moving it earlier drops the overlap: a sender with a bad clock loses a little audio, never
     all of it.
     """
@@ -93,6 +94,7 @@ class AudioDrift:
         self._audio_min = math.inf
         self._video_min = math.inf
         self._last_ts: int | None = None
+        self._pending: float | None = None  # a deviation seen in the last window only
 
     def video_lag(self, lag_ms: float) -> None:
         self._video_min = min(self._video_min, lag_ms)
@@ -114,11 +116,17 @@ class AudioDrift:
             self.base = relative
             return
         deviation = relative - self.base
-        if abs(deviation) > self.step_ms:
-            self.correction += deviation
-            self.steps += 1
-            self._from_ts.append(self._last_ts + 1)
-            self._values.append(self.correction)
+        pending, self._pending = self._pending, None
+        if abs(deviation) <= self.step_ms:
+            return
+        if pending is None or (pending > 0) != (deviation > 0):
+            self._pending = deviation  # one late or early second is a stall, not drift
+            return
+        step = min(pending, deviation, key=abs)
+        self.correction += step
+        self.steps += 1
+        self._from_ts.append(self._last_ts + 1)
+        self._values.append(self.correction)
 
     def at(self, ts: int) -> float:
         """The correction (ms) for the audio packet with timestamp ``ts``."""
