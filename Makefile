@@ -31,9 +31,20 @@ $(STAMP_TEST): pyproject.toml | $(BIN)/python
 
 venv: $(STAMP_RUN)
 
-run: $(STAMP_RUN)
+run: $(STAMP_RUN) console
 	@.ci/system-packages run
 	$(BIN)/openkvs serve $(ARGS)
+
+# The web console (/console/): the lockfile's npm packages (npm ci) and our sources, bundled by
+# esbuild into src/openkvs/web/console/dist (git-ignored). Without npm the server still runs and
+# /console/ says how to build it.
+.PHONY: console
+console:
+	@if command -v npm >/dev/null 2>&1; then \
+		if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then \
+			npm ci --no-audit --no-fund --loglevel=error; fi && \
+		node src/openkvs/web/console/build.mjs || echo "the web console (/console/) was not built"; \
+	else echo "npm is not installed: the web console (/console/) is not built (apt-get install npm)"; fi
 
 # FFmpeg, coturn, Chromium, Node.js/npm (Debian packages); only looks when all are there.
 system-packages:
