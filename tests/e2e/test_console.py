@@ -148,6 +148,8 @@ def test_console_in_chromium(make_server: Any, console_dir: Path, tmp_path: Path
     # Created, listed and linked, as the public API sees it too.
     assert "front-door" in steps["channels"] and {"front-door-rec", "yard"} <= set(steps["streams"])
     assert steps["linked"] == "front-door-rec"
+    # The media storage form shows the chosen channel's current stream.
+    assert steps["storageBefore"] == "" and steps["storageAfter"] == "front-door-rec"
     # Keyboard: the first Tab stops are the skip link and the navigation.
     assert steps["tabStops"] == ["Skip to content", "Channels and streams", "Recordings"]
     kv = server.client("kinesisvideo")
@@ -162,7 +164,7 @@ def test_console_in_chromium(make_server: Any, console_dir: Path, tmp_path: Path
     # Recordings: 12 fragments on the timeline, hls.js plays and scrubs, the clip is an MP4.
     assert steps["fragments"] == 12 and steps["timelineSpans"] == 12
     assert steps["video"]["width"] > 0 and steps["video"]["height"] > 0
-    assert steps["scrubbedTo"] >= 10
+    assert steps["scrubbedTo"] >= 10 and steps["scrubbedHome"] < 3 and steps["position"]
     probe = ffprobe_json(steps["clip"], "-show_streams", "-show_format")
     assert any(s["codec_type"] == "video" for s in probe["streams"])
     assert float(probe["format"]["duration"]) > 10

@@ -89,6 +89,7 @@ async function main() {
         await page.getByRole('table', { name: 'Streams' }).getByRole('rowheader', { name: cfg.stream }).waitFor();
         const storageForm = page.getByRole('form', { name: 'Media storage' });
         await storageForm.getByLabel('Channel').selectOption({ label: cfg.channel });
+        result.steps.storageBefore = await storageForm.getByLabel('Stream').inputValue();
         await storageForm.getByLabel('Stream').selectOption({ label: cfg.stream });
         await storageForm.getByRole('button', { name: 'Save media storage' }).click();
         const linked = page.locator(`tr[data-channel="${cfg.channel}"] td.storage`);
@@ -98,6 +99,7 @@ async function main() {
             { timeout: 15000 },
         );
         result.steps.linked = await linked.textContent();
+        result.steps.storageAfter = await page.getByRole('form', { name: 'Media storage' }).getByLabel('Stream').evaluate((e) => e.selectedOptions[0].textContent);
         result.steps.channels = await page.getByRole('table', { name: 'Signaling channels' }).locator('tbody th').allTextContents();
         result.steps.streams = await page.getByRole('table', { name: 'Streams' }).locator('tbody th').allTextContents();
         await shoot(page, 'home');
@@ -128,12 +130,15 @@ async function main() {
             return { currentTime: v.currentTime, width: v.videoWidth, height: v.videoHeight };
         });
         // Scrub: seek into the middle of the recording and play from there.
-        await page.evaluate(() => {
-            const v = document.querySelector('video');
-            v.currentTime = Math.min(v.duration - 3, 10);
-        });
+        await page.getByLabel('Position (seconds)').fill('10');
         await page.waitForFunction(() => document.querySelector('video').currentTime >= 10 && !document.querySelector('video').seeking, null, { timeout: 20000 });
         result.steps.scrubbedTo = await page.evaluate(() => document.querySelector('video').currentTime);
+        // ... and with the keyboard: Home goes back to the start of the range.
+        await page.getByLabel('Position (seconds)').focus();
+        await page.keyboard.press('Home');
+        await page.waitForFunction(() => document.querySelector('video').currentTime < 3 && !document.querySelector('video').seeking, null, { timeout: 20000 });
+        result.steps.scrubbedHome = await page.evaluate(() => document.querySelector('video').currentTime);
+        result.steps.position = (await page.locator('.scrub output').textContent()).trim();
         await shoot(page, 'recordings');
         const [download] = await Promise.all([
             page.waitForEvent('download', { timeout: 30000 }),

@@ -99,7 +99,7 @@ export async function homePage(ctx) {
             h('th', { scope: 'row' }, s.StreamName),
             h('td', { 'data-label': 'Status' }, s.Status || ''),
             h('td', { 'data-label': 'Retention' }, s.DataRetentionInHours ? `${s.DataRetentionInHours} h` : 'none'),
-            h('td', { 'data-label': 'Media type' }, s.MediaType || ''),
+            h('td', { 'data-label': 'Media type' }, s.MediaType || '—'),
             h(
                 'td',
                 {},
@@ -146,6 +146,13 @@ export async function homePage(ctx) {
         h('option', { value: '' }, '(none: disable media storage)'),
         streams.map((s) => h('option', { value: s.StreamARN }, s.StreamName)),
     );
+    // The stream list shows the chosen channel's current stream.
+    const showCurrent = () => {
+        const ms = storage.get(linkChannel.value);
+        linkStream.value = ms && ms.Status === 'ENABLED' && streams.some((s) => s.StreamARN === ms.StreamARN) ? ms.StreamARN : '';
+    };
+    linkChannel.addEventListener('change', showCurrent);
+    showCurrent();
     const linkError = errorSlot();
     const linkButton = h('button', { type: 'submit' }, 'Save media storage');
     const link = h(

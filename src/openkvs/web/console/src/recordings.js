@@ -54,6 +54,8 @@ export async function recordingsPage(ctx, streamName) {
     const facts = h('dl', { class: 'facts' });
     const timeline = h('div', { class: 'timeline', role: 'img', 'aria-label': 'Recorded fragments' });
     const video = h('video', { controls: true, muted: true, playsinline: true, 'aria-label': `Recording of ${streamName}` });
+    const scrub = h('input', { type: 'range', name: 'position', min: '0', max: '0', step: '0.1', value: '0', disabled: true });
+    const position = h('output', {}, '');
     const play = h('button', { type: 'button' }, 'Play');
     const download = h('button', { type: 'button' }, 'Download clip');
     const playError = errorSlot();
@@ -80,6 +82,7 @@ export async function recordingsPage(ctx, streamName) {
             { 'aria-labelledby': 'h-player' },
             h('h2', { id: 'h-player' }, 'Playback'),
             video,
+            h('div', { class: 'scrub' }, field('Position (seconds)', scrub), position),
             h('div', { class: 'inline-form' }, play, download),
             playError,
         ),
@@ -118,7 +121,23 @@ export async function recordingsPage(ctx, streamName) {
             h('dd', {}, gaps.length ? gaps.map(([a, b]) => `${fmt(new Date(a))} (${((b - a) / 1000).toFixed(1)} s)`).join(', ') : 'none'),
         );
         play.disabled = download.disabled = !range;
+        scrub.max = range ? String((range.end - range.start) / 1000) : '0';
+        scrub.disabled = true; // until the player has the range
     }
+
+    const showPosition = () => {
+        if (!range) return;
+        position.textContent = fmt(new Date(range.start.getTime() + Number(scrub.value) * 1000));
+    };
+    video.addEventListener('timeupdate', () => {
+        if (document.activeElement !== scrub) scrub.value = String(video.currentTime);
+        showPosition();
+    });
+    // Scrub: the slider (mouse, touch or arrow keys) seeks the player within the range.
+    scrub.addEventListener('input', () => {
+        video.currentTime = Number(scrub.value);
+        showPosition();
+    });
 
     refresh.addEventListener('click', () => busy(refresh, error, load));
     windowSelect.addEventListener('change', () => busy(refresh, error, load));
@@ -134,6 +153,7 @@ export async function recordingsPage(ctx, streamName) {
             });
             hls.loadSource(url);
             hls.attachMedia(video);
+            scrub.disabled = false;
             await video.play().catch(() => {});
         }),
     );
