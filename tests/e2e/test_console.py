@@ -164,6 +164,9 @@ def test_console_in_chromium(make_server: Any, console_dir: Path, tmp_path: Path
     # Recordings: 12 fragments on the timeline, hls.js plays and scrubs, the clip is an MP4.
     assert steps["fragments"] == 12 and steps["timelineSpans"] == 12
     assert steps["video"]["width"] > 0 and steps["video"]["height"] > 0
+    # GetImages thumbnails (160 px wide) every 1.5 s of the 12 s, and one plays from its time.
+    assert steps["thumbnails"] == 8 and set(steps["thumbnailWidths"]) == {160}
+    assert 7 <= steps["thumbnailSeek"] < 11, steps["thumbnailSeek"]
     assert steps["scrubbedTo"] >= 10 and steps["scrubbedHome"] < 3 and steps["position"]
     probe = ffprobe_json(steps["clip"], "-show_streams", "-show_format")
     assert any(s["codec_type"] == "video" for s in probe["streams"])

@@ -120,7 +120,11 @@ async function main() {
         await count.waitFor({ timeout: 15000 });
         result.steps.fragments = Number(await count.getAttribute('data-fragments'));
         result.steps.timelineSpans = await page.locator('.timeline .span').count();
-        await page.getByRole('button', { name: 'Play' }).click();
+        const thumbs = page.getByRole('list', { name: 'Thumbnails' }).getByRole('button');
+        await thumbs.first().waitFor({ timeout: 30000 });
+        result.steps.thumbnails = await thumbs.count();
+        result.steps.thumbnailWidths = await page.locator('.thumbs img').evaluateAll((imgs) => imgs.map((i) => i.naturalWidth));
+        await page.getByRole('button', { name: 'Play', exact: true }).click();
         await page.waitForFunction(() => {
             const v = document.querySelector('video');
             return v && v.currentTime > 2;
@@ -139,6 +143,10 @@ async function main() {
         await page.waitForFunction(() => document.querySelector('video').currentTime < 3 && !document.querySelector('video').seeking, null, { timeout: 20000 });
         result.steps.scrubbedHome = await page.evaluate(() => document.querySelector('video').currentTime);
         result.steps.position = (await page.locator('.scrub output').textContent()).trim();
+        // A thumbnail plays from its own time (the sixth: 7.5 s into the range).
+        await thumbs.nth(5).click();
+        await page.waitForFunction(() => document.querySelector('video').currentTime >= 7 && !document.querySelector('video').seeking, null, { timeout: 20000 });
+        result.steps.thumbnailSeek = await page.evaluate(() => document.querySelector('video').currentTime);
         await shoot(page, 'recordings');
         const [download] = await Promise.all([
             page.waitForEvent('download', { timeout: 30000 }),

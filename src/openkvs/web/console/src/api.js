@@ -14,6 +14,7 @@ import {
 } from '@aws-sdk/client-kinesis-video';
 import {
     GetClipCommand,
+    GetImagesCommand,
     GetHLSStreamingSessionURLCommand,
     KinesisVideoArchivedMediaClient,
     ListFragmentsCommand,
@@ -166,5 +167,25 @@ export class Api {
             }),
         );
         return r.Payload.transformToByteArray();
+    }
+
+    // Up to `count` JPEG thumbnails spread over [start, end] (GetImages takes at most 300 s).
+    async thumbnails(streamName, start, end, count) {
+        const from = new Date(Math.max(start.getTime(), end.getTime() - 300000));
+        const interval = Math.max(200, Math.ceil((end - from) / count));
+        const client = await this.archived(streamName, 'GET_IMAGES');
+        const r = await client.send(
+            new GetImagesCommand({
+                StreamName: streamName,
+                ImageSelectorType: 'PRODUCER_TIMESTAMP',
+                StartTimestamp: from,
+                EndTimestamp: end,
+                SamplingInterval: interval,
+                Format: 'JPEG',
+                WidthPixels: 160,
+                MaxResults: count,
+            }),
+        );
+        return (r.Images || []).filter((i) => i.ImageContent);
     }
 }

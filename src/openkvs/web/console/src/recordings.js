@@ -52,6 +52,7 @@ export async function recordingsPage(ctx, streamName) {
     const refresh = h('button', { type: 'button' }, 'Refresh');
     const error = errorSlot();
     const facts = h('dl', { class: 'facts' });
+    const thumbs = h('ul', { class: 'thumbs', 'aria-label': 'Thumbnails' });
     const timeline = h('div', { class: 'timeline', role: 'img', 'aria-label': 'Recorded fragments' });
     const video = h('video', { controls: true, muted: true, playsinline: true, 'aria-label': `Recording of ${streamName}` });
     const scrub = h('input', { type: 'range', name: 'position', min: '0', max: '0', step: '0.1', value: '0', disabled: true });
@@ -76,6 +77,7 @@ export async function recordingsPage(ctx, streamName) {
             error,
             timeline,
             facts,
+            thumbs,
         ),
         h(
             'section',
@@ -121,8 +123,38 @@ export async function recordingsPage(ctx, streamName) {
             h('dd', {}, gaps.length ? gaps.map(([a, b]) => `${fmt(new Date(a))} (${((b - a) / 1000).toFixed(1)} s)`).join(', ') : 'none'),
         );
         play.disabled = download.disabled = !range;
+        thumbs.replaceChildren();
+        if (range) showThumbnails(range).catch((err) => thumbs.replaceChildren(h('li', { class: 'error' }, `Thumbnails: ${err.name}: ${err.message}`)));
         scrub.max = range ? String((range.end - range.start) / 1000) : '0';
         scrub.disabled = true; // until the player has the range
+    }
+
+    // GetImages: a strip of thumbnails; choosing one plays from its time.
+    async function showThumbnails(r) {
+        const images = await api.thumbnails(streamName, r.start, r.end, 8);
+        thumbs.replaceChildren(
+            ...images.map((image) => {
+                const at = image.TimeStamp;
+                const button = h(
+                    'button',
+                    { type: 'button', class: 'thumb', 'aria-label': `Play from ${fmt(at)}` },
+                    h('img', { src: `data:image/jpeg;base64,${image.ImageContent}`, alt: '', width: '160' }),
+                    h('span', {}, at.toLocaleTimeString(undefined, { hour12: false })),
+                );
+                button.addEventListener('click', () =>
+                    busy(button, playError, async () => {
+                        if (!hls) await startPlayer();
+                        await seekTo((at - range.start) / 1000);
+                    }),
+                );
+                return h('li', {}, button);
+            }),
+        );
+    }
+
+    async function seekTo(seconds) {
+        if (video.readyState < 1) await new Promise((resolve) => video.addEventListener('loadedmetadata', resolve, { once: true }));
+        video.currentTime = Math.max(0, seconds);
     }
 
     const showPosition = () => {
@@ -141,22 +173,21 @@ export async function recordingsPage(ctx, streamName) {
 
     refresh.addEventListener('click', () => busy(refresh, error, load));
     windowSelect.addEventListener('change', () => busy(refresh, error, load));
-    play.addEventListener('click', () =>
-        busy(play, playError, async () => {
-            if (!range) return;
-            const url = await api.hlsUrl(streamName, range.start, range.end);
-            stopPlayer();
-            if (!Hls.isSupported()) throw new Error('This browser cannot play HLS (no Media Source Extensions).');
-            hls = new Hls();
-            hls.on(Hls.Events.ERROR, (_event, data) => {
-                if (data.fatal) showError(playError, new Error(`Playback failed: ${data.type} ${data.details}`));
-            });
-            hls.loadSource(url);
-            hls.attachMedia(video);
-            scrub.disabled = false;
-            await video.play().catch(() => {});
-        }),
-    );
+    async function startPlayer() {
+        if (!range) return;
+        const url = await api.hlsUrl(streamName, range.start, range.end);
+        stopPlayer();
+        if (!Hls.isSupported()) throw new Error('This browser cannot play HLS (no Media Source Extensions).');
+        hls = new Hls();
+        hls.on(Hls.Events.ERROR, (_event, data) => {
+            if (data.fatal) showError(playError, new Error(`Playback failed: ${data.type} ${data.details}`));
+        });
+        hls.loadSource(url);
+        hls.attachMedia(video);
+        scrub.disabled = false;
+        await video.play().catch(() => {});
+    }
+    play.addEventListener('click', () => busy(play, playError, startPlayer));
     download.addEventListener('click', () =>
         busy(download, playError, async () => {
             if (!range) return;
