@@ -37,6 +37,7 @@ FRAME = 1024
 # Samples below 4 LSB of 16-bit audio (-78 dBFS) are digital silence: the dither or rounding
 # noise of a muted or idle source.
 SILENCE_THRESHOLD = 4 / 32768
+OPTIONS = {"aac_coder": "fast"}  # FFmpeg's AAC encoder options (see bench/steps.md)
 DRAIN = 3  # silent frames still encoded when sound stops
 WARMUP = 2  # silent frames a fresh encoder takes before the sound (its priming state)
 
@@ -61,14 +62,14 @@ def is_dual_mono(frames: list[av.AudioFrame]) -> bool:
     return True
 
 
-def _open(channels: int, bitrate: int) -> Any:
+def _open(channels: int, bitrate: int, options: dict[str, str] | None = None) -> Any:
     ctx: Any = av.CodecContext.create("aac", "w")
     ctx.sample_rate = SAMPLE_RATE
     ctx.layout = "mono" if channels == 1 else "stereo"
     ctx.format = "fltp"
     ctx.bit_rate = bitrate
     ctx.time_base = fractions.Fraction(1, SAMPLE_RATE)
-    ctx.options = {"aac_coder": "fast"}
+    ctx.options = {**OPTIONS, **(options or {})}
     ctx.open()
     return ctx
 
@@ -95,13 +96,18 @@ class AacEncoder:
     Digital silence is not encoded (see the module's notes)."""
 
     def __init__(
-        self, channels: int = 2, bitrate: int | None = None, max_gap: int = SAMPLE_RATE
+        self,
+        channels: int = 2,
+        bitrate: int | None = None,
+        max_gap: int = SAMPLE_RATE,
+        options: dict[str, str] | None = None,
     ) -> None:
         if channels not in (1, 2):
             raise ValueError("AAC encoder supports 1 or 2 channels")
         self.channels = channels
         self._bitrate = bitrate or (64000 if channels == 1 else 96000)
-        self._ctx: Any = _open(channels, self._bitrate)  # None while silent
+        self._options = options
+        self._ctx: Any = _open(channels, self._bitrate, options)  # None while silent
         self._asc = bytes(self._ctx.extradata or b"")
         self._silent = silent_frame(channels, self._bitrate)
         self._fed = 0  # frames the current encoder has taken
@@ -234,7 +240,7 @@ class AacEncoder:
             self._fill(pts)
             return
         if self._ctx is None:
-            self._ctx = _open(self.channels, self._bitrate)
+            self._ctx = _open(self.channels, self._bitrate, self._options)
             self._fed = 0
         if not self._fed:
             if self._next_out is None:
