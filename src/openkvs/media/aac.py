@@ -3,13 +3,13 @@
 Input frames carry their RTP timestamp (48 kHz) as pts. Gaps (loss, DTX) up to ``max_gap`` are
 filled with silence so AAC frame times stay exact; larger gaps restart the timeline.
 
-Camera audio is mostly silence, and encoding silence costs as much as encoding sound. A frame's
-worth of digitally silent samples (:func:`is_silent`) is not encoded: the stream gets the
-encoder's own silent frame instead, encoded once. FFmpeg's encoder puts out the frame at time
-``t`` (its MDCT window spans ``[t, t + 2048)``) once it has the samples up to ``t + 3072`` (one
-frame of look-ahead for its window-shape decision), and its first frame (the priming frame)
-starts one frame before its first sample. The output is one frame per input frame, 1024
-samples earlier, encoded or not, with no holes nor overlaps:
+Camera audio is mostly silence, which the encoder analyses like sound (at about half the cost
+of a tone, see bench/steps.md). A frame's worth of digitally silent samples (:func:`is_silent`)
+is not encoded: the stream gets the encoder's own silent frame instead, encoded once. FFmpeg's
+encoder puts out the frame at time ``t`` (its MDCT window spans ``[t, t + 2048)``) once it has
+the samples up to ``t + 3072`` (one frame of look-ahead for its window-shape decision), and its
+first frame (the priming frame) starts one frame before its first sample. The output is one
+frame per input frame, 1024 samples earlier, encoded or not, with no holes nor overlaps:
 
 - sound → silence: ``DRAIN`` silent frames still go through the encoder, which by then has put
   out every frame whose window holds sound, and the first wholly silent one with the window
@@ -17,8 +17,8 @@ samples earlier, encoded or not, with no holes nor overlaps:
   it is then dropped unflushed (the frames it holds back are silent, and go out as such);
 - silence → sound: a fresh encoder takes ``WARMUP`` silent frames just before the first frame
   of sound (with fewer, its rate control and transient detection start cold and the onset
-  decodes a few dB worse than with one encoder throughout; with two it is bit-exact); its
-  frames for slots already put out as silence are dropped (they are silent: the decoder's
+  decodes a few dB worse than with one encoder throughout; with two it is bit-exact in mono);
+  its frames for slots already put out as silence are dropped (they are silent: the decoder's
   overlap is the same), the next one, whose window holds the onset, takes the next slot.
 """
 
