@@ -228,9 +228,9 @@ def baseline(*, window: float, warmup: float = 3.0) -> dict[str, Any]:
     }
 
 
-def floor(seconds: float) -> dict[str, Any]:
+def floor(seconds: float, module: str = "bench.floor") -> dict[str, Any]:
     out = subprocess.run(
-        [PY, "-m", "bench.floor", "--seconds", str(seconds)],
+        [PY, "-m", module, "--seconds", str(seconds)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -255,6 +255,8 @@ def run(quick: bool) -> dict[str, Any]:
     base = baseline(window=window, warmup=warmup)
     log(f"ingest: baseline {base['cpu_per_stream_second']} CPU-s/stream-s; floor next")
     fl = floor(4.0 if quick else 20.0)
+    log("ingest: audio codec options next")
+    audio = floor(2.0 if quick else 10.0, "bench.audio")
     cost = okvs["cpu_per_stream_second"]
     floor_total = fl["video_and_audio"]["cpu_per_stream_second"]
     floor_video = fl["video_only"]["cpu_per_stream_second"]
@@ -262,6 +264,7 @@ def run(quick: bool) -> dict[str, Any]:
         "openkvs": okvs,
         "baseline": base,
         "floor": fl,
+        "audio": audio,
         "ratio_to_baseline": round(cost / base["cpu_per_stream_second"], 4),
         "ratio_to_floor": round(cost / floor_total, 2),
         "ratio_to_video_only_floor": round(cost / floor_video, 1),

@@ -248,6 +248,55 @@ def _ingest(d: dict[str, Any]) -> list[str]:
         "not.",
         "",
     ]
+    if d.get("audio"):
+        L += _audio(d["audio"])
+    return L
+
+
+def _audio(a: dict[str, Any]) -> list[str]:
+    """The audio transcode's options (``bench/audio.py``)."""
+    L = [
+        f"**Audio transcode options** ({a['seconds']:g} s of each signal, mono 64 kb/s, "
+        "openkvs's `AacEncoder`; CPU best of 5; quality of FFmpeg's decode against the source: "
+        "SNR and log-spectral distance, LSD, lower is better):",
+        "",
+    ]
+    rows = []
+    opts = a["encoder_options"]
+    for variant in opts["tone"]:
+        t, s = opts["tone"][variant], opts["speech"][variant]
+        rows.append(
+            [
+                variant,
+                _f(1000 * t["cpu_per_audio_second"], 1, " ms"),
+                f"{t['snr_db']} / {t['lsd_db']}",
+                _f(1000 * s["cpu_per_audio_second"], 1, " ms"),
+                f"{s['snr_db']} / {s['lsd_db']}",
+                s["kbps"],
+            ]
+        )
+    L += _table(
+        [
+            "AAC encoder",
+            "tone: CPU per audio s",
+            "tone: SNR / LSD (dB)",
+            "speech: CPU per audio s",
+            "speech: SNR / LSD (dB)",
+            "speech kb/s",
+        ],
+        rows,
+    )
+    sil, om = a["silence"], a["opus_mono_decode"]
+    L += [
+        f"Digital silence: {_f(1000 * sil['silent_frames_cpu_per_audio_second'], 2, ' ms')} "
+        "per audio second as pre-encoded silent frames (the recorder), "
+        f"{_f(1000 * sil['encoded_cpu_per_audio_second'], 2, ' ms')} encoded. A mono-coded "
+        f"Opus stream decoded to stereo (and checked for dual mono): "
+        f"{_f(1000 * om['stereo_cpu_per_audio_second'], 2, ' ms')} per audio second; to mono: "
+        f"{_f(1000 * om['mono_cpu_per_audio_second'], 2, ' ms')} (largest sample difference "
+        f"{om['max_sample_difference']}).",
+        "",
+    ]
     return L
 
 

@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import requests
 from bench.media import camera_media
 
 from bench import __main__ as bench_main
-from bench import api, capacity, common, floor, profile, report
+from bench import api, audio, capacity, common, floor, profile, report
 
 from ..support import ServerThread
 
@@ -25,6 +26,27 @@ def test_floor_stores_every_frame_of_the_camera() -> None:
         assert r["fragments"] >= 2 and r["stored_bytes"] > 0.9 * sum(len(f.data) for f in video)
         assert r["cpu_s"] > 0
     assert out["video_and_audio"]["packets"] > out["video_only"]["packets"]
+
+
+def test_audio_options_measure_cost_and_quality() -> None:
+    out = audio.measure(1.0)
+    opts = out["encoder_options"]
+    assert set(opts) == {"tone", "speech"} and set(opts["tone"]) == set(audio.VARIANTS)
+    for signal in opts.values():
+        for row in signal.values():
+            assert row["cpu_per_audio_second"] > 0 and 40 < row["kbps"] < 160, row
+    # The quality measure tells a good encode from a damaged one.
+    assert opts["tone"]["fast"]["snr_db"] > 40 and opts["tone"]["fast"]["lsd_db"] < 1
+    src = audio.speech(1.0)
+    padded = np.concatenate([np.zeros(1024, dtype=np.float32), src])
+    assert audio.quality(src, padded)["lsd_db"] == 0
+    noisy = padded + np.random.default_rng(1).normal(0, 0.01, len(padded)).astype(np.float32)
+    assert audio.quality(src, noisy)["lsd_db"] > 1 and audio.quality(src, noisy)["snr_db"] < 30
+    assert out["opus_mono_decode"]["max_sample_difference"] == 0
+    sil = out["silence"]
+    assert sil["silent_frames_cpu_per_audio_second"] < sil["encoded_cpu_per_audio_second"]
+    md = "\n".join(report._audio(out))
+    assert "twoloop" in md and "Digital silence" in md
 
 
 def test_signed_requests_for_wrk_are_accepted_and_tampering_is_not(server: ServerThread) -> None:

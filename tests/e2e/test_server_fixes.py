@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import av
 import numpy as np
 
-from openkvs.media import mkv
+from openkvs.media import aac, mkv
 from openkvs.webrtc.recorder import Recorder
 
 from ..mediagen import h264_clip
+from ..playback.support import ffmpeg_decode_errors, tool
 from ..support import ServerThread
 
 AUDIO_TB = fractions.Fraction(1, 48000)
@@ -39,11 +42,13 @@ def record(
     *,
     sender_report_at: int | None = None,
     audio_stall: tuple[int, int] | None = None,
+    audio: Callable[[int], av.AudioFrame] = tone_frame,
 ) -> tuple[Recorder, list[tuple[int, int, list[int]]]]:
     """Feed a Recorder 3 s of H.264 (keyframe every 0.5 s) and 20 ms audio frames, in media
     order. ``sender_report_at``: at that audio frame, sender reports place audio 85 ms earlier
     than its arrival (what Chrome's reports do). ``audio_stall=(first, last)``: those audio
     frames are held back and delivered in one burst after ``last`` (a busy event loop).
+    ``audio``: the decoded frame at a pts (a 440 Hz tone by default).
     Returns the recorder and each stored fragment's (start, end, audio block times)."""
     kv = server.client("kinesisvideo")
     kv.create_stream(StreamName=stream_name, DataRetentionInHours=1)
@@ -70,7 +75,7 @@ def record(
             while next_video is not None and next_video.pts_ms <= now_ms:
                 recorder.on_video(next_video.data, int(round(next_video.pts_ms * 90)))
                 next_video = next(frames, None)
-            frame = tone_frame(i * 960)
+            frame = audio(i * 960)
             if audio_stall is not None and audio_stall[0] <= i <= audio_stall[1]:
                 held.append(frame)
             else:
@@ -134,3 +139,63 @@ def test_fragments_keep_their_audio_when_it_arrives_late(
         assert all(20 <= s <= 22 for s in steps), steps
     # At most the AAC encoder's priming frame, which starts before the first keyframe.
     assert recorder.stats.dropped_audio <= 1, recorder.stats
+
+
+def test_silence_is_stored_without_encoding_and_the_tone_in_place(
+    make_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """Silence, 0.8 s of tone, silence: the silent AAC frames are not encoded, the stored audio
+    is one continuous timeline that FFmpeg decodes without an error (GetClip's MP4), silent
+    where the source was and with the tone where it was."""
+
+    def audio(pts: int) -> av.AudioFrame:
+        frame = tone_frame(pts)
+        if not 48000 <= pts < 86400:  # the tone from 1.0 s to 1.8 s
+            for plane in frame.planes:
+                plane.update(bytes(plane.buffer_size))
+        return frame
+
+    server = make_server()
+    recorder, fragments = record(server, "silent-gaps", audio=audio)
+    times = [t for _, _, blocks in fragments for t in blocks]
+    steps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert times and all(20 <= s <= 22 for s in steps), steps  # no hole, no overlap
+    stats = recorder.stats
+    # 0.8 s of tone is ~38 frames; the encoder also takes a few around each edge.
+    assert stats.aac_silent_frames >= 90, stats
+    assert stats.aac_encoded_frames <= 38 + 2 * (aac.DRAIN + aac.WARMUP + 2), stats
+
+    client = server.client("kinesis-video-archived-media")
+    start, end = fragments[0][0], fragments[-1][1]
+    clip = client.get_clip(
+        StreamName="silent-gaps",
+        ClipFragmentSelector={
+            "FragmentSelectorType": "PRODUCER_TIMESTAMP",
+            "TimestampRange": {"StartTimestamp": start / 1000, "EndTimestamp": end / 1000},
+        },
+    )["Payload"].read()
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(clip)
+    assert ffmpeg_decode_errors(path) == ""
+    pcm = np.frombuffer(
+        subprocess.run(
+            [tool("ffmpeg"), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a"]
+            + ["-ac", "1", "-f", "f32le", "-"],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        ).stdout,
+        dtype=np.float32,
+    )
+    # The tone is 0.8 s long, 1.0 s into the clip (which starts with the first video frame;
+    # the audio and video clocks are both anchored at their first arrival, a few ms apart).
+    loud = np.flatnonzero(np.abs(pcm) > 0.05)
+    onset_ms, end_ms = loud[0] / 48, loud[-1] / 48
+    assert 970 <= onset_ms <= 1050 and 780 <= end_ms - onset_ms <= 820, (onset_ms, end_ms)
+    middle = pcm[loud[0] + 9600 :][:9600]
+    spectrum = np.abs(np.fft.rfft(middle * np.hanning(len(middle))))
+    assert abs(np.argmax(spectrum) * 48000 / len(middle) - 440) <= 5
+    # Silence decodes to digital silence away from the edges.
+    assert np.max(np.abs(pcm[: max(0, loud[0] - 2400)])) < 1e-3
+    assert np.max(np.abs(pcm[loud[-1] + 2400 :])) < 1e-3
+    assert len(pcm) >= loud[-1] + 48 * 500

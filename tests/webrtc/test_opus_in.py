@@ -6,6 +6,8 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import av
+import numpy as np
+import pytest
 
 from openkvs.webrtc import opus_in
 from openkvs.webrtc.opus_in import OpusIn
@@ -71,10 +73,55 @@ async def test_garbage_packets_are_counted_not_fatal() -> None:
         for i, data in enumerate([PACKETS[0].data, b"\xff" * 3, b"", PACKETS[1].data, b"\x00"]):
             decoder.add(data, i * 960)
         await decoder.close()
-        # The good packets decode, also after the corrupt and the empty ones.
-        assert [t for t in pts_of(got) if t in (0, 3 * 960)] == [0, 3 * 960]
-        assert 960 not in pts_of(got) and 2 * 960 not in pts_of(got)
-        assert decoder.packets == 5 and decoder.empty == 1 and decoder.dropped == 0
+        # The good packets decode, also after the corrupt and the empty ones; the last (a TOC
+        # byte alone: DTX) is 10 ms of silence.
+        assert pts_of(got) == [0, 3 * 960, 4 * 960]
+        assert [f.samples for b in got for f in b][-1] == 480
+        assert decoder.packets == 5 and decoder.empty == 2 and decoder.dropped == 0
         assert decoder.decode_errors >= 1
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("data", "samples"),
+    [
+        (b"", None),  # nothing: skipped, not a frame
+        (b"\x00", 480),  # SILK NB 10 ms, code 0, no frame data
+        (b"\x08", 960),  # SILK NB 20 ms
+        (b"\x18", 2880),  # SILK NB 60 ms
+        (b"\x78", 960),  # hybrid FB 20 ms
+        (b"\xf8", 960),  # CELT FB 20 ms
+        (b"\xf8\x00", 960),  # one frame of one byte: libopus conceals it like a lost one
+        (b"\xf9", 1920),  # code 1: two frames of no data
+        (b"\x80", 120),  # CELT NB 2.5 ms
+        (b"\xf9\x00", None),  # code 1 with data
+        (b"\xfa\x00", None),  # code 2
+        (b"\xfb\x02", None),  # code 3
+        (b"\xf8\xff\xfe", None),  # three bytes: audio
+    ],
+)
+def test_dtx_packets_are_silence_of_their_duration(data: bytes, samples: int | None) -> None:
+    assert opus_in.silence_samples(data) == samples
+
+
+async def test_dtx_is_silence_in_order_and_not_decoded() -> None:
+    """A browser's DTX (a TOC byte every 400 ms while silent) between real packets: digital
+    silence of the packet's duration at its time, in order; the real packets still decode."""
+    pool = ThreadPoolExecutor(1)
+    got: list[list[av.AudioFrame]] = []
+    decoder = OpusIn(pool, got.append)
+    dtx = bytes([PACKETS[0].data[0] & 0xFC])  # the same configuration, no frame data
+    try:
+        stream = [(PACKETS[0].data, 0), (dtx, 960), (dtx, 960 * 21), (PACKETS[1].data, 960 * 41)]
+        for data, ts in stream:
+            decoder.add(data, ts)
+        await decoder.close()
+        frames = [f for b in got for f in b]
+        assert [int(f.pts) for f in frames] == [ts for _, ts in stream]
+        assert not np.any(frames[1].to_ndarray()) and not np.any(frames[2].to_ndarray())
+        assert frames[1].samples == 960 and frames[1].format.name == "s16"
+        assert np.any(frames[3].to_ndarray())
+        assert decoder.empty == 2 and decoder.decode_errors == 0
     finally:
         pool.shutdown()

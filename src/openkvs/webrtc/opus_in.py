@@ -8,6 +8,11 @@ Here the frame tap delivers the encoded packets on the event loop, and they are 
 session's worker pool ``BATCH`` at a time (one hop per 100 ms), or one at a time while someone
 listens live (always, for a viewer's audio). A partial batch waits at most ``BATCH_WAIT``
 seconds, so silence suppression (fewer packets) does not hold audio back.
+
+Packets that carry no audio are not decoded. Opus DTX packets (a TOC byte and no frame data,
+which libopus would only turn into loss concealment or comfort noise) become digital silence of
+their duration, in order with the decoded frames; empty payloads are skipped, and the AAC
+encoder fills the gap with silence. Digital silence is not AAC-encoded at all (``media.aac``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 
 import av
+import numpy as np
 
 from .audio import RATE, TIME_BASE
 
@@ -29,6 +35,38 @@ BATCH_WAIT = 0.1  # seconds a partial batch may wait
 MAX_PENDING = 250  # packets held while the pool is behind (5 s); older ones are dropped
 
 FramesCallback = Callable[[list[av.AudioFrame]], None]
+
+# Samples (at 48 kHz) of one frame for each TOC configuration (RFC 6716 §3.1): SILK 10/20/40/60
+# ms, hybrid 10/20 ms, CELT 2.5/5/10/20 ms.
+_FRAME_SAMPLES = (480, 960, 1920, 2880) * 3 + (480, 960) * 2 + (120, 240, 480, 960) * 4
+
+
+def silence_samples(data: bytes) -> int | None:
+    """The duration (48 kHz samples) of an Opus DTX packet, or None for a packet with audio to
+    decode (or nothing at all: empty). DTX is a packet of at most two bytes whose frames have
+    no data (code 0: one frame of at most one byte; code 1: two frames of none), which libopus
+    decodes as a lost packet."""
+    if not data or len(data) > 2:
+        return None
+    code = data[0] & 0x03
+    if code == 0:
+        frames = 1  # one frame of len(data) - 1 bytes: none or one, which libopus ignores
+    elif code == 1 and len(data) == 1:
+        frames = 2
+    else:
+        return None
+    return frames * _FRAME_SAMPLES[data[0] >> 3]
+
+
+def silent_frame(samples: int, pts: int) -> av.AudioFrame:
+    """Digital silence in the decoder's output format (interleaved int16 stereo)."""
+    frame = av.AudioFrame.from_ndarray(
+        np.zeros((1, samples * 2), dtype=np.int16), format="s16", layout="stereo"
+    )
+    frame.sample_rate = RATE
+    frame.pts = pts
+    frame.time_base = TIME_BASE
+    return frame
 
 
 class OpusIn:
@@ -49,7 +87,7 @@ class OpusIn:
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.packets = 0
-        self.empty = 0  # packets with nothing to decode (not lost audio)
+        self.empty = 0  # packets with nothing to decode, empty or DTX: silence (not lost audio)
         self.dropped = 0  # packets lost here: the pool fell behind, or a decoding job failed
         self.decode_errors = 0
 
@@ -60,7 +98,7 @@ class OpusIn:
         self.packets += 1
         if not data:
             # Nothing to decode; and FFmpeg would take an empty packet as the end of the stream
-            # and decode nothing more.
+            # and decode nothing more. The gap is silence to the AAC encoder.
             self.empty += 1
             return
         if len(self._batch) >= MAX_PENDING:
@@ -108,6 +146,11 @@ class OpusIn:
         """In the pool; one job at a time, so the decoder's state is never shared."""
         out: list[av.AudioFrame] = []
         for data, timestamp in batch:
+            silence = silence_samples(data)
+            if silence is not None:
+                self.empty += 1
+                out.append(silent_frame(silence, timestamp))
+                continue
             packet = av.Packet(data)
             packet.pts = timestamp
             packet.time_base = TIME_BASE

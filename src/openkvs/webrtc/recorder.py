@@ -1,4 +1,5 @@
-"""Records one master peer's media into a stream: H.264 as received, Opus → AAC, fragments.
+"""Records one master peer's media into a stream: H.264 as received, Opus → AAC (digital
+silence is not encoded: see ``media.aac``), fragments.
 
 Called on the event loop with encoded video access units (from the tap), audio packet arrivals
 (from the tap) and the decoded audio frames (from ``OpusIn``); AAC encoding, MKV serialisation
@@ -46,6 +47,8 @@ class RecorderStats:
     keyframes: int = 0
     audio_frames: int = 0
     aac_frames: int = 0
+    aac_encoded_frames: int = 0  # run through the encoder (the rest were silence)
+    aac_silent_frames: int = 0  # digital silence: the pre-encoded silent frame, no encoding
     fragments: int = 0
     fragment_bytes: int = 0
     dropped_video: int = 0
@@ -185,6 +188,8 @@ class Recorder:
                 return encoder.encode(batch) + (encoder.flush() if final else [])
 
             packets = await loop.run_in_executor(self._pool, encode)
+            self.stats.aac_encoded_frames = encoder.encoded_frames
+            self.stats.aac_silent_frames = encoder.silent_frames
         except Exception:  # noqa: BLE001 - audio trouble must not stop video recording
             logger.exception("%sAAC encoding failed", self._prefix)
             self.stats.dropped_audio += len(batch)
