@@ -15,7 +15,7 @@ from ..errors import (
     ResourceNotFoundException,
 )
 from ..ops.events import STORAGE_SESSION_STARTED
-from ..store.base import Channel, Stream
+from ..records import Channel, Stream
 from .context import Handlers, RequestContext
 
 handlers = Handlers("kinesis-video-webrtc-storage")

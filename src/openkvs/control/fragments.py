@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 
 from .. import clock, ids
 from ..errors import ResourceNotFoundException
-from ..store.base import BlobStore, Fragment, MetadataStore, Stream
+from ..records import Fragment, Stream
+from ..store.base import BlobStore, MetadataStore
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@ from ..errors import (
     TagsPerResourceExceededLimitException,
     VersionMismatchException,
 )
-from ..store.base import BlobStore, Channel, MetadataStore, Stream
+from ..records import Channel, Stream
+from ..store.base import BlobStore, MetadataStore
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from aiohttp import web
 from .. import clock
 from ..control.fragments import FragmentStore
 from ..errors import InvalidArgumentException
-from ..store.base import BlobNotFound, Fragment, Stream
+from ..records import Fragment, Stream
+from ..store.base import BlobNotFound
 from . import chunks
 from .plane import DataPlane
 

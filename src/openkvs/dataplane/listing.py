@@ -18,7 +18,7 @@ from typing import Any
 
 from ..control.fragments import FragmentStore
 from ..errors import InvalidArgumentException
-from ..store.base import Fragment, Stream
+from ..records import Fragment, Stream
 
 DEFAULT_MAX_RESULTS = 1000
 _TYPES = ("SERVER_TIMESTAMP", "PRODUCER_TIMESTAMP")

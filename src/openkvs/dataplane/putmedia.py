@@ -34,7 +34,8 @@ from .. import clock
 from ..errors import InvalidArgumentException, ResourceNotFoundException
 from ..media import mkvstream
 from ..media.mkv import to_ms
-from ..store.base import Fragment, Stream, is_disk_full
+from ..records import Fragment, Stream
+from ..store.base import is_disk_full
 from .acks import AckError, ack
 from .events import FragmentEvent
 from .plane import DataPlane, WriterSlot

@@ -26,7 +26,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from .. import clock
-from ..store.base import Fragment
+from ..records import Fragment
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ..dataplane.events import FragmentEvent, FragmentEvents
-from ..store.base import MetadataStore, Stream
+from ..records import Stream
+from ..store.base import MetadataStore
 from .codecs import H264_CODEC_IDS
 from .images import ImageOptions, pick_frames, render
 from .service import PlaybackService

@@ -29,7 +29,8 @@ from ..errors import (
     ServiceError,
     UnsupportedStreamMediaTypeException,
 )
-from ..store.base import Fragment, MetadataStore, Stream
+from ..records import Fragment, Stream
+from ..store.base import MetadataStore
 from . import dash, hls, silence
 from .cache import ByteLRU
 from .fmp4 import (

@@ -41,7 +41,7 @@ from ..errors import (
     ResourceNotFoundException,
     ServiceError,
 )
-from ..store.base import Channel
+from ..records import Channel
 from . import messages
 from .bus import (
     Bus,

@@ -21,7 +21,8 @@ from .. import clock
 from ..media.aac import AacEncoder, is_dual_mono
 from ..media.fragmenter import FragmentData, Fragmenter
 from ..media.timeline import SessionClock
-from ..store.base import Fragment, Stream, is_disk_full
+from ..records import Fragment, Stream
+from ..store.base import is_disk_full
 from .seams import FragmentSink
 
 logger = logging.getLogger(__name__)

@@ -37,9 +37,9 @@ from typing import Any
 from .. import errors, heap
 from ..config import Settings
 from ..control.fragments import FragmentStore, blob_key
+from ..records import Channel, Fragment, Stream
 from ..signaling.ice import external_turn
 from ..signaling.turn import TurnAccess
-from ..store.base import Channel, Fragment, Stream
 
 logger = logging.getLogger(__name__)
 
