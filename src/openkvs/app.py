@@ -298,8 +298,7 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         control = services.control
         await services.events.start()
-        await control.store.start()
-        await control.blobs.start()
+        await control.start()
         await services.fragments.start()
         retention = RetentionTask(control, services.settings.storage_retention_interval)
         # Before the storage sessions: they allocate on the embedded TURN server.
@@ -327,8 +326,7 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
             await services.sessions.stop()
             await services.ice.stop()
             await services.fragments.stop()
-            await control.blobs.stop()
-            await control.store.stop()
+            await control.stop()
             await services.events.stop()
 
     return ctx
@@ -336,7 +334,7 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
 
 def _readiness_checks(services: Services) -> None:
     health = services.health
-    health.add_check("store", ops_health.store_check(services.control.store))
+    health.add_check("store", ops_health.store_check(services.control))
     health.add_check("media", ops_health.folder_check(services.settings.data_dir / "media"))
     bus = ops_health.bus_check(services.hub.bus)
     if bus is not None:

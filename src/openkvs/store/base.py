@@ -8,7 +8,6 @@ Only ``openkvs.control`` and the composition root (``app.py``) use this package.
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -64,12 +63,3 @@ class BlobStore(Protocol):
 
 class BlobNotFound(KeyError):
     """A blob key has no data."""
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """A write failed for want of space: a blob's ENOSPC/EDQUOT, the index's "database or disk
-    is full", or either of them reported by a storage worker process."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(exc).lower()
-    return "disk is full" in text or "no space left" in text

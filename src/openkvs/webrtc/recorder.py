@@ -18,11 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 import av
 
 from .. import clock
+from ..control.fragments import is_disk_full
 from ..media.aac import AacEncoder, is_dual_mono
 from ..media.fragmenter import FragmentData, Fragmenter
 from ..media.timeline import SessionClock
 from ..records import Fragment, Stream
-from ..store.base import is_disk_full
 from .seams import FragmentSink
 
 logger = logging.getLogger(__name__)
