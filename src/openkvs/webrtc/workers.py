@@ -454,10 +454,10 @@ def worker_main(
 async def _worker(
     settings: Settings, sock: socket.socket, index: int, turn: TurnAccess | None
 ) -> None:
-    from ..store.fs import FsBlobStore
+    from ..store.factory import blob_store
     from .manager import StorageSessionManager
 
-    blobs = FsBlobStore(settings.data_dir / "media")
+    blobs = blob_store(settings)
     stop = asyncio.Event()
     manager: StorageSessionManager | None = None
 
