@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: run test lint typecheck bench bench-quick faults-long clean venv
+.PHONY: run test fuzz lint typecheck bench bench-quick faults-long clean venv system-packages \
+	npm-packages
+
+# Every test runs: a missing tool is an error, never a skip (tests/support.py reads CI).
+TEST_ENV := CI=$${CI:-true}
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -27,15 +31,40 @@ $(STAMP_TEST): pyproject.toml | $(BIN)/python
 
 venv: $(STAMP_RUN)
 
-run: $(STAMP_RUN)
+run: $(STAMP_RUN) console
+	@.ci/system-packages run
 	$(BIN)/openkvs serve $(ARGS)
 
-test: $(STAMP_TEST)
-	@if [ -f package-lock.json ] && command -v npm >/dev/null 2>&1 && [ ! -d node_modules ]; then \
+# The web console (/console/): the lockfile's npm packages (npm ci) and our sources, bundled by
+# esbuild into src/openkvs/web/console/dist (git-ignored). Without npm the server still runs and
+# /console/ says how to build it.
+.PHONY: console
+console:
+	@if command -v npm >/dev/null 2>&1; then \
+		if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then \
+			npm ci --no-audit --no-fund --loglevel=error; fi && \
+		node src/openkvs/web/console/build.mjs || echo "the web console (/console/) was not built"; \
+	else echo "npm is not installed: the web console (/console/) is not built (apt-get install npm)"; fi
+
+# FFmpeg, coturn, Chromium, Node.js/npm (Debian packages); only looks when all are there.
+system-packages:
+	@.ci/system-packages test
+
+# The npm packages of the browser and JS SDK tests, again when package-lock.json changed.
+npm-packages: system-packages
+	@if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then \
 		npm ci --no-audit --no-fund --loglevel=error; fi
+
+test: $(STAMP_TEST) system-packages npm-packages
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+# The fuzz suites with many more cases than the test run gives them (OPENKVS_FUZZ_EXAMPLES).
+FUZZ_EXAMPLES ?= 20000
+fuzz: $(STAMP_TEST)
+	OPENKVS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(TEST_ENV) $(BIN)/python -m pytest -p no:xdist \
+		-m fuzz --timeout 0 -q $(PYTEST_ARGS) tests/fuzz
 
 faults-long: $(STAMP_TEST)
 	OPENKVS_LONG_FAULTS=1 $(BIN)/python -m pytest tests/faults -p no:xdist -s $(PYTEST_ARGS)

@@ -73,6 +73,8 @@ def test_serve_credentials_and_shutdown(served) -> None:  # type: ignore[no-unty
     log = "".join(lines)
     assert f"https://127.0.0.1:{port}" in log and f"http://127.0.0.1:{http_port}" in log
     assert str(data.resolve()) in log and "ca.pem" in log
+    assert f"web console: https://127.0.0.1:{port}/console/" in log, log
+    assert f"web console (plain HTTP): http://127.0.0.1:{http_port}/console/" in log, log
 
     coturn = need_tool("turnserver")
     keys = ["credentials.json", "tls/ca-key.pem", "tls/server-key.pem"]

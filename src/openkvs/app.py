@@ -32,6 +32,7 @@ from .services import Services
 from .signaling.ws import SignalingEndpoint
 from .store.factory import media_root, open_backends
 from .tls import local_ca
+from .web import console
 
 logger = logging.getLogger(__name__)
 
@@ -273,6 +274,8 @@ def build_app(settings: Settings, services: Services | None = None) -> web.Appli
     app.router.add_get("/", SignalingEndpoint(services).handle)
     # HLS/DASH session resources: GET, authorised by their SessionToken (no SigV4).
     playback_routes.add_routes(app.router, services.playback)
+    # The web console's static files (its API calls are ordinary signed requests).
+    console.add_routes(app.router, settings.console_dir)
     app.router.add_route("OPTIONS", "/{tail:.*}", preflight)
     # Storage-session diagnostics (not in the service models; SigV4 all the same).
     app.router.add_post(diagnostics.PATH, diagnostics.handler(services))

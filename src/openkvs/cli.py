@@ -118,6 +118,9 @@ async def _serve(settings: Settings) -> int:
     logger.info("  HTTPS + WSS endpoint: %s", tls)
     if plain:
         logger.info("  plain HTTP + WS endpoint (local tools): %s", plain)
+    logger.info("  web console: %s/console/", tls)
+    if plain:
+        logger.info("  web console (plain HTTP): %s/console/", plain)
     logger.info("  data dir: %s", settings.data_dir.resolve())
     if bound.tls.ca_cert is not None:
         logger.info("  local CA certificate (trust it in clients): %s", bound.tls.ca_cert.resolve())

@@ -64,6 +64,8 @@ class Settings:
     log_level: str = "info"
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # The web console's built files (index.html, console.js...); None: the package's console/dist
+    console_dir: Path | None = None
     no_auth: bool = False
     aws_error_codes: bool = False
     max_body_bytes: int = 1024 * 1024

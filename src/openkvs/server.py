@@ -10,6 +10,7 @@ import ssl
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from . import clock
 from .app import SERVICES_KEY, SafeAccessLogger, build_app
@@ -24,6 +25,19 @@ DRAIN_LIMIT = 30.0
 # How long the drain waits for storage sessions to end after their participants got GO_AWAY,
 # before the remaining ones are stopped by the server's own shutdown.
 SESSION_WAIT = 15.0
+
+
+class _ConnectionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's connection-level log. A request that is not valid HTTP (a bad header, a broken
+    chunk) is answered 400 by aiohttp before openkvs sees it; that is the client's error and is
+    logged in one line, without a traceback."""
+
+    def exception(self, msg: object, *args: object, **kwargs: object) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, HttpProcessingError):
+            self.logger.info("refused a malformed HTTP request: %s", exc.message)
+            return
+        self.logger.exception(msg, *args, **kwargs)
 
 
 @dataclasses.dataclass
@@ -67,7 +81,11 @@ class Server:
         files = tls_files(s)
         self.ssl_context = server_context(files)
         self._runner = web.AppRunner(
-            self.app, access_log_class=SafeAccessLogger, handle_signals=False, shutdown_timeout=5
+            self.app,
+            access_log_class=SafeAccessLogger,
+            handle_signals=False,
+            shutdown_timeout=5,
+            logger=_ConnectionLog(logging.getLogger("aiohttp.server"), {}),
         )
         await self._runner.setup()
         site: web.BaseSite

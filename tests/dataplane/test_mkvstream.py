@@ -97,6 +97,33 @@ def test_truncation_and_garbage() -> None:
         assert [type(e) for e in evs] == [StreamRejected], junk
 
 
+def test_a_body_resuming_inside_a_stream_is_a_retriable_read_error() -> None:
+    # The KVS Producer SDK can start a new connection inside the fragment a broken one was
+    # sending (a SimpleBlock first). STREAM_READ_ERROR makes it roll back and resend the whole
+    # fragment; INVALID_MKV_DATA would make it skip the rest of that fragment.
+    data = producer_mkv()
+    start = data.index(bytes([0x1F, 0x43, 0xB6, 0x75]))  # the first Cluster
+    block = data.index(b"\xa3", start + 20)
+    for body in (data[start:], data[block:]):
+        evs = run(body, [len(body)])
+        assert [type(e) for e in evs] == [StreamRejected]
+        assert evs[0].problem is Problem.STREAM_READ_ERROR
+        assert AckError.of(evs[0].problem) is AckError.STREAM_READ_ERROR
+    # Anything else at the start is still invalid data.
+    evs = run(b"\x86\x81\x00" + data[start:], [len(data)])
+    assert evs[-1].problem is Problem.INVALID_MKV_DATA
+
+
+def test_a_body_of_only_the_end_of_fragment_tags_is_no_error() -> None:
+    # At stop, after refused fragments, the Producer SDK sends one more PutMedia whose whole
+    # body is its END_OF_FRAGMENT Tags element (no EBML header): nothing to store, no ERROR.
+    from .mediafiles import END_OF_FRAGMENT
+
+    assert run(END_OF_FRAGMENT, [len(END_OF_FRAGMENT)]) == []
+    data = producer_mkv()
+    assert run(END_OF_FRAGMENT + data, [7]) == run(data, [7])
+
+
 def test_a_dead_parser_ignores_input() -> None:
     parser = MkvStreamParser(max_fragment_bytes=MB)
     assert isinstance(parser.feed(b"\x00\x01")[0], StreamRejected)

@@ -191,3 +191,55 @@ def test_settings_from_environment_flags_and_errors(tmp_path: Any) -> None:
     ):
         with pytest.raises(ConfigError):
             Settings.load({}, None, {"data_dir": tmp_path, **bad})
+
+
+async def test_producer_notifications_become_webhook_events(
+    make_server: Any, receiver: Receiver
+) -> None:
+    from ..dataplane.mediafiles import END_OF_FRAGMENT, sdk_tags
+    from ..dataplane.producer import SdkProducer
+    from ..dataplane.test_producer_sdk import sdk_stream
+
+    srv: ServerThread = make_server(
+        webhook_urls=(receiver.url,),
+        webhook_secret=SECRET,
+        webhook_events=("fragment.notification",),
+    )
+    kv = srv.client("kinesisvideo")
+    arns: dict[str, str] = {}
+    persisted: dict[str, list[str]] = {}
+    for name, enabled in (("notified", True), ("quiet", False)):
+        arn = (await asyncio.to_thread(kv.create_stream, StreamName=name, DataRetentionInHours=1))[
+            "StreamARN"
+        ]
+        arns[name] = arn
+        if enabled:
+            await asyncio.to_thread(
+                kv.update_notification_configuration,
+                StreamARN=arn,
+                NotificationConfiguration={
+                    "Status": "ENABLED",
+                    "DestinationConfig": {"Uri": "https://example.invalid/hook"},
+                },
+            )
+        header, cls = sdk_stream()
+        notify = sdk_tags("AWS_KINESISVIDEO_NOTIFICATION", siblings=[("reason", "motion")])
+        p = SdkProducer(srv, stream_name=name)
+        await p.connect()
+        assert await p.read_head() == 200
+        await p.send(header + cls[0] + notify + cls[1] + END_OF_FRAGMENT, piece=1000)
+        await p.end()
+        acks = await p.acks_until_end()
+        await p.close()
+        persisted[name] = [a["FragmentNumber"] for a in acks if a["EventType"] == "PERSISTED"]
+        assert len(persisted[name]) == 2
+    await wait_for(lambda: len(receiver.requests) >= 1, 10)
+    await asyncio.sleep(0.5)  # a stream without an enabled configuration sends nothing
+    events = receiver.events()
+    assert [e["type"] for e in events] == ["fragment.notification"]
+    event = events[0]
+    assert event["StreamARN"] == arns["notified"]
+    assert event["DestinationUri"] == "https://example.invalid/hook"
+    assert event["metadata"] == {"reason": "motion"}
+    # The event belongs to the fragment after the tag: the second one.
+    assert event["FragmentNumber"] == persisted["notified"][1]

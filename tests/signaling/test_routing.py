@@ -239,6 +239,34 @@ async def test_malformed_frames(server: ServerThread) -> None:
         await c.close()
 
 
+async def test_deeply_nested_frames(server: ServerThread) -> None:
+    """JSON nested past the parser's recursion limit is malformed JSON: its correlation id
+    cannot be read, so the frame is dropped; the connection stays and relays what follows."""
+    arn = setup_channel(server, "deep")
+    master = await Client.connect(server, arn)
+    viewer = await Client.connect(server, arn, "v")
+    deep = "[" * 2000 + "]" * 2000
+    await viewer.send_raw(deep)
+    await viewer.send_raw('{"a":' * 990 + "1" + "}" * 990)
+    await viewer.send_raw(
+        json.dumps({"action": "SDP_OFFER", "messagePayload": "eA==", "correlationId": "d"})[:-1]
+        + ', "extra": '
+        + deep
+        + "}"
+    )
+    # A correlated frame after them is still answered, and a valid one still relayed.
+    await viewer.send_raw(
+        json.dumps({"action": "NOPE", "messagePayload": "eA==", "correlationId": "after"})
+    )
+    status = await viewer.recv()
+    assert status["statusResponse"]["correlationId"] == "after"
+    await viewer.send("SDP_OFFER", OFFER)
+    assert (await master.recv())["messagePayload"] == b64json(OFFER)
+    await master.expect_nothing(0.2)
+    for c in (master, viewer):
+        await c.close()
+
+
 async def test_oversized_frame_closes_only_that_connection(server: ServerThread) -> None:
     arn = setup_channel(server, "huge")
     master = await Client.connect(server, arn)

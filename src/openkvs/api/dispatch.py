@@ -4,14 +4,13 @@ handler → serialize. Errors raised anywhere become wire errors in ``app.error_
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
 
-from .. import clock, ids
+from .. import clock, ids, safejson
 from ..auth import sigv4
 from ..errors import (
     ClientLimitExceededException,
@@ -82,12 +81,24 @@ def authenticate(
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole request body, however it is framed and however its bytes arrive.
+
+    A read returns what has arrived so far, so the body is read until its end (the signature
+    covers all of it). Past ``limit`` bytes the request is refused with 413, whether the
+    Content-Length announced it or a chunked body grew beyond it."""
+    too_large = RequestEntityTooLargeException(f"Request body is larger than {limit} bytes.")
     if request.content_length is not None and request.content_length > limit:
-        raise RequestEntityTooLargeException(f"Request body is larger than {limit} bytes.")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise RequestEntityTooLargeException(f"Request body is larger than {limit} bytes.")
-    return body
+        raise too_large
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        part = await request.content.read(limit + 1 - size)
+        if not part:
+            return b"".join(parts)
+        size += len(part)
+        if size > limit:
+            raise too_large
+        parts.append(part)
 
 
 def parse_json_body(request: web.Request, body: bytes) -> dict[str, Any]:
@@ -99,8 +110,8 @@ def parse_json_body(request: web.Request, body: bytes) -> dict[str, Any]:
             f"Unsupported Content-Type {ctype[:60]!r}: send application/json."
         )
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = safejson.loads(body)
+    except ValueError as exc:  # UnicodeDecodeError and JsonDepthError included
         raise SerializationException(f"Request body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise SerializationException("Request body must be a JSON object.")

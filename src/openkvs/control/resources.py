@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
-from .. import clock, ids
+from .. import clock, ids, safejson
 from ..errors import (
     AccountChannelLimitExceededException,
     AccountStreamLimitExceededException,
@@ -46,7 +46,7 @@ def encode_token(after: str) -> str:
 
 def decode_token(token: str) -> str:
     try:
-        data = json.loads(base64.b64decode(token.encode(), validate=True))
+        data = safejson.loads(base64.b64decode(token.encode(), validate=True))
         after = data["after"]
         if not isinstance(after, str):
             raise TypeError

@@ -16,6 +16,7 @@ import math
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
+from .. import safejson
 from ..control.fragments import FragmentStore
 from ..errors import InvalidArgumentException
 from ..records import Fragment, Stream
@@ -59,7 +60,7 @@ class Cursor:
     def decode(cls, token: str, stream: Stream) -> Cursor:
         bad = InvalidArgumentException("NextToken is invalid or expired.")
         try:
-            data: Any = json.loads(base64.b64decode(token.encode(), validate=True))
+            data: Any = safejson.loads(base64.b64decode(token.encode(), validate=True))
         except (ValueError, binascii.Error) as exc:
             raise bad from exc
         if not isinstance(data, dict) or data.get("v") != 1:

@@ -64,10 +64,16 @@ class Problem(enum.Enum):
     MAX_FRAGMENT_DURATION_REACHED = "MAX_FRAGMENT_DURATION_REACHED"
     FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS = "FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS"
     INVALID_MKV_DATA = "INVALID_MKV_DATA"
+    # A body that starts inside a stream: a producer resuming an upload mid-fragment.
+    STREAM_READ_ERROR = "STREAM_READ_ERROR"
     FRAGMENT_METADATA_LIMIT_REACHED = "FRAGMENT_METADATA_LIMIT_REACHED"
     TRACK_NUMBER_MISMATCH = "TRACK_NUMBER_MISMATCH"
     FRAMES_MISSING_FOR_TRACK = "FRAMES_MISSING_FOR_TRACK"
     MORE_THAN_ALLOWED_TRACKS_FOUND = "MORE_THAN_ALLOWED_TRACKS_FOUND"
+
+
+# Elements a body that resumes inside a stream starts with: a Cluster, or a Cluster's children.
+_RESUMED_STREAM_ELEMENTS = frozenset({mkv.CLUSTER, 0xA3, 0xA0, 0xE7, 0xA7, 0xAB})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -428,6 +434,21 @@ class MkvStreamParser:
         if eid == mkv.VOID and size != ebml.UNKNOWN_SIZE:
             self._expect(_Op.SKIP, size)
             return hlen
+        if eid == mkv.TAGS and not self._segments and 0 <= size <= MAX_EBML_HEADER_BYTES:
+            # The KVS Producer SDK ends a stream on a connection of its own when it has nothing
+            # left to send: the whole body is its END_OF_FRAGMENT Tags. Nothing to store.
+            self._expect(_Op.SKIP, size)
+            return hlen
+        if not self._ebml_seen and pos == 0 and eid in _RESUMED_STREAM_ELEMENTS:
+            # The KVS Producer SDK can resume on a new connection from inside the fragment that
+            # a broken connection was sending. STREAM_READ_ERROR is retriable for it: it rolls
+            # back and sends the whole fragment again with a header. INVALID_MKV_DATA is not: it
+            # would skip the rest of that fragment, a hole in the recording.
+            raise _Fatal(
+                Problem.STREAM_READ_ERROR,
+                f"the body starts inside a stream (element 0x{eid:X}): send the fragment again "
+                "from its start, after an EBML header and Segment",
+            )
         raise _Fatal(
             Problem.INVALID_MKV_DATA,
             f"expected an EBML header or Segment, found element 0x{eid:X}",

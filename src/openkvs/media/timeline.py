@@ -3,11 +3,24 @@
 Each track is anchored at the arrival time of its first frame. Once RTCP sender reports are known
 for both video and audio, audio is placed on the video timeline through the sender's NTP clock
 (lip sync as the sender meant it); until then, arrival times align them.
+
+Audio is also kept on real time when the sender's audio clock is not: a sender that produces
+audio slower (or faster) than real time, or whose sender reports are computed from its wall clock
+while its audio timestamps are not (the KVS WebRTC C SDK's sample sends 20 ms of Opus every
+20 ms plus its processing time, and stamps its reports with the wall clock), would otherwise
+place its audio further and further behind its video, until every audio frame falls outside the
+fragment being written. ``AudioDrift`` watches how late audio arrives compared with video and
+steps the audio timeline when the two part by more than ``DRIFT_STEP_MS``.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import math
+
+DRIFT_WINDOW_MS = 1000.0  # arrival lags are compared by their minimum over this much time
+DRIFT_STEP_MS = 80.0  # how far audio may part from video before its timeline is stepped
 
 
 def extend(ts32: int, near: int) -> int:
@@ -53,18 +66,108 @@ class TrackClock:
         return self.report.rtp + (ntp_ms - self.report.ntp_ms) * self.rate / 1000.0
 
 
+class AudioDrift:
+    """Steps of the audio timeline that keep audio arriving as late, relative to video, as it did
+    at the start.
+
+    Each arrival gives a lag: arrival time minus the media time the clock gives the packet. The
+    minimum over a window of ``DRIFT_WINDOW_MS`` is the lag without network jitter. The audio
+    lag less the video lag stays constant for a sender whose clocks agree (whatever the network
+    does to both); when it stays more than ``DRIFT_STEP_MS`` from its first value for two windows
+    in a row (one late second is a stall of the sender or of this loop), audio from the next
+    packet on is moved by that much. Moving it later leaves a gap in the recorded audio,
+    moving it earlier drops the overlap: a sender with a bad clock loses a little audio, never
+    all of it.
+    """
+
+    def __init__(self, step_ms: float = DRIFT_STEP_MS) -> None:
+        self.step_ms = step_ms
+        self.reset()
+
+    def reset(self) -> None:
+        self.base: float | None = None
+        self.correction = 0.0
+        self.steps = 0
+        self._from_ts: list[int] = []
+        self._values: list[float] = []
+        self._window_end: float | None = None
+        self._audio_min = math.inf
+        self._video_min = math.inf
+        self._last_ts: int | None = None
+        self._pending: float | None = None  # a deviation seen in the last window only
+
+    def video_lag(self, lag_ms: float) -> None:
+        self._video_min = min(self._video_min, lag_ms)
+
+    def audio_lag(self, ts: int, arrival_ms: float, lag_ms: float) -> None:
+        """An audio packet with timestamp ``ts`` arrived ``lag_ms`` after its (corrected) time."""
+        self._audio_min = min(self._audio_min, lag_ms)
+        self._last_ts = ts if self._last_ts is None else max(self._last_ts, ts)
+        if self._window_end is None:
+            self._window_end = arrival_ms + DRIFT_WINDOW_MS
+            return
+        if arrival_ms < self._window_end:
+            return
+        video = self._video_min if math.isfinite(self._video_min) else 0.0
+        relative = self._audio_min - video
+        self._window_end = arrival_ms + DRIFT_WINDOW_MS
+        self._audio_min = self._video_min = math.inf
+        if self.base is None:
+            self.base = relative
+            return
+        deviation = relative - self.base
+        pending, self._pending = self._pending, None
+        if abs(deviation) <= self.step_ms:
+            return
+        if pending is None or (pending > 0) != (deviation > 0):
+            self._pending = deviation  # one late or early second is a stall, not drift
+            return
+        step = min(pending, deviation, key=abs)
+        self.correction += step
+        self.steps += 1
+        self._from_ts.append(self._last_ts + 1)
+        self._values.append(self.correction)
+
+    def at(self, ts: int) -> float:
+        """The correction (ms) for the audio packet with timestamp ``ts``."""
+        i = bisect.bisect_right(self._from_ts, ts)
+        return self._values[i - 1] if i else 0.0
+
+
 class SessionClock:
     """Video defines the timeline; audio follows it through sender reports when it can."""
 
     def __init__(self, video_rate: int = 90000, audio_rate: int = 48000) -> None:
         self.video = TrackClock(video_rate)
         self.audio = TrackClock(audio_rate)
+        self.drift = AudioDrift()
+        self._reported = False  # whether audio is placed through sender reports
 
     def video_ms(self, ts: int, arrival_ms: float) -> float:
-        return self.video.to_ms(ts, arrival_ms)
+        ms = self.video.to_ms(ts, arrival_ms)
+        self.drift.video_lag(arrival_ms - ms)
+        return ms
+
+    def audio_arrival(self, ts: int, arrival_ms: float) -> None:
+        """An audio packet arrived: anchors the audio clock, and feeds the drift watch."""
+        ms = self.audio_ms(ts, arrival_ms)
+        self.drift.audio_lag(ts, arrival_ms, arrival_ms - ms)
 
     def audio_ms(self, ts: int, arrival_ms: float) -> float:
+        reported = self._mapped(ts, arrival_ms)
+        return reported + self.drift.at(ts)
+
+    def _mapped(self, ts: int, arrival_ms: float) -> float:
         own = self.audio.to_ms(ts, arrival_ms)
+        reported = (
+            self.audio.report is not None
+            and self.video.report is not None
+            and self.video.anchor_ts is not None
+        )
+        if reported != self._reported:
+            # From arrival times to the sender's lip sync: a step that is no drift.
+            self._reported = reported
+            self.drift.reset()
         ntp = self.audio.ntp_of(ts)
         if ntp is None or self.video.anchor_ts is None:
             return own

@@ -38,6 +38,9 @@ STREAM_CREATED = "stream.created"
 STREAM_DELETED = "stream.deleted"
 CHANNEL_CREATED = "channel.created"
 CHANNEL_DELETED = "channel.deleted"
+# A producer's AWS_KINESISVIDEO_NOTIFICATION on a stream with an enabled notification
+# configuration (UpdateNotificationConfiguration), once its fragment is stored.
+FRAGMENT_NOTIFICATION = "fragment.notification"
 EVENT_TYPES = frozenset(
     {
         STORAGE_SESSION_STARTED,
@@ -47,6 +50,7 @@ EVENT_TYPES = frozenset(
         STREAM_DELETED,
         CHANNEL_CREATED,
         CHANNEL_DELETED,
+        FRAGMENT_NOTIFICATION,
     }
 )
 # fragment.persisted is frequent (one per fragment and stream): only when asked for.
@@ -267,7 +271,26 @@ def attach(events: Events, services: Any) -> None:
             fields["verdict"] = stats["verdict"]
         events.publish(STORAGE_SESSION_ENDED, **fields)
 
+    def notification(event: Any) -> None:
+        if event.kind != "NOTIFICATION" or not events.wants(FRAGMENT_NOTIFICATION):
+            return
+        stream = control.store.stream_by_id(event.stream_id)
+        config = stream.notification if stream is not None else None
+        if not config or config.get("Status") != "ENABLED":
+            return
+        destination = config.get("DestinationConfig") or {}
+        events.publish(
+            FRAGMENT_NOTIFICATION,
+            StreamARN=event.stream_arn,
+            FragmentNumber=str(event.fragment_number),
+            ProducerTimestamp=event.producer_ts_ms / 1000,
+            ServerTimestamp=event.server_ts_ms / 1000,
+            DestinationUri=destination.get("Uri"),
+            metadata=dict(event.event.metadata),
+        )
+
     services.fragments.on_commit.append(persisted)
+    services.dataplane.events.subscribe(notification)
     sessions = services.sessions
     if hasattr(sessions, "on_session_end"):
         sessions.on_session_end = chain_hooks(sessions.on_session_end, ended)

@@ -24,6 +24,7 @@ import re
 from base64 import b64decode
 from typing import Any
 
+from .. import safejson
 from ..errors import InvalidArgumentException, ServiceError
 
 SDP_OFFER = "SDP_OFFER"
@@ -107,7 +108,7 @@ def parse_client_frame(text: str) -> ClientMessage:
     answer with a STATUS_RESPONSE; without one the frame is dropped silently.
     """
     try:
-        frame = json.loads(text)
+        frame = safejson.loads(text)
     except ValueError as exc:
         raise _invalid("The message is not valid JSON.", None) from exc
     if not isinstance(frame, dict):

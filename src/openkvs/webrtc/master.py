@@ -134,6 +134,8 @@ class MasterSession(StorageSession):
             "opus_dropped_packets": self.opus_in.dropped,
             "opus_decode_errors": self.opus_in.decode_errors,
             **self.recorder.stats.as_dict(),
+            "audio_clock_steps": self.recorder.clock.drift.steps,
+            "audio_clock_correction_ms": round(self.recorder.clock.drift.correction, 1),
             **self._frame_stats(),
         }
 

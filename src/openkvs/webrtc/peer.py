@@ -22,6 +22,34 @@ Send = Callable[[str, str | None], Awaitable[None]]  # (message_type, payload)
 H264_ORDER = ("640034", "640c34", "640834", "4d0034", "42e034", "420034", "42e01f", "42001f")
 
 
+def parse_answer(payload: str) -> tuple[str, SessionDescription]:
+    """An SDP_ANSWER payload → (SDP text, parsed); InvalidArgumentException for anything else."""
+    sdp = signaling_io.session_description(payload, "answer")
+    try:
+        parsed = SessionDescription.parse(sdp)
+    except Exception as exc:  # noqa: BLE001 - aiortc's parser raises assorted errors
+        raise InvalidArgumentException(f"The SDP answer cannot be parsed: {exc!r}"[:300]) from exc
+    return sdp, parsed
+
+
+def parse_candidate(cand: str) -> Any:
+    """An ICE candidate line (``candidate:…``, with or without ``a=``) → RTCIceCandidate, or
+    None for the empty end-of-candidates one; InvalidArgumentException when it cannot be read."""
+    text = cand.strip()
+    if text.startswith("a="):
+        text = text[2:]
+    if not text:
+        return None
+    if text.startswith("candidate:"):
+        text = text[len("candidate:") :]
+    try:
+        return candidate_from_sdp(text)
+    except Exception as exc:  # noqa: BLE001 - aiortc's parser raises assorted errors
+        raise InvalidArgumentException(
+            f"The ICE candidate cannot be parsed: {exc!r}"[:300]
+        ) from exc
+
+
 def h264_preferences() -> list[Any]:
     caps = RTCRtpReceiver.getCapabilities("video")
     assert caps is not None
@@ -129,13 +157,9 @@ class OfferingPeer:
         """Hook for subclasses: raise InvalidArgumentException if the answer is unusable."""
 
     async def on_answer(self, payload: str) -> None:
-        sdp = signaling_io.session_description(payload, "answer")
+        sdp, parsed = parse_answer(payload)
         if self.answered.is_set():
             raise InvalidArgumentException("This storage session already has an answer.")
-        try:
-            parsed = SessionDescription.parse(sdp)
-        except (ValueError, KeyError, IndexError) as exc:
-            raise InvalidArgumentException(f"The SDP answer cannot be parsed: {exc}") from exc
         if len(parsed.media) != len(self.pc.getTransceivers()):
             raise InvalidArgumentException("The SDP answer does not match the offer's media lines.")
         self.check_answer(sdp)
@@ -157,17 +181,9 @@ class OfferingPeer:
         await self._add_candidate(cand, mid, index)
 
     async def _add_candidate(self, cand: str, mid: str | None, index: int | None) -> None:
-        text = cand.strip()
-        if text.startswith("a="):
-            text = text[2:]
-        if not text:
+        ice = parse_candidate(cand)
+        if ice is None:
             return  # end of candidates
-        if text.startswith("candidate:"):
-            text = text[len("candidate:") :]
-        try:
-            ice = candidate_from_sdp(text)
-        except (ValueError, IndexError) as exc:
-            raise InvalidArgumentException(f"The ICE candidate cannot be parsed: {exc}") from exc
         ice.sdpMid = mid
         ice.sdpMLineIndex = index
         if mid is None and index is None:

@@ -128,12 +128,22 @@ class Recorder:
 
     def audio_arrived(self, rtp_ts: int) -> None:
         """An encoded audio packet arrived (it is decoded later, in a batch): anchor the audio
-        clock at the arrival of the first one, and count it as media for the session's timeout."""
+        clock at the arrival of the first one, watch the audio clock's drift against video, and
+        count it as media for the session's timeout."""
         if self._closed:
             return
         self.stats.last_media_at = clock.monotonic()
-        if self.clock.audio.anchor_ts is None:
-            self.clock.audio.to_ms(rtp_ts, float(clock.now_ms()))
+        drift = self.clock.drift
+        steps = drift.steps
+        self.clock.audio_arrival(rtp_ts, float(clock.now_ms()))
+        if drift.steps != steps and (drift.steps <= 3 or drift.steps % 100 == 0):  # not each
+            logger.info(
+                "%sthe sender's audio clock parts from its video: audio moved by %+.0f ms in all "
+                "(%d steps)",
+                self._prefix,
+                drift.correction,
+                drift.steps,
+            )
 
     def on_audio(self, frames: list[av.AudioFrame]) -> None:
         """Decoded audio (whose packets went through :meth:`audio_arrived`), as ``OpusIn``

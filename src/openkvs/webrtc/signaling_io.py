@@ -7,6 +7,7 @@ import binascii
 import json
 from typing import Any
 
+from .. import safejson
 from ..errors import InvalidArgumentException
 
 MAX_PAYLOAD = 64 * 1024
@@ -20,7 +21,7 @@ def decode(payload: str, what: str) -> dict[str, Any]:
     if len(payload) > MAX_PAYLOAD:
         raise InvalidArgumentException(f"The {what} payload is too large.")
     try:
-        data = json.loads(base64.b64decode(payload, validate=True))
+        data = safejson.loads(base64.b64decode(payload, validate=True))
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidArgumentException(f"The {what} payload is not base64-encoded JSON.") from exc
     if not isinstance(data, dict):

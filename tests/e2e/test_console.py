@@ -1,0 +1,187 @@
+"""The web console at /console/: built with esbuild from the repository's sources and the npm
+packages of the lockfile (into a temporary directory here, as `make run` does into
+src/openkvs/web/console/dist), served by openkvs on both ports, driven in headless Chromium by
+the accessible names of its controls (``js/console.js``). Screenshots of each page at 1280 and
+375 px are written under the test's temporary directory (``screenshots/``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from openkvs import clock
+
+from ..playback.media import append, recorded
+from ..playback.support import create_stream, ffprobe_json
+from ..support import ServerThread, need_tool
+from .browser import ROOT, browser_missing
+
+JS = Path(__file__).parent / "js"
+BUILD = ROOT / "src" / "openkvs" / "web" / "console" / "build.mjs"
+PACKAGES = (
+    "esbuild",
+    "hls.js",
+    "@aws-sdk/client-kinesis-video",
+    "@aws-sdk/client-kinesis-video-archived-media",
+)
+LIMITED = ("AKIANODELETE00000001", "no-delete-secret")
+
+
+def build_console(out_dir: Path) -> Path:
+    proc = subprocess.run(
+        ["node", str(BUILD), str(out_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for name in ("index.html", "console.js", "console.css"):
+        assert (out_dir / name).is_file(), name
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def console_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    reason = browser_missing(PACKAGES)
+    if reason is not None:
+        pytest.skip(reason)
+    return build_console(tmp_path_factory.mktemp("console") / "dist")
+
+
+def limited_credentials() -> list[dict[str, Any]]:
+    """A key that may do everything but DeleteStream."""
+    return [
+        {
+            "access_key_id": LIMITED[0],
+            "secret_access_key": LIMITED[1],
+            "policy": {
+                "Statement": [
+                    {"Effect": "Allow", "Action": "kinesisvideo:*", "Resource": "*"},
+                    {"Effect": "Deny", "Action": "kinesisvideo:DeleteStream", "Resource": "*"},
+                ]
+            },
+        }
+    ]
+
+
+def test_console_served_on_both_ports(make_server: Any, console_dir: Path) -> None:
+    server: ServerThread = make_server(console_dir=console_dir)
+    for base, verify in ((server.endpoint, server.ca), (server.http_endpoint, True)):
+        r = requests.get(f"{base}/console/", verify=verify, timeout=10)
+        assert r.status_code == 200
+        assert r.headers["Content-Type"].startswith("text/html")
+        assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+        assert '<script src="console.js"' in r.text
+        js = requests.get(f"{base}/console/console.js", verify=verify, timeout=10)
+        assert js.status_code == 200 and js.headers["Content-Type"].startswith("text/javascript")
+        bare = requests.get(f"{base}/console", verify=verify, timeout=10, allow_redirects=False)
+        assert bare.status_code == 301 and bare.headers["Location"] == "/console/"
+    # Only the built files: no way out of the directory, no dot-files.
+    (console_dir / ".hidden").write_text("secret")
+    for bad in ("..%2F..%2Fpyproject.toml", "%2e%2e/%2e%2e/pyproject.toml", ".hidden", "a/b/c.js"):
+        r = requests.get(f"{server.http_endpoint}/console/{bad}", timeout=10)
+        assert r.status_code == 404 and "secret" not in r.text, bad
+    # (a client's own "../" resolves before sending: it never reaches the console's route)
+    assert requests.get(f"{server.http_endpoint}/console/nope.js", timeout=10).status_code == 404
+
+
+def test_console_not_built_explains(make_server: Any, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    server: ServerThread = make_server(console_dir=empty)
+    r = requests.get(f"{server.http_endpoint}/console/", timeout=10)
+    assert r.status_code == 503
+    assert "has not been built" in r.text and "make run" in r.text
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_console_in_chromium(make_server: Any, console_dir: Path, tmp_path: Path) -> None:
+    ffprobe = need_tool("ffprobe")
+    if ffprobe is None:
+        pytest.skip("ffprobe is not installed")
+    server: ServerThread = make_server(console_dir=console_dir, credentials=limited_credentials())
+    # A stream with two minutes of recording, for the Recordings page.
+    create_stream(server, "yard")
+    append(server, "yard", recorded(12, clock.now_ms() - 120_000))
+    shots = tmp_path / "screenshots"
+    downloads = tmp_path / "downloads"
+    shots.mkdir()
+    downloads.mkdir()
+    akid, secret = server.keys
+    config = {
+        "url": f"{server.endpoint}/console/",
+        "shots": str(shots),
+        "downloads": str(downloads),
+        "keys": [akid, secret],
+        "limited": list(LIMITED),
+        "channel": "front-door",
+        "stream": "front-door-rec",
+        "recorded": "yard",
+    }
+    proc = subprocess.run(
+        ["node", str(JS / "console.js"), json.dumps(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    steps = result["steps"]
+    assert "fatal" not in result, (result["fatal"], result.get("html"), steps)
+
+    # Sign-in: a wrong secret shows the service's error, and nothing is stored.
+    assert steps["wrongSecret"].startswith("InvalidSignatureException: The request signature")
+    assert steps["unknownKey"].startswith("UnrecognizedClientException: "), steps["unknownKey"]
+    assert steps["stillSignIn"] and steps["storedAfterFailure"] == 0
+    assert steps["stored"] == ["openkvs.console.credentials"] and steps["secretInStorage"]
+    assert steps["storedAfterSignOut"] == 0
+    # The service's own validation message for a bad channel name.
+    assert steps["invalidChannel"].startswith(("ValidationException", "InvalidArgumentException"))
+    # Created, listed and linked, as the public API sees it too.
+    assert "front-door" in steps["channels"] and {"front-door-rec", "yard"} <= set(steps["streams"])
+    assert steps["linked"] == "front-door-rec"
+    # The media storage form shows the chosen channel's current stream.
+    assert steps["storageBefore"] == "" and steps["storageAfter"] == "front-door-rec"
+    # Keyboard: the first Tab stops are the skip link and the navigation.
+    assert steps["tabStops"] == ["Skip to content", "Channels and streams", "Recordings"]
+    kv = server.client("kinesisvideo")
+    channel = kv.describe_signaling_channel(ChannelName="front-door")["ChannelInfo"]
+    storage = kv.describe_media_storage_configuration(ChannelARN=channel["ChannelARN"])
+    stream = kv.describe_stream(StreamName="front-door-rec")["StreamInfo"]
+    assert storage["MediaStorageConfiguration"] == {
+        "StreamARN": stream["StreamARN"],
+        "Status": "ENABLED",
+    }
+    assert stream["DataRetentionInHours"] == 48
+    # Recordings: 12 fragments on the timeline, hls.js plays and scrubs, the clip is an MP4.
+    assert steps["fragments"] == 12 and steps["timelineSpans"] == 12
+    assert steps["video"]["width"] > 0 and steps["video"]["height"] > 0
+    # GetImages thumbnails (160 px wide) every 1.5 s of the 12 s, and one plays from its time.
+    assert steps["thumbnails"] == 8 and set(steps["thumbnailWidths"]) == {160}
+    assert 7 <= steps["thumbnailSeek"] < 11, steps["thumbnailSeek"]
+    assert steps["scrubbedTo"] >= 10 and steps["scrubbedHome"] < 3 and steps["position"]
+    probe = ffprobe_json(steps["clip"], "-show_streams", "-show_format")
+    assert any(s["codec_type"] == "video" for s in probe["streams"])
+    assert float(probe["format"]["duration"]) > 10
+    # The limited key: AccessDenied shown next to the streams, and the stream is still there.
+    # (DeleteStream's model names NotAuthorizedException for a refusal, as AWS answers it)
+    denied = steps["denied"]
+    assert denied.startswith("Access denied. NotAuthorizedException: "), denied
+    assert "kinesisvideo:DeleteStream" in denied, denied
+    assert "front-door-rec" in steps["streamsAfterDenied"]
+    kv.describe_stream(StreamName="front-door-rec")
+    # Screenshots of each page at both widths, and nothing wider than a phone's screen.
+    assert len(result["shots"]) == 10 and all(Path(p).stat().st_size > 0 for p in result["shots"])
+    overflow = {k: v for k, v in steps.items() if k.startswith("overflow-") and v > 0}
+    assert not overflow, overflow
+    # No errors in the console but the browser's own lines for the expected 4xx answers.
+    errors = [e for e in result["consoleErrors"] if "Failed to load resource" not in e]
+    assert not errors and not result["pageErrors"], (errors, result["pageErrors"])
