@@ -274,7 +274,7 @@ def attach(events: Events, services: Any) -> None:
     def notification(event: Any) -> None:
         if event.kind != "NOTIFICATION" or not events.wants(FRAGMENT_NOTIFICATION):
             return
-        stream = control.store.stream_by_id(event.stream_id)
+        stream = control.stream_by_id(event.stream_id)
         config = stream.notification if stream is not None else None
         if not config or config.get("Status") != "ENABLED":
             return
