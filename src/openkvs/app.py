@@ -30,8 +30,7 @@ from .ops import metrics as ops_metrics
 from .playback import routes as playback_routes
 from .services import Services
 from .signaling.ws import SignalingEndpoint
-from .store.fs import FsBlobStore
-from .store.sqlite import SqliteMetadataStore
+from .store.factory import media_root, open_backends
 from .tls import local_ca
 from .web import console
 
@@ -196,8 +195,8 @@ class SafeAccessLogger(AbstractAccessLogger):
 
 def build_services(settings: Settings, sessions: StorageSessions | None = None) -> Services:
     data_dir = settings.data_dir
-    store = SqliteMetadataStore(data_dir / "openkvs.db")
-    blobs = FsBlobStore(data_dir / "media")
+    backends = open_backends(settings)
+    store, blobs = backends.meta, backends.blobs
     control = ControlPlane(store, blobs, region=settings.region, account_id=settings.account_id)
     services = Services(
         settings=settings,
@@ -301,8 +300,7 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         control = services.control
         await services.events.start()
-        await control.store.start()
-        await control.blobs.start()
+        await control.start()
         await services.fragments.start()
         retention = RetentionTask(control, services.settings.storage_retention_interval)
         # Before the storage sessions: they allocate on the embedded TURN server.
@@ -330,8 +328,7 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
             await services.sessions.stop()
             await services.ice.stop()
             await services.fragments.stop()
-            await control.blobs.stop()
-            await control.store.stop()
+            await control.stop()
             await services.events.stop()
 
     return ctx
@@ -339,8 +336,8 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
 
 def _readiness_checks(services: Services) -> None:
     health = services.health
-    health.add_check("store", ops_health.store_check(services.control.store))
-    health.add_check("media", ops_health.folder_check(services.settings.data_dir / "media"))
+    health.add_check("store", ops_health.store_check(services.control))
+    health.add_check("media", ops_health.folder_check(media_root(services.settings)))
     bus = ops_health.bus_check(services.hub.bus)
     if bus is not None:
         health.add_check("bus", bus)

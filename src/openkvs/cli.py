@@ -32,6 +32,12 @@ SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         "data_dir",
         {"help": "where state, media and keys live (default ./openkvs-data)"},
     ),
+    (
+        "--database-url",
+        "database_url",
+        {"help": "metadata store (default sqlite:///<data-dir>/openkvs.db)"},
+    ),
+    ("--media-url", "media_url", {"help": "fragment media (default file://<data-dir>/media)"}),
     ("--region", "region", {"help": "region in ARNs and credential scopes (default us-east-1)"}),
     ("--account-id", "account_id", {"help": "12-digit account id used in ARNs"}),
     ("--public-url", "public_url", {"help": "base URL to advertise, e.g. https://kvs.example.com"}),

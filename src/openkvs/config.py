@@ -55,6 +55,9 @@ class Settings:
     port: int = 8443
     http_port: int = 8080
     data_dir: Path = Path("./openkvs-data")
+    # Storage backends: None means sqlite:///<data_dir>/openkvs.db and file://<data_dir>/media
+    database_url: str | None = None
+    media_url: str | None = None
     region: str = "us-east-1"
     account_id: str = "000000000000"
     public_url: str | None = None

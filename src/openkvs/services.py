@@ -73,8 +73,8 @@ class Services:
         if self.ice is None:
             self.ice = IceServers(self.settings)
         if self.playback is None:
-            self.playback = PlaybackService(self.settings, self.control.store, self.fragments)
+            self.playback = PlaybackService(self.settings, self.control, self.fragments)
         if self.imagegen is None:
             self.imagegen = ImageGenerator(
-                self.settings.data_dir, self.control.store, self.playback, self.dataplane.events
+                self.settings.data_dir, self.control, self.playback, self.dataplane.events
             )

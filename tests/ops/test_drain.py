@@ -29,8 +29,7 @@ FPS = 30
 async def _stored_video(data_dir: Path, stream_name: str) -> tuple[list[bytes], list[Path]]:
     settings = Settings.load({}, None, {"data_dir": data_dir})
     services = build_services(settings)
-    await services.control.store.start()
-    await services.control.blobs.start()
+    await services.control.start()
     await services.fragments.start()
     video: list[bytes] = []
     files: list[Path] = []
@@ -44,8 +43,7 @@ async def _stored_video(data_dir: Path, stream_name: str) -> tuple[list[bytes], 
             files.append(path)
     finally:
         await services.fragments.stop()
-        await services.control.blobs.stop()
-        await services.control.store.stop()
+        await services.control.stop()
     return video, files
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import av
 
-from openkvs.store.base import Fragment
+from openkvs.records import Fragment
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 from aiortc import RTCConfiguration
 
 from openkvs.media import h264, mkv
-from openkvs.store.base import Fragment
+from openkvs.records import Fragment
 
 from ..mediagen import EncodedFrame
 from ..signaling.kvs import Client, enable_storage, setup_channel, unb64json

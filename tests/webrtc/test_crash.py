@@ -50,8 +50,7 @@ async def test_kill9_during_ingest_leaves_only_complete_fragments(tmp_path: Path
 
     settings = Settings.load({}, None, {"data_dir": tmp_path / "data"})
     services = build_services(settings)
-    await services.control.store.start()
-    await services.control.blobs.start()
+    await services.control.start()
     await services.fragments.start()  # sweeps blobs that no committed row names
     try:
         stream = services.control.get_stream(name="crash-stream")
@@ -74,5 +73,4 @@ async def test_kill9_during_ingest_leaves_only_complete_fragments(tmp_path: Path
             assert res.returncode == 0 and res.stderr == "", res.stderr
     finally:
         await services.fragments.stop()
-        await services.control.blobs.stop()
-        await services.control.store.stop()
+        await services.control.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,8 +25,12 @@ from .harness import (
 pytestmark = pytest.mark.slow
 
 
-async def test_two_workers_record_bit_exact_and_serve_viewers(make_server: Any) -> None:
-    srv = make_server(webrtc_workers=2, storage_fragment_duration=1.0)
+async def test_two_workers_record_bit_exact_and_serve_viewers(
+    make_server: Any, tmp_path: Path
+) -> None:
+    # The workers open their blob store from the same settings as the server (media_url).
+    media = tmp_path / "media-elsewhere"
+    srv = make_server(webrtc_workers=2, storage_fragment_duration=1.0, media_url=f"file://{media}")
     pool = sessions(srv)
     cams = []
     for name in ("w-left", "w-right"):
@@ -51,6 +56,8 @@ async def test_two_workers_record_bit_exact_and_serve_viewers(make_server: Any) 
         assert video == sent_video(cam)
         assert audio > 60
     assert {e["role"] for e in pool.ended} == {"master", "viewer"}
+    assert len(list(media.rglob("*.mkv"))) >= 4
+    assert not (srv.settings.data_dir / "media").exists()
 
 
 async def test_worker_errors_come_back_as_status_responses(make_server: Any) -> None:

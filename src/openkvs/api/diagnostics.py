@@ -31,7 +31,7 @@ def handler(services: Services) -> Any:
         arn = data.get("ChannelARN")
         if not isinstance(arn, str) or not arn:
             raise InvalidArgumentException("ChannelARN is required (a signaling channel's ARN).")
-        channel = services.control.store.channel_by_arn(arn[:2048])
+        channel = services.control.channel_by_arn(arn[:2048])
         if channel is None:
             raise ResourceNotFoundException(f"The channel {arn[:200]} does not exist.")
         if principal is not None and not principal.allows(ACTION, channel.arn):

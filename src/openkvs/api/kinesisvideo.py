@@ -7,7 +7,7 @@ from typing import Any
 from ..control.resources import paginate
 from ..errors import InvalidArgumentException, NoDataRetentionException
 from ..ops.events import CHANNEL_CREATED, CHANNEL_DELETED, STREAM_CREATED, STREAM_DELETED
-from ..store.base import Channel, Stream
+from ..records import Channel, Stream
 from .context import Handlers, RequestContext
 from .endpoints import base_url
 

@@ -19,7 +19,7 @@ from .. import clock
 from ..errors import InvalidArgumentException, NoDataRetentionException
 from ..playback import clip, images
 from ..playback.service import DASH, HLS, PlaybackService
-from ..store.base import Stream
+from ..records import Stream
 from .context import Handlers, RequestContext
 from .endpoints import base_url
 

@@ -15,7 +15,7 @@ from ..errors import (
     ResourceNotFoundException,
 )
 from ..ops.events import STORAGE_SESSION_STARTED
-from ..store.base import Channel, Stream
+from ..records import Channel, Stream
 from .context import Handlers, RequestContext
 
 handlers = Handlers("kinesis-video-webrtc-storage")
@@ -24,7 +24,7 @@ handlers = Handlers("kinesis-video-webrtc-storage")
 def _resolve(ctx: RequestContext, channel_arn: str) -> tuple[Channel, Stream]:
     ctx.services.health.refuse_if_draining()
     control = ctx.services.control
-    channel = control.store.channel_by_arn(channel_arn)
+    channel = control.channel_by_arn(channel_arn)
     if channel is None:
         raise ResourceNotFoundException(f"The channel {channel_arn} does not exist.")
     ctx.authorize(channel.arn)

@@ -10,16 +10,31 @@ leaves no torn fragment listed; an orphaned blob is swept at the next start.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import Callable, Sequence
 
 from .. import clock, ids
 from ..errors import ResourceNotFoundException
-from ..store.base import BlobStore, Fragment, MetadataStore, Stream
+from ..records import Fragment, Stream
+from ..store.base import BlobNotFound, BlobStore, MetadataStore
 
 logger = logging.getLogger(__name__)
 
 FRAGMENT_MAX_BYTES = 50 * 1024 * 1024
+
+
+class FragmentMissing(Exception):
+    """A listed fragment's media is no longer in the blob store."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A write failed for want of space: a blob's ENOSPC/EDQUOT, the index's "database or disk
+    is full", or either of them reported by a storage worker process."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc).lower()
+    return "disk is full" in text or "no space left" in text
 
 
 def blob_key(stream_id: int, server_ts_ms: int, number: int) -> str:
@@ -110,7 +125,12 @@ class FragmentStore:
                 logger.exception("fragment commit hook failed")
 
     async def read(self, fragment: Fragment) -> bytes:
-        return await self.blobs.get(fragment.blob_key)
+        """The fragment's MKV; :class:`FragmentMissing` if its media is gone (expired or deleted
+        since it was listed)."""
+        try:
+            return await self.blobs.get(fragment.blob_key)
+        except BlobNotFound as exc:
+            raise FragmentMissing(fragment.number) from exc
 
     def changed(self, stream_id: int) -> asyncio.Event:
         """An event set at the next append to ``stream_id`` (take a new one after each wake-up)."""

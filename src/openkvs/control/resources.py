@@ -12,6 +12,7 @@ import binascii
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 from .. import clock, ids, safejson
@@ -25,7 +26,8 @@ from ..errors import (
     TagsPerResourceExceededLimitException,
     VersionMismatchException,
 )
-from ..store.base import BlobStore, Channel, MetadataStore, Stream
+from ..records import Channel, Stream
+from ..store.base import BlobStore, MetadataStore
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +83,38 @@ class ControlPlane:
         self.account_id = account_id
         self._lock = asyncio.Lock()
         self._channel_listeners: list[ChannelListener] = []
+
+    async def start(self) -> None:
+        await self.store.start()
+        await self.blobs.start()
+
+    async def stop(self) -> None:
+        await self.blobs.stop()
+        await self.store.stop()
+
+    async def check_store(self) -> None:
+        """A real read through the metadata store's reader pool (readiness)."""
+        # By index; stream ids start at 1.
+        await self.store.last_fragments(0, 1)
+
+    def storage_pools(self) -> list[tuple[str, Executor | None]]:
+        """The storage backends' thread pools, by name, for the pool metrics."""
+        return [
+            ("blobs", getattr(self.blobs, "_pool", None)),
+            ("store_writer", getattr(self.store, "_writer", None)),
+            ("store_readers", getattr(self.store, "_readers", None)),
+        ]
+
+    # Lookups that answer None rather than raising (the API's get_* raise).
+
+    def channel_by_arn(self, arn: str) -> Channel | None:
+        return self.store.channel_by_arn(arn)
+
+    def stream_by_id(self, stream_id: int) -> Stream | None:
+        return self.store.stream_by_id(stream_id)
+
+    def stream_by_name(self, name: str) -> Stream | None:
+        return self.store.stream_by_name(name)
 
     def on_channel_closed(self, listener: ChannelListener) -> None:
         """Call ``listener`` when a channel is deleted or its media storage is disabled."""

@@ -10,7 +10,7 @@ import dataclasses
 from typing import Protocol
 
 from .. import clock
-from ..store.base import Channel, Stream
+from ..records import Channel, Stream
 
 
 class StorageSessions(Protocol):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..media import ebml, mkv
-from ..store.base import Fragment
+from ..records import Fragment
 
 CONTENT_TYPE = "video/webm"
 

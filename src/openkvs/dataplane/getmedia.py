@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from .. import clock
-from ..control.fragments import FragmentStore
+from ..control.fragments import FragmentMissing, FragmentStore
 from ..errors import InvalidArgumentException
-from ..store.base import BlobNotFound, Fragment, Stream
+from ..records import Fragment, Stream
 from . import chunks
 from .plane import DataPlane
 
@@ -138,7 +138,7 @@ async def stream_get_media(
     min_ts = start.min_ts
     sent = 0
     while not plane.closing.is_set() and not _client_gone(request):
-        if plane.control.store.stream_by_id(stream.id) is None:
+        if plane.control.stream_by_id(stream.id) is None:
             logger.info("%s stream deleted, ending", prefix)
             return
         changed = fragments.changed(stream.id)  # taken before listing: no append is missed
@@ -160,7 +160,7 @@ async def stream_get_media(
                 parts = chunks.get_media_chunk(
                     blob, f, millis_behind_now=clock.now_ms() - f.server_ts
                 )
-            except BlobNotFound:
+            except FragmentMissing:
                 logger.debug("%s fragment %d expired while reading", prefix, f.number)
                 continue
             except Exception:  # noqa: BLE001 - reported to the client as an error chunk
@@ -189,7 +189,7 @@ async def stream_fragment_list(
         try:
             blob = await plane.fragments.read(f)
             parts = chunks.fragment_list_chunk(blob, f)
-        except BlobNotFound:
+        except FragmentMissing:
             parts = [chunks.fragment_list_error(f.number_str, 4000, "Fragment not found.")]
         except Exception:  # noqa: BLE001 - reported to the client as an error chunk
             logger.exception("%s reading fragment %d failed", prefix, f.number)

@@ -19,7 +19,7 @@ from typing import Any
 from .. import safejson
 from ..control.fragments import FragmentStore
 from ..errors import InvalidArgumentException
-from ..store.base import Fragment, Stream
+from ..records import Fragment, Stream
 
 DEFAULT_MAX_RESULTS = 1000
 _TYPES = ("SERVER_TIMESTAMP", "PRODUCER_TIMESTAMP")

@@ -13,7 +13,7 @@ from ..config import Settings
 from ..control.fragments import FragmentStore
 from ..control.resources import ControlPlane
 from ..errors import ConnectionLimitExceededException
-from ..store.base import Stream
+from ..records import Stream
 from .events import FragmentEvents
 
 logger = logging.getLogger(__name__)

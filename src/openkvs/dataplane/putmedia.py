@@ -31,10 +31,11 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from .. import clock
+from ..control.fragments import is_disk_full
 from ..errors import InvalidArgumentException, ResourceNotFoundException
 from ..media import mkvstream
 from ..media.mkv import to_ms
-from ..store.base import Fragment, Stream, is_disk_full
+from ..records import Fragment, Stream
 from .acks import AckError, ack
 from .events import FragmentEvent
 from .plane import DataPlane, WriterSlot
@@ -331,6 +332,6 @@ class PutMediaSession:
 
     async def _ack_persisted(self, timecode: int, number: int) -> None:
         # PERSISTED means durable; streams without retention keep nothing to acknowledge.
-        current = self.plane.control.store.stream_by_id(self.stream.id)
+        current = self.plane.control.stream_by_id(self.stream.id)
         if current is not None and current.retention_hours > 0:
             await self._send(ack("PERSISTED", timecode=timecode, number=number))

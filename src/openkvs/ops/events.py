@@ -232,7 +232,7 @@ def attach(events: Events, services: Any) -> None:
     def persisted(fragment: Any) -> None:
         if not events.wants(FRAGMENT_PERSISTED):
             return
-        stream = control.store.stream_by_id(fragment.stream_id)
+        stream = control.stream_by_id(fragment.stream_id)
         events.publish(
             FRAGMENT_PERSISTED,
             StreamARN=stream.arn if stream is not None else None,
@@ -249,8 +249,8 @@ def attach(events: Events, services: Any) -> None:
         arn = stats.get("channel_arn")
         stream = None
         if stats.get("stream"):
-            stream = control.store.stream_by_name(stats["stream"])
-        channel = control.store.channel_by_arn(arn) if arn else None
+            stream = control.stream_by_name(stats["stream"])
+        channel = control.channel_by_arn(arn) if arn else None
         if stream is None and channel is not None:
             stream = control.storage_stream(channel)
         fields: dict[str, Any] = {
@@ -274,7 +274,7 @@ def attach(events: Events, services: Any) -> None:
     def notification(event: Any) -> None:
         if event.kind != "NOTIFICATION" or not events.wants(FRAGMENT_NOTIFICATION):
             return
-        stream = control.store.stream_by_id(event.stream_id)
+        stream = control.stream_by_id(event.stream_id)
         config = stream.notification if stream is not None else None
         if not config or config.get("Status") != "ENABLED":
             return

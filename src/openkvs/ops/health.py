@@ -86,10 +86,10 @@ async def _run(name: str, check: Check) -> bool:
     return ok
 
 
-def store_check(store: Any) -> Check:
+def store_check(control: Any) -> Check:
     async def check() -> bool:
-        # A real read through the store's reader pool, by index (stream ids start at 1).
-        await store.last_fragments(0, 1)
+        # A real read through the metadata store's reader pool.
+        await control.check_store()
         return True
 
     return check

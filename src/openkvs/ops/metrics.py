@@ -26,7 +26,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from .. import clock
-from ..store.base import Fragment
+from ..records import Fragment
 
 logger = logging.getLogger(__name__)
 
@@ -304,12 +304,9 @@ class Metrics:
 
 
 def _pools(services: Any) -> list[tuple[str, Executor | None]]:
-    store = services.control.store
     out: list[tuple[str, Executor | None]] = [
         ("playback", getattr(services.playback, "_pool", None)),
-        ("blobs", getattr(services.control.blobs, "_pool", None)),
-        ("store_writer", getattr(store, "_writer", None)),
-        ("store_readers", getattr(store, "_readers", None)),
+        *services.control.storage_pools(),
     ]
     media = getattr(services.sessions, "_pool", None)
     if media is not None:

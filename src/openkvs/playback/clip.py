@@ -16,7 +16,7 @@ from ..errors import (
     ResourceNotFoundException,
     UnsupportedStreamMediaTypeException,
 )
-from ..store.base import Fragment, Stream
+from ..records import Fragment, Stream
 from .fmp4 import (
     Samples,
     TrackSpec,

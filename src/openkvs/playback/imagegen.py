@@ -23,8 +23,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..control.resources import ControlPlane
 from ..dataplane.events import FragmentEvent, FragmentEvents
-from ..store.base import MetadataStore, Stream
+from ..records import Stream
 from .codecs import H264_CODEC_IDS
 from .images import ImageOptions, pick_frames, render
 from .service import PlaybackService
@@ -74,12 +75,12 @@ class ImageGenerator:
     def __init__(
         self,
         data_dir: Path,
-        meta: MetadataStore,
+        control: ControlPlane,
         playback: PlaybackService,
         events: FragmentEvents,
     ) -> None:
         self.data_dir = data_dir
-        self.meta = meta
+        self.control = control
         self.playback = playback
         self.events = events
         self._tasks: set[asyncio.Task[None]] = set()
@@ -105,7 +106,7 @@ class ImageGenerator:
     def _on_event(self, event: FragmentEvent) -> None:
         if event.kind != "IMAGE_GENERATION":
             return
-        stream = self.meta.stream_by_id(event.stream_id)
+        stream = self.control.stream_by_id(event.stream_id)
         config = stream.image_generation if stream is not None else None
         if stream is None or config is None or config.get("Status") != "ENABLED":
             logger.debug(
@@ -146,7 +147,7 @@ class ImageGenerator:
         )
 
     async def _images(self, stream: Stream, event: FragmentEvent, config: Mapping[str, Any]) -> int:
-        found = await self.meta.get_fragments(stream.id, [event.fragment_number])
+        found = await self.playback.fragments.get(stream, [event.fragment_number])
         if not found:
             return 0  # expired or deleted meanwhile
         fragment = found[0]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import av
 
-from ..store.base import Fragment, Stream
+from ..records import Fragment, Stream
 from .codecs import H264_CODEC_IDS
 from .mkv import ParsedFragment
 from .timeline import select, ts_of

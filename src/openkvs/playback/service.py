@@ -19,6 +19,8 @@ from typing import Any, ClassVar, TypeVar
 
 from .. import clock
 from ..config import Settings
+from ..control.fragments import FragmentMissing
+from ..control.resources import ControlPlane
 from ..errors import (
     ClientLimitExceededException,
     InvalidArgumentException,
@@ -29,7 +31,7 @@ from ..errors import (
     ServiceError,
     UnsupportedStreamMediaTypeException,
 )
-from ..store.base import Fragment, MetadataStore, Stream
+from ..records import Fragment, Stream
 from . import dash, hls, silence
 from .cache import ByteLRU
 from .fmp4 import (
@@ -134,9 +136,11 @@ def bandwidth(fragment: Fragment, parsed: ParsedFragment, track: Track | None) -
 class PlaybackService:
     NOT_STARTED: ClassVar[str] = "playback service is not started"
 
-    def __init__(self, settings: Settings, meta: MetadataStore, fragments: FragmentSource) -> None:
+    def __init__(
+        self, settings: Settings, control: ControlPlane, fragments: FragmentSource
+    ) -> None:
         self.settings = settings
-        self.meta = meta
+        self.control = control
         self.fragments = fragments
         budget = max(0, settings.playback_cache_mb) * 1024 * 1024
         self.parsed: ByteLRU[tuple[int, int], ParsedFragment] = ByteLRU(
@@ -194,7 +198,7 @@ class PlaybackService:
     async def read(self, fragment: Fragment) -> bytes:
         try:
             return await self.fragments.read(fragment)
-        except (KeyError, FileNotFoundError) as exc:
+        except FragmentMissing as exc:
             raise ResourceNotFoundException(
                 f"Fragment {fragment.number} is no longer available."
             ) from exc
@@ -282,7 +286,7 @@ class PlaybackService:
         if session.kind != kind:
             other = "HLS" if session.kind == HLS else "DASH"
             raise SessionNotAuthorized(f"The session token belongs to an {other} session.")
-        stream = self.meta.stream_by_id(session.stream_id)
+        stream = self.control.stream_by_id(session.stream_id)
         if stream is None or stream_tag(stream.arn) != session.stream_tag:
             raise ResourceNotFoundException("The stream of this streaming session was deleted.")
         return session, stream

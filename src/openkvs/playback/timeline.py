@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
 
-from ..store.base import Fragment, Stream
+from ..records import Fragment, Stream
 from .tokens import Session
 
 CONTIGUITY_MS = 50

@@ -41,7 +41,7 @@ from ..errors import (
     ResourceNotFoundException,
     ServiceError,
 )
-from ..store.base import Channel
+from ..records import Channel
 from . import messages
 from .bus import (
     Bus,
@@ -151,7 +151,7 @@ class SignalingHub:
             raise ValueError(f"{message_type} events {need} payload")
         key = (channel_arn, client_id)
         text = messages.event(message_type, payload)
-        channel = self.control.store.channel_by_arn(channel_arn)
+        channel = self.control.channel_by_arn(channel_arn)
         if channel is None:
             logger.debug("[%s] dropped %s for a deleted channel", channel_arn, message_type)
             return
@@ -274,7 +274,7 @@ class SignalingHub:
                 f"Too many SDP messages: the limit is {self.settings.signaling_sdp_rate:g} per "
                 "second per connection."
             )
-        channel = self.control.store.channel_by_arn(peer.channel_arn)
+        channel = self.control.channel_by_arn(peer.channel_arn)
         if channel is None:
             raise ResourceNotFoundException(
                 f"The channel {channel_label(peer.channel_arn)} no longer exists."

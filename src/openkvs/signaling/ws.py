@@ -204,7 +204,7 @@ class SignalingEndpoint:
         services.health.refuse_if_draining()
 
         principal = self._authenticate(request)
-        channel = services.control.store.channel_by_arn(channel_arn)
+        channel = services.control.channel_by_arn(channel_arn)
         if channel is None:
             raise ResourceNotFoundException(
                 f"The requested channel is not found or not active: {channel_arn}"

@@ -1,72 +1,17 @@
-"""Storage interfaces and the records they hold.
+"""Storage interfaces.
 
 ``MetadataStore`` keeps channels, streams and fragment metadata; ``BlobStore`` keeps fragment
-media. The default implementations are SQLite (``sqlite.py``) and the filesystem (``fs.py``).
-Records are plain frozen dataclasses; timestamps are epoch seconds (resources) or epoch
-milliseconds (fragments).
+media. The default implementations are SQLite (``sqlite.py``) and the filesystem (``fs.py``);
+``factory.py`` chooses them from settings. The records themselves live in ``openkvs.records``.
+Only ``openkvs.control`` and the composition root (``app.py``) use this package.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import errno
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Protocol
 
-
-@dataclasses.dataclass(frozen=True)
-class Channel:
-    id: int
-    arn: str
-    name: str
-    channel_type: str
-    status: str
-    created: float
-    version: str
-    message_ttl: int
-    tags: Mapping[str, str]
-    storage_status: str = "DISABLED"
-    storage_stream_arn: str | None = None
-
-    def replace(self, **changes: object) -> Channel:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
-
-
-@dataclasses.dataclass(frozen=True)
-class Stream:
-    id: int
-    arn: str
-    name: str
-    device_name: str | None
-    media_type: str | None
-    kms_key_id: str
-    version: str
-    status: str
-    created: float
-    retention_hours: int
-    tags: Mapping[str, str]
-    storage_tier: str = "HOT"
-    # UpdateImageGenerationConfiguration / UpdateNotificationConfiguration, as sent (wire shape)
-    image_generation: Mapping[str, Any] | None = None
-    notification: Mapping[str, Any] | None = None
-
-    def replace(self, **changes: object) -> Stream:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
-
-
-@dataclasses.dataclass(frozen=True)
-class Fragment:
-    stream_id: int
-    number: int
-    producer_ts: int  # epoch ms
-    server_ts: int  # epoch ms
-    duration_ms: int
-    size: int
-    blob_key: str
-
-    @property
-    def number_str(self) -> str:
-        return str(self.number)
+from ..records import Channel, Fragment, Stream
 
 
 class MetadataStore(Protocol):
@@ -118,12 +63,3 @@ class BlobStore(Protocol):
 
 class BlobNotFound(KeyError):
     """A blob key has no data."""
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """A write failed for want of space: a blob's ENOSPC/EDQUOT, the index's "database or disk
-    is full", or either of them reported by a storage worker process."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(exc).lower()
-    return "disk is full" in text or "no space left" in text

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import ResourceInUseException
-from .base import Channel, Fragment, Stream
+from ..records import Channel, Fragment, Stream
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -22,10 +22,10 @@ from .. import clock
 from ..config import Settings
 from ..control.fragments import FragmentStore
 from ..errors import ClientLimitExceededException, InvalidArgumentException
+from ..records import Channel, Stream
 from ..signaling.hub import SignalingHub
 from ..signaling.ice import external_turn
 from ..signaling.turn import TurnAccess
-from ..store.base import Channel, Stream
 from . import net, tap
 from .audio import ChannelAudio
 from .diagnostics import recent_diagnostics

@@ -14,7 +14,7 @@ from typing import Any
 import av
 
 from ..config import Settings
-from ..store.base import Channel, Stream
+from ..records import Channel, Stream
 from . import tap
 from .audio import MASTER, ChannelAudio
 from .opus_in import OpusIn

@@ -19,10 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 import av
 
 from .. import clock
+from ..control.fragments import is_disk_full
 from ..media.aac import AacEncoder, is_dual_mono
 from ..media.fragmenter import FragmentData, Fragmenter
 from ..media.timeline import SessionClock
-from ..store.base import Fragment, Stream, is_disk_full
+from ..records import Fragment, Stream
 from .seams import FragmentSink
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ..store.base import Fragment, Stream
+from ..records import Fragment, Stream
 
 
 class SignalingSink(Protocol):

@@ -14,7 +14,7 @@ from aiortc.sdp import SessionDescription
 from .. import clock
 from ..config import Settings
 from ..errors import InvalidArgumentException
-from ..store.base import Channel
+from ..records import Channel
 from . import net, offer_tags, signaling_io
 from .diagnostics import Timeline, dtls_state, selected_pair
 from .peer import OfferingPeer, Send

@@ -12,7 +12,7 @@ import av
 
 from .. import clock
 from ..config import Settings
-from ..store.base import Channel
+from ..records import Channel
 from . import tap
 from .audio import ChannelAudio
 from .master import MasterSession

@@ -37,9 +37,9 @@ from typing import Any
 from .. import errors, heap
 from ..config import Settings
 from ..control.fragments import FragmentStore, blob_key
+from ..records import Channel, Fragment, Stream
 from ..signaling.ice import external_turn
 from ..signaling.turn import TurnAccess
-from ..store.base import Channel, Fragment, Stream
 
 logger = logging.getLogger(__name__)
 
@@ -454,10 +454,10 @@ def worker_main(
 async def _worker(
     settings: Settings, sock: socket.socket, index: int, turn: TurnAccess | None
 ) -> None:
-    from ..store.fs import FsBlobStore
+    from ..store.factory import blob_store
     from .manager import StorageSessionManager
 
-    blobs = FsBlobStore(settings.data_dir / "media")
+    blobs = blob_store(settings)
     stop = asyncio.Event()
     manager: StorageSessionManager | None = None
 

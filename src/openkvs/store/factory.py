@@ -1,0 +1,72 @@
+"""The one place that chooses the storage backends, from settings.
+
+``database_url`` names the metadata store and ``media_url`` the blob store; both default to the
+embedded backends under the data directory (``sqlite:///<data-dir>/openkvs.db`` and
+``file://<data-dir>/media``). The server and its storage worker processes both open their
+backends here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ..config import ConfigError, Settings
+from .base import BlobStore, MetadataStore
+from .fs import FsBlobStore
+from .sqlite import SqliteMetadataStore
+
+CLUSTER_SCHEMES = {
+    "postgresql": "database_url",
+    "postgres": "database_url",
+    "s3": "media_url",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Backends:
+    meta: MetadataStore
+    blobs: BlobStore
+
+
+def database_url(settings: Settings) -> str:
+    return settings.database_url or f"sqlite:///{settings.data_dir / 'openkvs.db'}"
+
+
+def media_url(settings: Settings) -> str:
+    return settings.media_url or f"file://{settings.data_dir / 'media'}"
+
+
+def _path(url: str, prefix: str, setting: str) -> Path:
+    """The local path of ``<prefix><path>`` (taken literally: ``sqlite:///data/openkvs.db`` is
+    relative, ``sqlite:////data/openkvs.db`` and ``file:///data/media`` absolute)."""
+    if not url.startswith(prefix):
+        scheme = url.partition(":")[0].lower()
+        if scheme in CLUSTER_SCHEMES:
+            raise ConfigError(
+                f"{setting} {scheme}:// needs the cluster backends, which are not available in "
+                f"this build; use {prefix}<path>"
+            )
+        raise ConfigError(f"{setting} must be {prefix}<path>, got {url[:200]!r}")
+    path = url[len(prefix) :]
+    if not path:
+        raise ConfigError(f"{setting} names no path: {url[:200]!r}")
+    return Path(path)
+
+
+def media_root(settings: Settings) -> Path:
+    """The folder the blob store keeps fragment media in (for the readiness check)."""
+    return _path(media_url(settings), "file://", "media_url")
+
+
+def blob_store(settings: Settings) -> BlobStore:
+    """The blob store alone (storage worker processes write blobs, never metadata)."""
+    return FsBlobStore(media_root(settings))
+
+
+def open_backends(settings: Settings) -> Backends:
+    """The metadata and blob stores the settings name (not started); ConfigError for a URL that
+    this build cannot serve."""
+    blobs = blob_store(settings)
+    meta = SqliteMetadataStore(_path(database_url(settings), "sqlite:///", "database_url"))
+    return Backends(meta=meta, blobs=blobs)
