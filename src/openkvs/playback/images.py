@@ -146,8 +146,6 @@ class Encoder:
                 enc = av.CodecContext.create("mjpeg", "w")
                 q = jpeg_qscale(options.quality)
                 enc.qmin = enc.qmax = q
-                # The standard Huffman tables: one pass over the image instead of two.
-                enc.options = {"huffman": "default"}
             else:
                 enc = av.CodecContext.create("png", "w")
             enc.pix_fmt = fmt
