@@ -12,9 +12,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
 
 from openkvs import clock
+from openkvs.playback.images import (
+    ImageOptions,
+    decode_frames,
+    decode_ranges,
+    encode_image,
+    render,
+)
+from openkvs.playback.mkv import ParsedFragment, parse_fragment
 
 from ..support import ServerThread
 from .media import GeneratedFragment, append, recorded
@@ -271,6 +280,7 @@ def test_decoding_runs_off_the_event_loop(
         for _ in range(3):
             assert len(images(server, t0, t0 + 4800, SamplingInterval=200)["Images"]) == 25
             server.services.playback.images.clear()
+            server.services.playback.frames.clear()
         done.append(time.monotonic() - started)
 
     thread = threading.Thread(target=work)
@@ -284,3 +294,84 @@ def test_decoding_runs_off_the_event_loop(
     thread.join()
     assert done and len(latencies) >= 3
     assert max(latencies) < 1.0, latencies
+
+
+def fresh_decode(parsed: ParsedFragment, track: int, index: int) -> Any:
+    """The frame at decode-order ``index``, from a new decoder fed every packet from its keyframe."""
+    frames = parsed.frames[track]
+    k = index
+    while k > 0 and not frames[k].key:
+        k -= 1
+    ctx: Any = av.CodecContext.create("h264", "r")
+    ctx.extradata = parsed.tracks[track].codec_private
+    decoded: list[Any] = []
+    for i in range(k, index + 1):
+        packet = av.Packet(frames[i].data)
+        packet.pts = packet.dts = i
+        decoded += ctx.decode(packet)
+    decoded += ctx.decode(None)
+    (frame,) = [f for f in decoded if f.pts == index]
+    return frame
+
+
+def test_one_decoder_per_fragment_gives_the_frames_a_fresh_decode_gives() -> None:
+    """Several keyframe runs through one decoder, skipping unwanted non-reference B-frames,
+    decode exactly the pictures a fresh decoder per frame does."""
+    first, second = (parse_fragment(f.data) for f in recorded(2, 0, bframes=2))
+    track = first.video()
+    assert track is not None
+    n = len(first.frames[track.number])
+    # Two GOPs in one fragment: the second fragment's frames follow the first's.
+    merged = ParsedFragment(
+        tracks=first.tracks,
+        frames={track.number: first.frames[track.number] + second.frames[track.number]},
+    )
+    frames = merged.frames[track.number]
+    assert frames[n].key and sum(f.key for f in frames) == 2
+    wanted = {0, 5, n - 1, n, n + 7}
+    assert decode_ranges(frames, wanted) == [(0, n - 1), (n, n + 7)]
+    keep: dict[int, Any] = {}
+    ours = decode_frames(merged, track.number, wanted, keep)
+    assert set(ours) == wanted
+    for index in wanted:
+        reference = fresh_decode(merged, track.number, index)
+        for a, b in zip(ours[index].planes, reference.planes, strict=True):
+            assert bytes(a) == bytes(b), index
+    # The keyframe a run started from is kept for the frame cache when it was not wanted.
+    assert set(keep) == set()
+    keep = {}
+    decode_frames(merged, track.number, {n + 3}, keep)
+    assert set(keep) == {n}
+    # Images from the shared encoder equal images encoded one by one.
+    options = ImageOptions("JPEG", quality=70, width=320)
+    batch = render(merged, track.number, wanted, options)
+    for index in wanted:
+        assert batch[index] == encode_image(ours[index], options)
+        assert (batch[index] or b"")[:2] == b"\xff\xd8"
+
+
+def test_decoded_frames_are_cached(
+    server: ServerThread, stream: tuple[int, list[GeneratedFragment]], tmp_path: Path
+) -> None:
+    """Another format or size of an already decoded frame is encoded from the frame cache."""
+    t0, frags = stream
+    playback = server.services.playback
+    (jpeg,) = images(server, t0 + 2500, t0 + 2500)["Images"]
+    hits, decoded = playback.frames.hits, playback.images_decoded
+    assert len(playback.frames) >= 1
+    (png,) = images(server, t0 + 2500, t0 + 2500, Format="PNG", WidthPixels=320)["Images"]
+    assert playback.frames.hits == hits + 1 and playback.images_decoded == decoded + 1
+    assert size(save(tmp_path, png, "cached.png")) == (320, 180)
+    # The frame cache empty, the same image is decoded again, identical.
+    playback.images.clear()
+    playback.frames.clear()
+    (again,) = images(server, t0 + 2500, t0 + 2500)["Images"]
+    assert again["ImageContent"] == jpeg["ImageContent"]
+    assert playback.images_decoded == decoded + 2
+    playback.images.clear()
+    playback.frames.clear()
+    (fresh,) = images(server, t0 + 2500, t0 + 2500, Format="PNG", WidthPixels=320)["Images"]
+    assert fresh["ImageContent"] == png["ImageContent"]
+    # And it is the frame shown at that time.
+    ours = save(tmp_path, again, "again.jpg")
+    assert psnr(ours, reference_frame(tmp_path, frags[2], 500, "ref")) > 30

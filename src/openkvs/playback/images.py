@@ -2,9 +2,12 @@
 
 For each sampling time the covering fragment is found from the fragment metadata; inside it the
 frame shown at that time (the last one presented at or before it) is decoded starting from the
-nearest keyframe before it, in decode order, and nothing past the last wanted frame. Decoding
-and encoding run in the playback worker pool; encoded images are cached by (fragment, frame,
-format, quality, size).
+nearest keyframe before it, in decode order, and nothing past the last wanted frame. One decoder
+serves all of a fragment's images; frames that are neither wanted nor referenced by another frame
+(non-reference B-frames) are skipped, which changes no decoded picture. Decoding and encoding run
+in the playback worker pool. Encoded images are cached by (fragment, frame, format, quality,
+size); decoded frames (the wanted ones and the keyframes decoding started from) are cached by
+(fragment, frame), so another size, format or quality of the same frame is not decoded again.
 """
 
 from __future__ import annotations
@@ -76,10 +79,8 @@ def pick_frames(parsed: ParsedFragment, track: int, offsets_ns: list[int]) -> li
     return picks
 
 
-def decode_frames(parsed: ParsedFragment, track: int, wanted: set[int]) -> dict[int, Any]:
-    """Decode the frames at decode-order indices ``wanted``, each from its nearest keyframe."""
-    info = parsed.tracks[track]
-    frames = parsed.frames[track]
+def decode_ranges(frames: list[Any], wanted: set[int]) -> list[tuple[int, int]]:
+    """Decode-order ``(first, last)`` runs that decode ``wanted``, each from its keyframe."""
     ranges: list[list[int]] = []
     for j in sorted(wanted):
         k = j
@@ -89,60 +90,112 @@ def decode_frames(parsed: ParsedFragment, track: int, wanted: set[int]) -> dict[
             ranges[-1][1] = max(ranges[-1][1], j)
         else:
             ranges.append([k, j])
+    return [(first, last) for first, last in ranges]
+
+
+def decode_frames(
+    parsed: ParsedFragment, track: int, wanted: set[int], keep: dict[int, Any] | None = None
+) -> dict[int, Any]:
+    """Decode the frames at decode-order indices ``wanted``, each from its nearest keyframe.
+
+    ``keep``, when given, also receives the keyframe each run of decoding started from."""
+    info = parsed.tracks[track]
+    frames = parsed.frames[track]
     out: dict[int, Any] = {}
-    for first, last in ranges:
-        ctx: Any = av.CodecContext.create("h264", "r")
-        ctx.extradata = info.codec_private
-        ctx.thread_count = 1
+    ctx: Any = av.CodecContext.create("h264", "r")
+    ctx.extradata = info.codec_private
+    ctx.thread_count = 1
+    for n, (first, last) in enumerate(decode_ranges(frames, wanted)):
+        if n:
+            ctx.flush_buffers()  # the same decoder, restarted at the next keyframe
         decoded: list[Any] = []
         for i in range(first, last + 1):
+            # Single-threaded, the setting applies to this packet alone: a frame nothing else
+            # refers to is only decoded when it is one of the wanted frames.
+            ctx.skip_frame = "DEFAULT" if i in wanted else "NONREF"
             packet = av.Packet(frames[i].data)
             packet.pts = packet.dts = i
             packet.time_base = Fraction(1, 90_000)
             decoded += ctx.decode(packet)
+        ctx.skip_frame = "DEFAULT"
         decoded += ctx.decode(None)
         for frame in decoded:
-            if frame.pts in wanted:
-                out[int(frame.pts)] = frame
+            index = int(frame.pts)
+            if index in wanted:
+                out[index] = frame
+            elif keep is not None and index == first:
+                keep[index] = frame
     return out
 
 
+class Encoder:
+    """Encodes frames as one format/quality/size, reusing one encoder for every image."""
+
+    def __init__(self, options: ImageOptions) -> None:
+        self.options = options
+        self._ctx: dict[tuple[int, int], Any] = {}
+        self._pts = 0  # an encoder takes increasing timestamps
+
+    def encode(self, frame: Any) -> bytes:
+        options = self.options
+        width, height = output_size(frame.width, frame.height, options.width, options.height)
+        fmt = "yuvj420p" if options.format == "JPEG" else "rgb24"
+        enc = self._ctx.get((width, height))
+        if enc is None:
+            if options.format == "JPEG":
+                enc = av.CodecContext.create("mjpeg", "w")
+                q = jpeg_qscale(options.quality)
+                enc.qmin = enc.qmax = q
+            else:
+                enc = av.CodecContext.create("png", "w")
+            enc.pix_fmt = fmt
+            enc.width = width
+            enc.height = height
+            enc.time_base = Fraction(1, 25)
+            self._ctx[(width, height)] = enc
+        image = frame.reformat(width=width, height=height, format=fmt, interpolation="AREA")
+        image.pts = self._pts
+        image.time_base = enc.time_base
+        self._pts += 1
+        # Intra-only encoders return each image's packet at once (no flush, so no reopen).
+        return b"".join(bytes(p) for p in enc.encode(image))
+
+
 def encode_image(frame: Any, options: ImageOptions) -> bytes:
-    width, height = output_size(frame.width, frame.height, options.width, options.height)
-    if options.format == "JPEG":
-        image = frame.reformat(width=width, height=height, format="yuvj420p", interpolation="AREA")
-        enc: Any = av.CodecContext.create("mjpeg", "w")
-        enc.pix_fmt = "yuvj420p"
-        q = jpeg_qscale(options.quality)
-        enc.qmin = enc.qmax = q
-    else:
-        image = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
-        enc = av.CodecContext.create("png", "w")
-        enc.pix_fmt = "rgb24"
-    enc.width = width
-    enc.height = height
-    enc.time_base = Fraction(1, 25)
-    image.pts = 0
-    packets = enc.encode(image) + enc.encode(None)
-    return b"".join(bytes(p) for p in packets)
+    return Encoder(options).encode(frame)
 
 
 def render(
-    parsed: ParsedFragment, track: int, wanted: set[int], options: ImageOptions
+    parsed: ParsedFragment,
+    track: int,
+    wanted: set[int],
+    options: ImageOptions,
+    decoded: dict[int, Any] | None = None,
+    keep: dict[int, Any] | None = None,
 ) -> dict[int, bytes | None]:
-    """Worker-pool job: images for the frames ``wanted`` (None where decoding failed)."""
-    try:
-        frames = decode_frames(parsed, track, wanted)
-    except (av.FFmpegError, ValueError):
-        frames = {}
+    """Worker-pool job: images for the frames ``wanted`` (None where decoding failed).
+
+    ``decoded`` holds frames already decoded (from the frame cache); ``keep``, when given,
+    receives every frame this job decoded, for that cache."""
+    have = dict(decoded or {})
+    todo = wanted - have.keys()
+    if todo:
+        try:
+            fresh = decode_frames(parsed, track, todo, keep)
+        except (av.FFmpegError, ValueError):
+            fresh = {}
+        have.update(fresh)
+        if keep is not None:
+            keep.update(fresh)
+    encoder = Encoder(options)
     out: dict[int, bytes | None] = {}
     for index in wanted:
-        frame = frames.get(index)
+        frame = have.get(index)
         if frame is None:
             out[index] = None
             continue
         try:
-            out[index] = encode_image(frame, options)
+            out[index] = encoder.encode(frame)
         except (av.FFmpegError, ValueError):
             out[index] = None
     return out
@@ -247,7 +300,16 @@ async def _fragment_images(
         else:
             missing.add(p)
     if missing:
-        rendered = await svc.run(render, parsed, video.number, missing, options)
+        fkey = (stream.id, fragment.number)
+        decoded: dict[int, Any] = {}
+        for p in missing:
+            frame = svc.frames.get((*fkey, p))
+            if frame is not None:
+                decoded[p] = frame
+        keep: dict[int, Any] = {}
+        rendered = await svc.run(render, parsed, video.number, missing, options, decoded, keep)
+        for p, frame in keep.items():
+            svc.frames.put((*fkey, p), frame)
         for p, data in rendered.items():
             if data is not None:
                 svc.images.put((*base, p), data)

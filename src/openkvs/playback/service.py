@@ -133,6 +133,11 @@ def bandwidth(fragment: Fragment, parsed: ParsedFragment, track: Track | None) -
     return int(size * 8 / seconds * 1.1) + 1
 
 
+def frame_bytes(frame: Any) -> int:
+    """Memory a decoded video frame holds (its planes)."""
+    return sum(int(plane.buffer_size) for plane in frame.planes)
+
+
 class PlaybackService:
     NOT_STARTED: ClassVar[str] = "playback service is not started"
 
@@ -147,7 +152,9 @@ class PlaybackService:
             budget // 4, lambda p: p.size
         )
         self.segments: ByteLRU[tuple[Any, ...], bytes] = ByteLRU(budget // 2, len)
-        self.images: ByteLRU[tuple[Any, ...], bytes] = ByteLRU(budget // 4, len)
+        self.images: ByteLRU[tuple[Any, ...], bytes] = ByteLRU(budget // 8, len)
+        # Decoded frames (GetImages): another size, format or quality of a frame skips decoding.
+        self.frames: ByteLRU[tuple[Any, ...], Any] = ByteLRU(budget // 8, frame_bytes)
         self._cursors: OrderedDict[str, Cursor] = OrderedDict()
         self._pool: ThreadPoolExecutor | None = None
         self.images_decoded = 0  # GetImages images decoded (not from the cache), for metrics
@@ -164,7 +171,7 @@ class PlaybackService:
         )
 
     async def stop(self) -> None:
-        for cache in (self.parsed, self.segments, self.images):
+        for cache in (self.parsed, self.segments, self.images, self.frames):
             cache.cancel_pending()
             cache.clear()
         self._cursors.clear()
