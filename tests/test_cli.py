@@ -75,6 +75,8 @@ def test_serve_credentials_and_shutdown(served) -> None:  # type: ignore[no-unty
     assert str(data.resolve()) in log and "ca.pem" in log
     assert f"web console: https://127.0.0.1:{port}/console/" in log, log
     assert f"web console (plain HTTP): http://127.0.0.1:{http_port}/console/" in log, log
+    # The printed shell setup names this server's ports, so its endpoints come out right.
+    assert f"--port {port} --http-port {http_port}" in log, log
 
     coturn = need_tool("turnserver")
     keys = ["credentials.json", "tls/ca-key.pem", "tls/server-key.pem"]

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -126,7 +127,8 @@ async def _serve(settings: Settings) -> int:
         logger.info("  local CA certificate (trust it in clients): %s", bound.tls.ca_cert.resolve())
     if settings.no_auth:
         logger.warning("AUTHENTICATION IS DISABLED (--no-auth): anyone can call every API")
-    logger.info('  shell setup: eval "$(openkvs credentials --data-dir %s)"', settings.data_dir)
+    flags = _credentials_flags(settings, bound)
+    logger.info('  shell setup: eval "$(openkvs credentials %s)"', flags)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -140,6 +142,21 @@ async def _serve(settings: Settings) -> int:
         os._exit(1)
     logger.info("stopped")
     return 0
+
+
+def _credentials_flags(settings: Settings, bound: Any) -> str:
+    """The flags that make ``openkvs credentials`` print this server's endpoints."""
+    flags = ["--data-dir", str(settings.data_dir)]
+    defaults = Settings()
+    if settings.host != defaults.host:
+        flags += ["--host", settings.host]
+    if bound.port != defaults.port:
+        flags += ["--port", str(bound.port)]
+    if bound.http_port != defaults.http_port:
+        flags += ["--http-port", str(bound.http_port or 0)]
+    if settings.public_url:
+        flags += ["--public-url", settings.public_url]
+    return shlex.join(flags)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
