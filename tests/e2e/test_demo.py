@@ -232,7 +232,9 @@ def test_demo_next_to_a_running_server_stops_on_ctrl_c_and_its_commands_work(
         *("--channel", "front-door"),
     )
     demo.wait_for(lambda s: s.startswith("HLS, live"), 120)
-    demo.wait_for(lambda s: any(n >= 3 for _, n, _ in progress(s)), 60)
+    # Four stored fragments (8 s or more): the printed GetImages range asks for images at 0, 3
+    # and 6 s after the first whole second of the recording, which must all be recorded by then.
+    demo.wait_for(lambda s: any(n >= 4 for _, n, _ in progress(s)), 60)
     demo.proc.send_signal(signal.SIGINT)  # Ctrl-C
     assert demo.finish(30) == 0, demo.text
     out = demo.text
