@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..control.resources import paginate
@@ -291,11 +292,22 @@ async def update_stream_storage_configuration(
 # -- image generation and notification configurations ------
 #
 # Stored as sent. Image generation acts on the AWS_KINESISVIDEO_IMAGE_GENERATION events producers
-# attach to fragments (playback/imagegen.py); notifications are published in-process
-# (dataplane/events.py) for a delivery mechanism to pick up.
+# attach to fragments (playback/imagegen.py); AWS_KINESISVIDEO_NOTIFICATION events on a stream
+# with an enabled notification configuration become fragment.notification webhook events
+# (ops/events.py).
 
 MIN_SAMPLING_INTERVAL_MS = 200
 MAX_SAMPLING_INTERVAL_MS = 20_000
+
+
+def _check_destination(stream: Stream, config: dict[str, Any], what: str) -> None:
+    """What both configurations require: a destination, and stored media when enabled."""
+    if not config["DestinationConfig"]["Uri"].strip():
+        raise InvalidArgumentException("DestinationConfig Uri must not be empty.")
+    if config["Status"] == "ENABLED" and stream.retention_hours == 0:
+        raise NoDataRetentionException(
+            f"The stream {stream.name} has no data retention; {what} need stored media."
+        )
 
 
 def _check_image_generation(stream: Stream, config: dict[str, Any]) -> None:
@@ -312,67 +324,68 @@ def _check_image_generation(stream: Stream, config: dict[str, Any]) -> None:
             raise InvalidArgumentException("FormatConfig JPEGQuality applies to the JPEG Format.")
         if not quality.isdigit() or not 1 <= int(quality) <= 100:
             raise InvalidArgumentException("JPEGQuality must be a number from 1 to 100.")
-    if not config["DestinationConfig"]["Uri"].strip():
-        raise InvalidArgumentException("DestinationConfig Uri must not be empty.")
-    if config["Status"] == "ENABLED" and stream.retention_hours == 0:
-        raise NoDataRetentionException(
-            f"The stream {stream.name} has no data retention; images need stored media."
-        )
+    _check_destination(stream, config, "images")
+
+
+def _check_notification(stream: Stream, config: dict[str, Any]) -> None:
+    _check_destination(stream, config, "notifications")
+
+
+# kind (Stream field) -> (wire member, validation)
+_STREAM_CONFIGS: dict[str, tuple[str, Callable[[Stream, dict[str, Any]], None]]] = {
+    "image_generation": ("ImageGenerationConfiguration", _check_image_generation),
+    "notification": ("NotificationConfiguration", _check_notification),
+}
+
+
+async def _update_stream_config(
+    ctx: RequestContext, p: dict[str, Any], kind: str
+) -> dict[str, Any]:
+    member, check = _STREAM_CONFIGS[kind]
+    control = ctx.services.control
+    stream = control.get_stream(name=p.get("StreamName"), arn=p.get("StreamARN"))
+    ctx.authorize(stream.arn)
+    config = p.get(member)
+    if config is not None:
+        check(stream, config)
+    await control.update_stream_config(arn=stream.arn, kind=kind, config=config)
+    return {}
+
+
+def _describe_stream_config(ctx: RequestContext, p: dict[str, Any], kind: str) -> dict[str, Any]:
+    member, _ = _STREAM_CONFIGS[kind]
+    stream = ctx.services.control.get_stream(name=p.get("StreamName"), arn=p.get("StreamARN"))
+    ctx.authorize(stream.arn)
+    config = getattr(stream, kind)
+    return {} if config is None else {member: dict(config)}
 
 
 @handlers.operation("UpdateImageGenerationConfiguration")
 async def update_image_generation_configuration(
     ctx: RequestContext, p: dict[str, Any]
 ) -> dict[str, Any]:
-    control = ctx.services.control
-    stream = control.get_stream(name=p.get("StreamName"), arn=p.get("StreamARN"))
-    ctx.authorize(stream.arn)
-    config = p.get("ImageGenerationConfiguration")
-    if config is not None:
-        _check_image_generation(stream, config)
-    await control.update_stream_config(arn=stream.arn, kind="image_generation", config=config)
-    return {}
+    return await _update_stream_config(ctx, p, "image_generation")
 
 
 @handlers.operation("DescribeImageGenerationConfiguration")
 async def describe_image_generation_configuration(
     ctx: RequestContext, p: dict[str, Any]
 ) -> dict[str, Any]:
-    stream = ctx.services.control.get_stream(name=p.get("StreamName"), arn=p.get("StreamARN"))
-    ctx.authorize(stream.arn)
-    if stream.image_generation is None:
-        return {}
-    return {"ImageGenerationConfiguration": dict(stream.image_generation)}
+    return _describe_stream_config(ctx, p, "image_generation")
 
 
 @handlers.operation("UpdateNotificationConfiguration")
 async def update_notification_configuration(
     ctx: RequestContext, p: dict[str, Any]
 ) -> dict[str, Any]:
-    control = ctx.services.control
-    stream = control.get_stream(name=p.get("StreamName"), arn=p.get("StreamARN"))
-    ctx.authorize(stream.arn)
-    config = p.get("NotificationConfiguration")
-    if config is not None:
-        if not config["DestinationConfig"]["Uri"].strip():
-            raise InvalidArgumentException("DestinationConfig Uri must not be empty.")
-        if config["Status"] == "ENABLED" and stream.retention_hours == 0:
-            raise NoDataRetentionException(
-                f"The stream {stream.name} has no data retention; notifications need stored media."
-            )
-    await control.update_stream_config(arn=stream.arn, kind="notification", config=config)
-    return {}
+    return await _update_stream_config(ctx, p, "notification")
 
 
 @handlers.operation("DescribeNotificationConfiguration")
 async def describe_notification_configuration(
     ctx: RequestContext, p: dict[str, Any]
 ) -> dict[str, Any]:
-    stream = ctx.services.control.get_stream(name=p.get("StreamName"), arn=p.get("StreamARN"))
-    ctx.authorize(stream.arn)
-    if stream.notification is None:
-        return {}
-    return {"NotificationConfiguration": dict(stream.notification)}
+    return _describe_stream_config(ctx, p, "notification")
 
 
 # -- tags ------
