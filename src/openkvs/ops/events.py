@@ -201,12 +201,16 @@ class Events:
         delay = self.backoff_first
         for attempt in range(1, self._max_attempts + 1):
             try:
-                async with self._session.post(url, data=body, headers=headers) as resp:
+                async with self._session.post(
+                    url, data=body, headers=headers, allow_redirects=False
+                ) as resp:
                     if 200 <= resp.status < 300:
                         return True
                     problem = f"status {resp.status}"
             except (aiohttp.ClientError, TimeoutError) as exc:
-                problem = str(exc) or type(exc).__name__
+                # The exception's text can hold the whole URL, and a path or query may carry a
+                # token: its type says enough.
+                problem = type(exc).__name__
             if attempt == self._max_attempts:
                 logger.warning(
                     "webhook to %s failed %d times (%s): dropped", _where(url), attempt, problem
@@ -225,7 +229,7 @@ class Events:
 
 def attach(events: Events, services: Any) -> None:
     """Publish fragment.persisted and storage_session.ended from the running app's hooks."""
-    from .metrics import chain_hooks, end_reason
+    from .metrics import chain_hooks, end_reason, session_role
 
     control = services.control
 
@@ -256,7 +260,7 @@ def attach(events: Events, services: Any) -> None:
         fields: dict[str, Any] = {
             "ChannelARN": arn,
             "StreamARN": stream.arn if stream is not None else None,
-            "role": "master" if stats.get("role") == "master" else "viewer",
+            "role": session_role(stats),
             "session": stats.get("session"),
             "reason": stats.get("end_reason"),
             "reasonCode": end_reason(stats.get("end_reason")),

@@ -78,7 +78,8 @@ def end_reason(reason: str | None) -> str:
     return "other"
 
 
-def _role(stats: dict[str, Any]) -> str:
+def session_role(stats: dict[str, Any]) -> str:
+    """A session's role as published: master, or viewer."""
     return "master" if stats.get("role") == "master" else "viewer"
 
 
@@ -199,7 +200,7 @@ class Metrics:
         self.durability.observe(max(0.0, (clock.now_ms() - end_ms) / 1000))
 
     def session_ended(self, stats: dict[str, Any]) -> None:
-        self.sessions_ended.labels(_role(stats), end_reason(stats.get("end_reason"))).inc()
+        self.sessions_ended.labels(session_role(stats), end_reason(stats.get("end_reason"))).inc()
         self._totals.add_ended(stats, self._channel(stats))
 
     def _channel(self, stats: dict[str, Any]) -> str:
@@ -237,8 +238,8 @@ class Metrics:
         connected: dict[tuple[str, ...], int] = defaultdict(int)
         for stats in self._live:
             key: tuple[str, ...] = (self._channel(stats),) if self.channel_labels else ()
-            counts[(_role(stats), *key)] += 1
-            if _role(stats) == "viewer" and stats.get("state") == "connected":
+            counts[(session_role(stats), *key)] += 1
+            if session_role(stats) == "viewer" and stats.get("state") == "connected":
                 connected[key] += 1
         for role in ("master", "viewer"):
             if not self.channel_labels:
