@@ -125,9 +125,10 @@ class OpusIn:
 
     async def _decode(self, batch: list[tuple[bytes, int]]) -> None:
         try:
-            frames = await asyncio.get_running_loop().run_in_executor(
+            frames, silent = await asyncio.get_running_loop().run_in_executor(
                 self._pool, self._decode_sync, batch
             )
+            self.empty += silent  # counted here, on the loop, like every other counter
         except Exception:  # noqa: BLE001 - audio trouble must not stop the session
             logger.exception("Opus decoding failed")
             self.dropped += len(batch)
@@ -142,13 +143,15 @@ class OpusIn:
         if self._batch and not self._closed:
             self._schedule()
 
-    def _decode_sync(self, batch: list[tuple[bytes, int]]) -> list[av.AudioFrame]:
-        """In the pool; one job at a time, so the decoder's state is never shared."""
+    def _decode_sync(self, batch: list[tuple[bytes, int]]) -> tuple[list[av.AudioFrame], int]:
+        """In the pool; one job at a time, so the decoder's state is never shared. Returns the
+        frames and how many packets were DTX silence."""
         out: list[av.AudioFrame] = []
+        silent = 0
         for data, timestamp in batch:
             silence = silence_samples(data)
             if silence is not None:
-                self.empty += 1
+                silent += 1
                 out.append(silent_frame(silence, timestamp))
                 continue
             packet = av.Packet(data)
@@ -158,7 +161,7 @@ class OpusIn:
                 out += self._decoder.decode(packet)
             except av.FFmpegError:
                 self.decode_errors += 1  # a corrupt packet: the decoder carries on
-        return out
+        return out, silent
 
     async def close(self) -> None:
         """Decode what has arrived (the session is ending), then take no more packets."""
