@@ -158,6 +158,14 @@ def test_check_internals_pins_the_feedback_and_pair_observers(
         tap.check_internals()
     monkeypatch.undo()
 
+    async def receive(self: object, parameters: object) -> None:
+        self._RTCRtpReceiver__rtx_ssrc = {}  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(rr.RTCRtpReceiver, "receive", receive)
+    with pytest.raises(RuntimeError, match="receive replaces"):
+        tap.check_internals()
+    monkeypatch.undo()
+
     # Pair states are observed through the instance's check_state and check_complete.
     async def check_start(self: object, pair: object) -> None:
         pair.state = aioice.ice.CandidatePair.State.SUCCEEDED  # type: ignore[attr-defined]

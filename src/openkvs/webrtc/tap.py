@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import dis
 import logging
 import threading
 from collections.abc import AsyncGenerator, Callable
@@ -213,6 +214,10 @@ def check_internals() -> None:
     for name in ("_send_rtcp_nack", "_send_rtcp_pli", _RTX_SSRC, "get", "unwrap_rtx"):
         if name not in handle.co_names:
             raise RuntimeError(f"aiortc RTCRtpReceiver._handle_rtp_packet no longer uses {name}")
+    for name in ("receive", "_handle_rtp_packet"):
+        stores = dis.get_instructions(getattr(rr.RTCRtpReceiver, name))
+        if any(i.opname == "STORE_ATTR" and i.argval == _RTX_SSRC for i in stores):
+            raise RuntimeError(f"aiortc RTCRtpReceiver.{name} replaces {_RTX_SSRC}")
     if not hasattr(rr, "decoder_worker"):
         raise RuntimeError("aiortc.rtcrtpreceiver.decoder_worker is gone")
     if "video" not in aiortc.codecs.CODECS:
