@@ -113,6 +113,25 @@ async def test_a_good_session_has_a_full_timeline_and_no_verdict(
     assert s["States"]["connection"] in ("closed", "connected")
     assert re.fullmatch(r"[\d.:a-f]+:\d+ -> [\d.:a-f]+:\d+", s["SelectedPair"]), s
     assert events(s).index("selected pair") < events(s).index("first keyframe")
+    # The candidate pairs tried, each with its final check state; exactly one nominated, and it
+    # is the selected pair.
+    pairs = s["CandidatePairs"]
+    assert pairs and all(
+        re.fullmatch(r"(host|srflx|prflx|relay) [\d.:a-f]+:\d+", p[end])
+        for p in pairs
+        for end in ("Local", "Remote")
+    ), pairs
+    assert {p["State"] for p in pairs} <= {"WAITING", "IN_PROGRESS", "SUCCEEDED", "FAILED"}
+    nominated = [p for p in pairs if p["Nominated"]]
+    assert len(nominated) == 1 and nominated[0]["State"] == "SUCCEEDED", pairs
+    chosen = nominated[0]
+    assert s["SelectedPair"] == (
+        f"{chosen['Local'].split()[1]} -> {chosen['Remote'].split()[1]}"
+    ), (s["SelectedPair"], pairs)
+    assert "CandidatePairsOmitted" not in s
+    assert events(s).index("pair nominated") < events(s).index("connection connected")
+    assert events(s).count("pair nominated") == 1
+    assert all(key in s["Counts"] for key in ("nacks_sent", "rtx_packets", "plis_sent"))
     assert set(s["Firsts"]) == {"rtp", "frame", "keyframe", "fragment"}
     assert s["Firsts"]["rtp"] <= s["Firsts"]["fragment"]
     assert s["Counts"]["video_frames"] == len(track.sent) and s["Counts"]["frames_lost"] == 0
@@ -277,3 +296,136 @@ async def test_ice_failure_when_no_pair_works(make_server: Any) -> None:
         r"webrtc_advertised_hosts, may help\)\.",
         s["Verdict"],
     ), s
+
+
+async def test_participant_never_answers(make_server: Any) -> None:
+    # The camera stays connected to signaling and ignores the offer; the session gives up after
+    # its connect timeout (at least the channel's message TTL + 10 s, the offer's lifetime).
+    srv: ServerThread = make_server(storage_connect_timeout=1.0)
+    ch = setup_channel(srv, "silent", ttl=5)
+    enable_storage(srv, ch, "silent-stream")
+    client = await Client.connect(srv, ch)
+    try:
+        cam = Camera(srv, ch, None)
+        await asyncio.to_thread(cam.join)
+        assert (await client.recv(timeout=10))["messageType"] == "SDP_OFFER"
+        s = await ended_session(srv, ch, limit=40)
+    finally:
+        await client.close()
+    assert s["Verdict"] == (
+        "The participant never answered the SDP offer: it must be connected to the channel's "
+        "signaling and answer the storage session's SDP_OFFER."
+    ), s
+    assert s["EndReason"] == "the participant did not connect"
+    assert "offer sent" in events(s) and "answer received" not in events(s)
+    assert s["CandidatePairs"] == [] and "SelectedPair" not in s  # no check ever ran
+
+
+class WrongFingerprintMaster(FakeMaster):
+    """Answers with certificate fingerprints that are not its certificate's: ICE connects, then
+    the server's DTLS handshake fails its fingerprint check."""
+
+    async def handle(self, message_type: str, payload: str | None) -> tuple[str, str] | None:
+        reply = await super().handle(message_type, payload)
+        if reply is None:
+            return None
+        sdp = json.loads(base64.b64decode(reply[1]))["sdp"]
+        wrong, n = re.subn(
+            r"^(a=fingerprint:\S+ )([0-9A-Fa-f:]+)",
+            lambda m: m.group(1) + ":".join("00" for _ in m.group(2).split(":")),
+            sdp,
+            flags=re.M,
+        )
+        assert n >= 1 and wrong != sdp
+        return "SDP_ANSWER", b64json({"type": "answer", "sdp": wrong})
+
+
+async def test_dtls_failure(server: ServerThread) -> None:
+    ch, _ = storage_channel(server, "baddtls")
+    cam = Camera(server, ch, h264_clip(seconds=1.0), None)
+    cam.master = WrongFingerprintMaster(h264_clip(seconds=1.0), None)
+    await cam.connect()
+    try:
+        await asyncio.to_thread(cam.join)
+        s = await ended_session(server, ch, limit=20)
+    finally:
+        await cam.close()
+    assert s["Verdict"] == (
+        "ICE connected but the DTLS handshake did not complete (DTLS failed)."
+    ), s
+    assert s["EndReason"] == "peer connection failed"
+    assert s["States"]["dtls"] == "failed"
+    order = events(s)
+    assert "answer received" in order and "ice completed" in order and "dtls failed" in order
+    assert "connection connected" not in order and "first rtp" not in order
+    # ICE itself worked: a pair was nominated.
+    assert [p["State"] for p in s["CandidatePairs"] if p["Nominated"]] == ["SUCCEEDED"], s
+
+
+class DroppingMaster(FakeMaster):
+    """Drops every tenth of its first 80 H.264 RTP packets, once each (retransmissions, RTX or
+    not, go through): the server must NACK them and the camera retransmit them."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.dropped: list[int] = []
+
+    async def answer(self, offer_sdp: str) -> str:
+        sdp = await super().answer(offer_sdp)
+        video = re.search(r"^m=video \d+ \S+ (\d+)", sdp, re.M)
+        assert video is not None
+        h264_pt = int(video.group(1))
+        transceiver = next(t for t in self.pc.getTransceivers() if t.kind == "video")
+        transport = transceiver.sender.transport
+        send = transport._send_rtp
+        seen = 0
+        dropped: set[int] = set()
+
+        async def lossy(data: bytes) -> None:
+            nonlocal seen
+            if len(data) >= 12 and data[1] & 0x7F == h264_pt:
+                seq = int.from_bytes(data[2:4], "big")
+                if seq not in dropped:
+                    seen += 1
+                    if seen < 80 and seen % 10 == 3:
+                        dropped.add(seq)
+                        self.dropped.append(seq)
+                        return
+            await send(data)
+
+        transport._send_rtp = lossy
+        return sdp
+
+
+async def test_nack_and_rtx_are_counted(make_server: Any) -> None:
+    from .test_metrics import scrape, value
+
+    srv: ServerThread = make_server(storage_fragment_duration=1.0)
+    ch, _ = storage_channel(srv, "lossy")
+    clip = h264_clip(seconds=2.0, gop=30)
+    cam = Camera(srv, ch, clip, None)
+    master = cam.master = DroppingMaster(clip, None)
+    await cam.connect()
+    try:
+        await asyncio.to_thread(cam.join)
+        track = master.video_track
+        assert track is not None
+        await wait_for(lambda: track.done, 30)
+        await asyncio.sleep(0.6)
+        live = await sessions(srv, ch)
+    finally:
+        await cam.close()
+    assert len(master.dropped) >= 5
+    counts = live[0]["Counts"]
+    assert counts["nacks_sent"] >= 1, counts
+    assert counts["nacked_packets"] >= len(master.dropped), counts
+    assert counts["rtx_packets"] >= len(master.dropped), counts
+    assert counts["frames_recovered"] >= 1 and counts["late_packets"] >= len(master.dropped)
+    assert counts["frames_lost"] == 0 and counts["video_frames"] == len(track.sent), counts
+    s = await ended_session(srv, ch)
+    assert s.get("Verdict") is None, s
+    assert s["Counts"]["rtx_packets"] >= counts["rtx_packets"]
+    samples = await scrape(srv)
+    assert value(samples, "openkvs_nacks_sent_total") == s["Counts"]["nacks_sent"]
+    assert value(samples, "openkvs_rtx_packets_received_total") == s["Counts"]["rtx_packets"]
+    assert value(samples, "openkvs_frames_recovered_total") == s["Counts"]["frames_recovered"]

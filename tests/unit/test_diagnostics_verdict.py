@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from openkvs.webrtc.diagnostics import Timeline, candidate_types, sdp_codecs
+from openkvs.webrtc.diagnostics import (
+    MAX_PAIR_EVENTS,
+    MAX_PAIRS,
+    Timeline,
+    candidate_types,
+    sdp_codecs,
+)
 
 OFFER = (
     "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
@@ -76,3 +82,38 @@ def test_the_timeline_is_bounded() -> None:
     assert d["Timeline"][0]["event"] == "offer sent"  # the beginning is kept
     assert d["Timeline"][-1]["detail"] == 499  # and the latest
     assert d["TimelineEventsOmitted"] == 500 + 5 - 64
+
+
+def test_the_candidate_pairs_are_bounded_and_the_good_ones_kept() -> None:
+    t = connected()
+    before = len(t.events)
+    for i in range(MAX_PAIRS + 10):
+        remote = f"host 10.0.0.{i}:5000"
+        t.pair_checked("host 10.0.1.1:4000", remote, "WAITING", False)
+        t.pair_checked("host 10.0.1.1:4000", remote, "IN_PROGRESS", False)
+        t.pair_checked("host 10.0.1.1:4000", remote, "FAILED", False)
+    t.pair_checked("host 10.0.1.1:4000", "host 10.0.0.3:5000", "FAILED", False)  # no change
+    # A pair that succeeds after the table is full takes the place of the oldest failed one.
+    t.pair_checked("host 10.0.1.1:4000", "srflx 1.2.3.4:6000", "WAITING", False)
+    t.pair_checked("host 10.0.1.1:4000", "srflx 1.2.3.4:6000", "SUCCEEDED", True)
+    d = t.as_dict()
+    pairs = d["CandidatePairs"]
+    assert len(pairs) == MAX_PAIRS
+    assert pairs[0]["Remote"] == "host 10.0.0.1:5000"  # 10.0.0.0 made room
+    assert pairs[-1] == {
+        "Local": "host 10.0.1.1:4000",
+        "Remote": "srflx 1.2.3.4:6000",
+        "State": "SUCCEEDED",
+        "Nominated": True,
+    }
+    assert d["CandidatePairsOmitted"] == 11  # the 10 that never fitted, and the one evicted
+    pair_events = [e for e in t.events[before:] if e["event"].startswith("pair ")]
+    assert len(pair_events) == MAX_PAIR_EVENTS
+    assert pair_events[0] == {
+        "t": pair_events[0]["t"],
+        "event": "pair failed",
+        "detail": "host 10.0.1.1:4000 -> host 10.0.0.0:5000",
+    }
+    # The record is a copy: later reports do not change what was described.
+    t.pair_checked("host 10.0.1.1:4000", "srflx 1.2.3.4:6000", "FAILED", True)
+    assert pairs[-1]["State"] == "SUCCEEDED"

@@ -134,3 +134,80 @@ def test_check_internals_fails_loudly_when_aioice_moves(monkeypatch: pytest.Monk
     monkeypatch.delattr(aioice.ice, "relayed_candidate")
     with pytest.raises(RuntimeError, match="relayed_candidate"):
         tap.check_internals()
+
+
+def test_check_internals_pins_the_feedback_and_pair_observers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import aioice.ice
+    import aiortc.rtcrtpreceiver as rr
+
+    # NACKs are counted by replacing the receiver's _send_rtcp_nack.
+    monkeypatch.delattr(rr.RTCRtpReceiver, "_send_rtcp_nack")
+    with pytest.raises(RuntimeError, match="_send_rtcp_nack"):
+        tap.check_internals()
+    monkeypatch.undo()
+
+    # RTX packets are counted through the receiver's RTX SSRC map, looked up on RTX only.
+    async def handle(self: object, packet: object, arrival_time_ms: int) -> None:
+        self._send_rtcp_nack(0, [])  # type: ignore[attr-defined]
+        self._send_rtcp_pli(0)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(rr.RTCRtpReceiver, "_handle_rtp_packet", handle)
+    with pytest.raises(RuntimeError, match="rtx_ssrc"):
+        tap.check_internals()
+    monkeypatch.undo()
+
+    async def receive(self: object, parameters: object) -> None:
+        self._RTCRtpReceiver__rtx_ssrc = {}  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(rr.RTCRtpReceiver, "receive", receive)
+    with pytest.raises(RuntimeError, match="receive replaces"):
+        tap.check_internals()
+    monkeypatch.undo()
+
+    # Pair states are observed through the instance's check_state and check_complete.
+    async def check_start(self: object, pair: object) -> None:
+        pair.state = aioice.ice.CandidatePair.State.SUCCEEDED  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(aioice.ice.Connection, "check_start", check_start)
+    with pytest.raises(RuntimeError, match="check_state"):
+        tap.check_internals()
+    monkeypatch.undo()
+
+    def pair_init(self: object, protocol: object, remote_candidate: object) -> None:
+        pass
+
+    monkeypatch.setattr(aioice.ice.CandidatePair, "__init__", pair_init)
+    with pytest.raises(RuntimeError, match="CandidatePair no longer sets"):
+        tap.check_internals()
+    monkeypatch.undo()
+    tap.check_internals()
+
+
+async def test_feedback_counts_reach_the_receiver() -> None:
+    # count_feedback wraps what aiortc calls: its NACK/PLI senders and its RTX SSRC map.
+    from aiortc import RTCPeerConnection
+
+    pc = RTCPeerConnection()
+    try:
+        receiver = pc.addTransceiver("video", direction="recvonly").receiver
+        counts = tap.count_feedback(receiver)
+        rtx_map = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
+        rtx_map[1234] = 5678  # what receive() does for a negotiated RTX encoding
+        assert rtx_map.get(1234) == 5678 and counts.rtx_packets == 1
+        receiver._set_rtcp_ssrc(None)  # type: ignore[arg-type]
+        await receiver._send_rtcp_nack(5678, [1, 2, 3])  # without an RTCP SSRC nothing is sent
+        await receiver._send_rtcp_pli(5678)
+        assert counts.nacks_sent == counts.plis_sent == 0
+        receiver._set_rtcp_ssrc(42)
+        await receiver._send_rtcp_nack(5678, [1, 2, 3])
+        await receiver._send_rtcp_pli(5678)
+        assert counts.as_dict() == {
+            "nacks_sent": 1,
+            "nacked_packets": 3,
+            "plis_sent": 1,
+            "rtx_packets": 1,
+        }
+    finally:
+        await pc.close()

@@ -66,6 +66,9 @@ _SESSION_COUNTERS = {
     "frames_received": ("video_frames",),
     "frames_lost": ("frames_lost",),
     "frames_recovered": ("frames_recovered",),
+    "nacks_sent": ("nacks_sent",),
+    "rtx_packets_received": ("rtx_packets",),
+    "plis_sent": ("plis_sent",),
     "webrtc_bytes": ("video_bytes",),
 }
 
@@ -258,6 +261,9 @@ class Metrics:
             "frames_received": "Video frames received by storage sessions (complete frames).",
             "frames_lost": "Video frames storage sessions lost (never completed, or dropped).",
             "frames_recovered": "Video frames completed by a late packet (NACK retransmission).",
+            "nacks_sent": "RTCP NACKs storage sessions sent for missing video packets.",
+            "rtx_packets_received": "Video retransmissions (RTX) storage sessions received.",
+            "plis_sent": "RTCP PLIs (keyframe requests) storage sessions sent.",
         }
         for name, text in described.items():
             family = CounterMetricFamily(f"openkvs_{name}", text, labels=labels)

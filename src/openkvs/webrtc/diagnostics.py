@@ -1,8 +1,9 @@
 """What happened in one storage session, and why it failed, in plain words.
 
 A :class:`Timeline` is kept by every storage session (master and viewer). The session feeds it a
-few facts (offer sent, answer taken or refused, candidates received, connection states, its stats
-twice a second, its end); the timeline keeps a bounded list of dated events and, at the end, a
+few facts (offer sent, answer taken or refused, candidates received, the ICE candidate pairs'
+check states, connection states, its stats twice a second, its end); the timeline keeps a bounded
+list of dated events, a bounded table of candidate pairs and, at the end, a
 one-line ``verdict`` when the session failed (None when it ended normally). No aiortc objects are
 kept: the SDP is read as text, states as strings.
 """
@@ -19,6 +20,9 @@ from ..ops.metrics import end_reason
 from . import signaling_io
 
 MAX_EVENTS = 64
+MAX_PAIRS = 16  # candidate pairs kept per session (succeeded and nominated ones are kept first)
+MAX_PAIR_EVENTS = 16  # timeline events about candidate pairs
+_OMITTED_PAIRS_TRACKED = 1024
 _CANDIDATE_TYPE = re.compile(r"\btyp\s+(host|srflx|prflx|relay)\b")
 _RTPMAP = re.compile(r"^a=rtpmap:\d+\s+([\w-]+)/", re.M)
 _MEDIA = re.compile(r"^m=(\w+)\s+(\d+)", re.M)
@@ -105,6 +109,9 @@ class Timeline:
         self._bitrate_at: tuple[float, float] | None = None
         self.bitrate_kbps: float | None = None
         self.pair: str | None = None
+        self.pairs: dict[tuple[str, str], dict[str, Any]] = {}
+        self._omitted_pairs: set[tuple[str, str]] = set()
+        self._pair_events = 0
 
     # -- facts ---------------------------------------------------------------------------------
 
@@ -152,6 +159,46 @@ class Timeline:
         self.states[layer] = value
         self.reached.add(f"{layer}:{value}")
         self.note(f"{layer} {value}")
+
+    def pair_checked(self, local: str, remote: str, state: str, nominated: bool) -> None:
+        """A candidate pair's check changed state (``WAITING``, ``IN_PROGRESS``, ``SUCCEEDED``,
+        ``FAILED``) or was nominated; candidates are ``"type host:port"``."""
+        key = (local, remote)
+        entry = self.pairs.get(key)
+        if entry is None:
+            if len(self.pairs) >= MAX_PAIRS and not self._make_room(state, nominated):
+                if len(self._omitted_pairs) < _OMITTED_PAIRS_TRACKED:
+                    self._omitted_pairs.add(key)
+                return
+            self._omitted_pairs.discard(key)
+            entry = self.pairs[key] = {
+                "Local": local,
+                "Remote": remote,
+                "State": None,
+                "Nominated": False,
+            }
+        changed = entry["State"] != state
+        newly_nominated = nominated and not entry["Nominated"]
+        entry["State"], entry["Nominated"] = state, nominated
+        if not (newly_nominated or (changed and state in ("SUCCEEDED", "FAILED"))):
+            return
+        if self._pair_events < MAX_PAIR_EVENTS:
+            self._pair_events += 1
+            what = "pair nominated" if newly_nominated else f"pair {state.lower()}"
+            self.note(what, f"{local} -> {remote}")
+
+    def _make_room(self, state: str, nominated: bool) -> bool:
+        """The pair table is full: a succeeded or nominated pair takes the place of the oldest
+        pair that is neither."""
+        if state != "SUCCEEDED" and not nominated:
+            return False
+        for key, entry in self.pairs.items():
+            if entry["State"] != "SUCCEEDED" and not entry["Nominated"]:
+                del self.pairs[key]
+                if len(self._omitted_pairs) < _OMITTED_PAIRS_TRACKED:
+                    self._omitted_pairs.add(key)
+                return True
+        return False
 
     def selected(self, pair: str | None) -> None:
         """The selected ICE pair (when the connection is up)."""
@@ -276,6 +323,10 @@ class Timeline:
                 "frames_recovered",
                 "late_packets",
                 "keyframe_requests",
+                "nacks_sent",
+                "nacked_packets",
+                "rtx_packets",
+                "plis_sent",
                 "audio_frames",
                 "video_frames_forwarded",
             )
@@ -291,6 +342,7 @@ class Timeline:
             "LocalCandidates": dict(self.local_candidates),
             "RemoteCandidates": dict(self.remote_candidates),
             "States": dict(self.states),
+            "CandidatePairs": [dict(p) for p in self.pairs.values()],
             "SelectedPair": self.pair,
             "Firsts": dict(self.first),
             "Counts": counts,
@@ -301,6 +353,8 @@ class Timeline:
         }
         if self.client_id is not None:
             out["ClientId"] = self.client_id
+        if self._omitted_pairs:
+            out["CandidatePairsOmitted"] = len(self._omitted_pairs)
         if self.dropped_events:
             out["TimelineEventsOmitted"] = self.dropped_events
         return out

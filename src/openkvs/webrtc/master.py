@@ -70,6 +70,7 @@ class MasterSession(StorageSession):
             on_disk_full=self._disk_full,
         )
         tap.tap_video(self.video.receiver, self._on_video)
+        self.feedback = tap.count_feedback(self.video.receiver)
         self.opus_in = OpusIn(pool, self._on_audio_frames, live=lambda: self.audio_mix.viewers > 0)
         tap.tap_audio(self.audio.receiver, self._on_opus)
         tap.observe_sender_reports(
@@ -149,4 +150,5 @@ class MasterSession(StorageSession):
             "frames_recovered": a.recovered_frames,
             "late_packets": a.late_packets,
             "rtp_packets": a.packets,
+            **self.feedback.as_dict(),
         }

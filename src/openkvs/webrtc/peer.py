@@ -75,9 +75,15 @@ class OfferingPeer:
     """An RTCPeerConnection that offers over KVS signaling and takes the answer and candidates."""
 
     def __init__(
-        self, pc: RTCPeerConnection, send: Send, advertised: tuple[str, ...], prefix: str
+        self,
+        pc: RTCPeerConnection,
+        send: Send,
+        advertised: tuple[str, ...],
+        prefix: str,
+        on_pair: tap.PairCallback | None = None,
     ) -> None:
         self.pc = pc
+        self._on_pair = on_pair
         self._send = send
         self._advertised = advertised
         self._prefix = prefix
@@ -99,6 +105,8 @@ class OfferingPeer:
         deferred = []
         for gatherer in gatherers:
             tap.nominate_regularly(gatherer)
+            if self._on_pair is not None:
+                tap.observe_pairs(gatherer, self._on_pair)
             held = tap.defer_server_candidates(gatherer)
             if held is not None:
                 deferred.append(held)

@@ -89,11 +89,15 @@ class StorageSession:
         self.tag = offer_tags.session_tag(number)
         self.offer_sent = False
         self.pc = RTCPeerConnection(net.configuration(ice_servers))
+        self.timeline = Timeline(self.role, channel.arn, number)
         self.peer = CodecCheckingPeer(
-            self.pc, self._send, settings.webrtc_advertised_hosts, self.prefix
+            self.pc,
+            self._send,
+            settings.webrtc_advertised_hosts,
+            self.prefix,
+            on_pair=self.timeline.pair_checked,
         )
         self.pc.on("connectionstatechange", self._on_state)
-        self.timeline = Timeline(self.role, channel.arn, number)
         self.pc.on(
             "iceconnectionstatechange",
             lambda: self.timeline.state("ice", self.pc.iceConnectionState),

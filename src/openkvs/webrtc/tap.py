@@ -12,6 +12,8 @@ module — reaches into ``RTCRtpReceiver``:
 - the timestamp mapper is replaced by one that unwraps RTP timestamps without rebasing them, so
   they can be related to RTCP sender reports;
 - RTCP sender reports are observed, and keyframes are requested with PLI;
+- the NACKs and PLIs a video receiver sends and the RTX packets it receives are counted
+  (:func:`count_feedback`), at no cost per ordinary packet;
 - REMB feedback is limited to one report per ``REMB_MIN_INTERVAL_MS``: aiortc's estimator
   asks for one on every packet while it sees (or, on a loaded server, imagines) overuse, and each
   costs an SRTCP protect and a send.
@@ -21,7 +23,8 @@ the encoded Opus packets (with unwrapped RTP timestamps) reach a callback on the
 are decoded in batches by ``opus_in`` instead of in aiortc's decoder thread.
 It also holds the two ICE adjustments KVS cameras need, which reach into aioice's
 ``Connection`` (see the ICE section below): host candidates first with server-reflexive and relay
-candidates trickled afterwards, and regular nomination of a single candidate pair.
+candidates trickled afterwards, and regular nomination of a single candidate pair; and it reports
+the candidate pairs' check states (:func:`observe_pairs`) for the session's diagnostics.
 ``check_internals()`` fails loudly if a new aiortc or aioice release moves any of this; a test
 calls it.
 """
@@ -31,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import dis
 import logging
 import threading
 from collections.abc import AsyncGenerator, Callable
@@ -57,6 +61,7 @@ _TIMESTAMP_MAPPER = _PREFIX + "timestamp_mapper"
 _KIND = _PREFIX + "kind"
 _RTCP_SSRC = _PREFIX + "rtcp_ssrc"
 _ESTIMATOR = _PREFIX + "remote_bitrate_estimator"
+_RTX_SSRC = _PREFIX + "rtx_ssrc"
 REMB_MIN_INTERVAL_MS = 500
 ESTIMATOR_SAMPLE_MS = 5
 
@@ -191,12 +196,28 @@ def check_internals() -> None:
     init = rr.RTCRtpReceiver.__init__
     code = init.__code__.co_names + init.__code__.co_consts
     names = set(n for n in code if isinstance(n, str))
-    for attr in (_DECODER_QUEUE, _JITTER_BUFFER, _TIMESTAMP_MAPPER, _KIND, _ESTIMATOR):
+    for attr in (_DECODER_QUEUE, _JITTER_BUFFER, _TIMESTAMP_MAPPER, _KIND, _ESTIMATOR, _RTX_SSRC):
         if attr not in names:
             raise RuntimeError(f"aiortc RTCRtpReceiver no longer sets {attr}")
-    for method in ("_handle_rtp_packet", "_handle_rtcp_packet", "_send_rtcp_pli", "receive"):
+    for method in (
+        "_handle_rtp_packet",
+        "_handle_rtcp_packet",
+        "_send_rtcp_pli",
+        "_send_rtcp_nack",
+        "receive",
+    ):
         if not callable(getattr(probe, method, None)):
             raise RuntimeError(f"aiortc RTCRtpReceiver has no {method}()")
+    # count_feedback: NACKs and PLIs go out through the instance's methods, and the RTX map is
+    # consulted (with get) for RTX packets only.
+    handle = rr.RTCRtpReceiver._handle_rtp_packet.__code__
+    for name in ("_send_rtcp_nack", "_send_rtcp_pli", _RTX_SSRC, "get", "unwrap_rtx"):
+        if name not in handle.co_names:
+            raise RuntimeError(f"aiortc RTCRtpReceiver._handle_rtp_packet no longer uses {name}")
+    for name in ("receive", "_handle_rtp_packet"):
+        stores = dis.get_instructions(getattr(rr.RTCRtpReceiver, name))
+        if any(i.opname == "STORE_ATTR" and i.argval == _RTX_SSRC for i in stores):
+            raise RuntimeError(f"aiortc RTCRtpReceiver.{name} replaces {_RTX_SSRC}")
     if not hasattr(rr, "decoder_worker"):
         raise RuntimeError("aiortc.rtcrtpreceiver.decoder_worker is gone")
     if "video" not in aiortc.codecs.CODECS:
@@ -257,6 +278,21 @@ def _check_ice_internals() -> None:
         raise RuntimeError("aioice Connection.check_start_task no longer calls check_start")
     if "check_complete" not in ice.Connection.check_incoming.__code__.co_names:
         raise RuntimeError("aioice Connection.check_incoming no longer calls check_complete")
+    # observe_pairs: aioice changes a pair's state and completes its check through the
+    # instance's check_state/check_complete, and a pair names its two candidates.
+    for name in ("check_state", "check_complete"):
+        if name not in ice.Connection.check_start.__code__.co_names:
+            raise RuntimeError(f"aioice Connection.check_start no longer calls {name}")
+    pair_names = set(ice.CandidatePair.__init__.__code__.co_names)
+    for attr in ("nominated", "remote_candidate", "state", "protocol"):
+        if attr not in pair_names:
+            raise RuntimeError(f"aioice CandidatePair no longer sets {attr}")
+    if not isinstance(getattr(ice.CandidatePair, "local_candidate", None), property):
+        raise RuntimeError("aioice CandidatePair.local_candidate is gone")
+    candidate_names = set(aioice.Candidate.__init__.__code__.co_names)
+    for attr in ("host", "port", "type"):
+        if attr not in candidate_names:
+            raise RuntimeError(f"aioice Candidate no longer sets {attr}")
     for fn in ("server_reflexive_candidate", "relayed_candidate", "StunProtocol"):
         if not callable(getattr(ice, fn, None)):
             raise RuntimeError(f"aioice.ice.{fn} is gone")
@@ -325,6 +361,56 @@ def observe_sender_reports(receiver: RTCRtpReceiver, on_report: ReportCallback) 
         await original(packet)
 
     receiver._handle_rtcp_packet = handle  # type: ignore[method-assign]
+
+
+@dataclasses.dataclass
+class FeedbackCounts:
+    """What a video receiver asked its sender for, and the retransmissions it got."""
+
+    nacks_sent: int = 0  # RTCP NACK messages
+    nacked_packets: int = 0  # sequence numbers they asked for (one asked again counts again)
+    plis_sent: int = 0  # RTCP PLI messages (the recorder's keyframe requests included)
+    rtx_packets: int = 0  # RTX retransmissions received
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+class _CountingRtxMap(dict[int, int]):
+    """The receiver's RTX SSRC -> media SSRC map; aiortc looks an SSRC up (``get``) only for a
+    packet whose payload type is RTX, so each lookup is one retransmission received."""
+
+    def __init__(self, counts: FeedbackCounts, items: dict[int, int]) -> None:
+        super().__init__(items)
+        self._counts = counts
+
+    def get(self, key: int, default: Any = None) -> Any:
+        self._counts.rtx_packets += 1
+        return super().get(key, default)
+
+
+def count_feedback(receiver: RTCRtpReceiver) -> FeedbackCounts:
+    """Count the NACKs and PLIs the receiver sends and the RTX packets it receives. Nothing is
+    added to the path of an ordinary packet. Call before the receiver starts."""
+    counts = FeedbackCounts()
+    setattr(receiver, _RTX_SSRC, _CountingRtxMap(counts, getattr(receiver, _RTX_SSRC)))
+    send_nack = receiver._send_rtcp_nack
+    send_pli = receiver._send_rtcp_pli
+
+    async def nack(media_ssrc: int, lost: list[int]) -> None:
+        if getattr(receiver, _RTCP_SSRC, None) is not None:
+            counts.nacks_sent += 1
+            counts.nacked_packets += len(lost)
+        await send_nack(media_ssrc, lost)
+
+    async def pli(media_ssrc: int) -> None:
+        if getattr(receiver, _RTCP_SSRC, None) is not None:
+            counts.plis_sent += 1
+        await send_pli(media_ssrc)
+
+    receiver._send_rtcp_nack = nack  # type: ignore[method-assign]
+    receiver._send_rtcp_pli = pli  # type: ignore[method-assign]
+    return counts
 
 
 def request_keyframe(receiver: RTCRtpReceiver) -> bool:
@@ -664,6 +750,41 @@ def nominate_regularly(gatherer: Any, wait: float = NOMINATION_WAIT) -> _Regular
     if not isinstance(nomination, _RegularNomination):
         nomination = conn._openkvs_nomination = _RegularNomination(conn, wait)
     return nomination
+
+
+# (local candidate, remote candidate, check state, nominated); a candidate is "type host:port".
+PairCallback = Callable[[str, str, str, bool], None]
+
+
+def observe_pairs(gatherer: Any, on_pair: PairCallback) -> None:
+    """Report every state change of the connection's candidate pairs (and their nomination) to
+    ``on_pair``. Called on the event loop as checks progress; never on the media path."""
+    conn = _ice_connection(gatherer)
+    check_state = conn.check_state
+    check_complete = conn.check_complete
+
+    def report(pair: Any) -> None:
+        try:
+            local, remote = pair.local_candidate, pair.remote_candidate
+            on_pair(
+                f"{local.type} {local.host}:{local.port}",
+                f"{remote.type} {remote.host}:{remote.port}",
+                pair.state.name,
+                bool(pair.nominated),
+            )
+        except Exception:  # noqa: BLE001 - diagnostics must never break the ICE checks
+            logger.exception("candidate-pair callback failed")
+
+    def state_changed(pair: Any, state: Any) -> None:
+        check_state(pair, state)
+        report(pair)
+
+    def completed(pair: Any) -> None:
+        check_complete(pair)
+        report(pair)
+
+    conn.check_state = state_changed
+    conn.check_complete = completed
 
 
 def selected_pair(gatherer: Any) -> tuple[tuple[str, int], tuple[str, int]] | None:
