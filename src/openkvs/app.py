@@ -17,8 +17,9 @@ from .api.dispatch import REQUEST_ID_KEY, ROUTE_KEY, SERVICE_KEY, ApiDispatcher,
 from .api.models import Route
 from .api.protocol import error_response, wire_error
 from .auth.credentials import CredentialStore
+from .cluster.factory import open_cluster
 from .config import Settings
-from .control.fragments import FragmentStore
+from .control.fragments import CLUSTER_ORPHAN_MIN_AGE, FragmentStore
 from .control.ratelimit import RateLimiter
 from .control.resources import ControlPlane
 from .control.retention import RetentionTask
@@ -198,12 +199,17 @@ def build_services(settings: Settings, sessions: StorageSessions | None = None) 
     backends = open_backends(settings)
     store, blobs = backends.meta, backends.blobs
     control = ControlPlane(store, blobs, region=settings.region, account_id=settings.account_id)
+    cluster = open_cluster(settings)
+    # In a cluster another node may be writing a blob whose row is not committed yet: the start
+    # sweep spares young orphans.
+    orphan_age = CLUSTER_ORPHAN_MIN_AGE if cluster.distributed else None
     services = Services(
         settings=settings,
         control=control,
         credentials=CredentialStore.load(data_dir, settings.credentials),
         sessions=sessions if sessions is not None else RecordingSessions(),
-        fragments=FragmentStore(store, blobs),
+        fragments=FragmentStore(store, blobs, cluster.notifier, orphan_min_age=orphan_age),
+        cluster=cluster,
         account_limiter=RateLimiter(settings.rate_limit_account),
         resource_limiter=RateLimiter(settings.rate_limit_resource),
         join_limiter=RateLimiter(settings.rate_limit_join_per_channel),
@@ -299,10 +305,15 @@ def build_app(settings: Settings, services: Services | None = None) -> web.Appli
 def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         control = services.control
+        # First: a cluster node without its bus must not start (ClusterUnavailable).
+        await services.cluster.start()
         await services.events.start()
         await control.start()
         await services.fragments.start()
-        retention = RetentionTask(control, services.settings.storage_retention_interval)
+        # In a cluster, one node per interval enforces retention.
+        cluster = services.cluster
+        duties = cluster.duties if cluster.distributed else None
+        retention = RetentionTask(control, services.settings.storage_retention_interval, duties)
         # Before the storage sessions: they allocate on the embedded TURN server.
         await services.ice.start()
         await services.sessions.start()
@@ -330,6 +341,7 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
             await services.fragments.stop()
             await control.stop()
             await services.events.stop()
+            await services.cluster.stop()
 
     return ctx
 
@@ -338,6 +350,8 @@ def _readiness_checks(services: Services) -> None:
     health = services.health
     health.add_check("store", ops_health.store_check(services.control))
     health.add_check("media", ops_health.folder_check(media_root(services.settings)))
+    if services.cluster.distributed:
+        health.add_check("cluster", services.cluster.reachable)
     bus = ops_health.bus_check(services.hub.bus)
     if bus is not None:
         health.add_check("bus", bus)
