@@ -163,3 +163,42 @@ async def test_start_fails_fast_without_the_bus(tmp_path: Path) -> None:
     assert f"redis://127.0.0.1:{port}/0" in message and "check bus_url" in message
     assert "hunter2" not in message
     await server.stop()
+
+
+async def test_writer_that_lost_its_lease_stops(
+    make_server: MakeServer, bus_url: str, redis_prefix: str
+) -> None:
+    import redis.asyncio as aioredis
+
+    a = make_server(bus_url=bus_url)
+    sid = create_stream(a, "cam")
+    cls = clusters(data := producer_mkv(10.0, gop_seconds=0.5))
+    p = Producer(a, stream_name="cam")
+    await p.connect()
+    assert await p.read_head() == 200
+    await p.send(header_part(data) + cls[0])
+    assert "PERSISTED" in events([await p.ack() or {} for _ in range(3)])
+    # The lease expires unseen (a long pause of this node) and another node takes it.
+    client = aioredis.Redis.from_url(redis_url_or_skip(), decode_responses=True)
+    key = f"{redis_prefix}:lease:putmedia:{sid}"
+    try:
+        assert str(await client.get(key)).startswith(a.services.cluster.node.node_id + ":")
+        await client.set(key, "n-other:token", px=60_000)
+    finally:
+        await client.aclose()
+    # The producer goes on sending; at its next renewal (every 2 s) the holder finds the
+    # lease gone and stores nothing more.
+    sent = 1
+    try:
+        for c in cls[1:]:
+            await p.send(c)
+            sent += 1
+            await asyncio.sleep(0.3)
+    except ConnectionError:
+        pass
+    await p.acks_until_end(timeout=10)
+    assert p.eof
+    stream = a.services.control.get_stream(name="cam")
+    stored = len(a.call(a.services.fragments.list_fragments(stream)))
+    assert len(cls) == 20 and 1 <= stored <= 12 and stored <= sent < len(cls)
+    await p.close()

@@ -32,6 +32,11 @@ class WriterSlot:
     last_data: float  # clock.monotonic() of the last body data the holder received
     taken_over: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     lease: Lease | None = None  # the cluster lease, when the data plane has cluster leases
+    lease_lost: bool = False  # ... could not be renewed: another node may be writing now
+
+    def lose_lease(self) -> None:
+        self.lease_lost = True
+        self.taken_over.set()
 
 
 # The cluster writer lease lives this long without renewal (a dead node's lease frees itself);
@@ -126,7 +131,7 @@ class DataPlane:
                 slot.lease, asked = await self._cluster_writer(stream, deadline, self.leases)
                 waited = waited or asked
                 keeper = asyncio.create_task(
-                    keep_renewed(self.leases, slot.lease, slot.taken_over.set),
+                    keep_renewed(self.leases, slot.lease, slot.lose_lease),
                     name=f"putmedia-lease {stream.name}",
                 )
             if waited:
