@@ -3,6 +3,7 @@ and Redis nodes sharing one key prefix (a random one per test, whose keys are de
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -54,10 +55,8 @@ def redis_prefix() -> str:
     return "openkvs-test-" + secrets.token_hex(6)
 
 
-@pytest.fixture(params=["local", "redis"])
-async def make_node(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[MakeNode]:
-    """``await make_node()``: a started node; every node of one test shares one cluster."""
-    kind = request.param
+@contextlib.asynccontextmanager
+async def _nodes(kind: str, prefix: str) -> AsyncIterator[MakeNode]:
     url = redis_url_or_skip() if kind == "redis" else ""
     hub = LocalHub()
     nodes: list[Cluster] = []
@@ -70,7 +69,7 @@ async def make_node(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncI
         else:
             from openkvs.cluster.redisbus import RedisCluster
 
-            node = RedisCluster(url, redis_prefix, info, node_ttl=node_ttl)
+            node = RedisCluster(url, prefix, info, node_ttl=node_ttl)
         await node.start()
         nodes.append(node)
         return node
@@ -81,5 +80,19 @@ async def make_node(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncI
         for node in nodes:
             await node.stop()
         if kind == "redis":
-            await delete_prefix(url, redis_prefix)
-            assert await delete_prefix(url, redis_prefix) == 0
+            await delete_prefix(url, prefix)
+            assert await delete_prefix(url, prefix) == 0
+
+
+@pytest.fixture(params=["local", "redis"])
+async def make_node(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[MakeNode]:
+    """``await make_node()``: a started node; every node of one test shares one cluster."""
+    async with _nodes(request.param, redis_prefix) as make:
+        yield make
+
+
+@pytest.fixture
+async def make_redis_node(redis_prefix: str) -> AsyncIterator[MakeNode]:
+    """Like ``make_node``, Redis nodes only."""
+    async with _nodes("redis", redis_prefix) as make:
+        yield make

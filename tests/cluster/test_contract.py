@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from openkvs.cluster.base import Lease, SessionClaim, lease_token
+from openkvs.cluster.base import DutyLock, Lease, SessionClaim, lease_token
+from openkvs.control.retention import RetentionTask
 
 from .conftest import MakeNode
 
@@ -164,6 +165,30 @@ async def test_failed_duty_still_ends_its_renewal(make_node: MakeNode) -> None:
     assert await b.duties.run("d", 0.3, ok) and ran == [1]
 
 
+class CountingRetention(RetentionTask):
+    def __init__(self, interval: float, duties: DutyLock, runs: list[float]) -> None:
+        super().__init__(None, interval, duties)  # type: ignore[arg-type]
+        self.runs = runs
+
+    async def run_once(self) -> int:
+        self.runs.append(asyncio.get_running_loop().time())
+        return 0
+
+
+async def test_retention_runs_on_one_node_per_interval(make_node: MakeNode) -> None:
+    a, b = await make_node(), await make_node()
+    runs: list[float] = []
+    tasks = [CountingRetention(0.25, node.duties, runs) for node in (a, b, b)]
+    for task in tasks:
+        await task.start()
+    await asyncio.sleep(2.1)  # 8 intervals: three tasks alone would run 24 times
+    for task in tasks:
+        await task.stop()
+    assert 4 <= len(runs) <= 10, runs
+    gaps = [later - earlier for earlier, later in zip(runs, runs[1:], strict=False)]
+    assert min(gaps) >= 0.15, gaps  # never twice within one lease (0.9 of the interval)
+
+
 # -- storage-session registry ------------------------------------------------------------------
 
 ARN = "arn:aws:kinesisvideo:us-east-1:000000000000:channel/cam/1700000000000"
@@ -238,3 +263,39 @@ async def test_a_stopped_node_leaves_at_once(make_node: MakeNode) -> None:
 async def test_reachable(make_node: MakeNode) -> None:
     a = await make_node()
     assert await a.reachable()
+
+
+# -- Redis specifics ---------------------------------------------------------------------------
+
+
+async def test_redis_subscription_survives_a_dropped_connection(
+    make_redis_node: MakeNode,
+) -> None:
+    import redis.asyncio as aioredis
+
+    from .conftest import REDIS_URL
+
+    a, b = await make_redis_node(), await make_redis_node()
+    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        name = f"openkvs-{b.node.node_id}"
+        subscribed = [
+            c for c in await client.client_list() if c["name"] == name and c["sub"] != "0"
+        ]
+        assert len(subscribed) == 1
+        waiting = b.notifier.changed(9)
+        assert await client.client_kill_filter(_id=subscribed[0]["id"]) == 1
+        # Waiters are woken to read the store again: notifications may have been lost meanwhile.
+        await asyncio.wait_for(waiting.wait(), WAIT)
+        # The subscription comes back by itself, and carries notifications again.
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:
+            again = b.notifier.changed(9)
+            a.notifier.notify(9, 1)
+            try:
+                await asyncio.wait_for(again.wait(), 0.5)
+                break
+            except TimeoutError:
+                assert asyncio.get_running_loop().time() < deadline, "never resubscribed"
+    finally:
+        await client.aclose()

@@ -256,6 +256,7 @@ class RedisCluster(Cluster):
             decode_responses=True,
             socket_connect_timeout=CONNECT_TIMEOUT,
             socket_timeout=COMMAND_TIMEOUT,
+            client_name=f"openkvs-{node.node_id}",  # CLIENT LIST tells the nodes apart
         )
         self._redis_notifier = RedisNotifier(node.node_id)
         self.notifier = self._redis_notifier
