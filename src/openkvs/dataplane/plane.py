@@ -139,14 +139,16 @@ class DataPlane:
             slot.last_data = clock.monotonic()
             yield slot
         finally:
-            self._writers.pop(stream.id, None)
-            if stream.id in self._freed:
-                self._freed.pop(stream.id).set()
-            if keeper is not None:
-                keeper.cancel()
-                await asyncio.gather(keeper, return_exceptions=True)
-            if slot.lease is not None and self.leases is not None:
-                await self._release(self.leases, slot.lease)
+            try:
+                if keeper is not None:
+                    keeper.cancel()
+                    await asyncio.gather(keeper, return_exceptions=True)
+                if slot.lease is not None and self.leases is not None:
+                    await self._release(self.leases, slot.lease)
+            finally:
+                self._writers.pop(stream.id, None)
+                if stream.id in self._freed:
+                    self._freed.pop(stream.id).set()
 
     async def _cluster_writer(
         self, stream: Stream, deadline: float, leases: Leases
