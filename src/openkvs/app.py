@@ -286,6 +286,7 @@ def build_app(settings: Settings, services: Services | None = None) -> web.Appli
     # Storage-session diagnostics (not in the service models; SigV4 all the same).
     app.router.add_post(diagnostics.PATH, diagnostics.handler(services))
     app.router.add_post("/{tail:.*}", dispatcher.handle)
+    app.cleanup_ctx.append(_cluster_lifecycle(services))
     app.cleanup_ctx.append(_lifecycle(services))
 
     async def close_signaling(app: web.Application) -> None:
@@ -305,8 +306,6 @@ def build_app(settings: Settings, services: Services | None = None) -> web.Appli
 def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         control = services.control
-        # First: a cluster node without its bus must not start (ClusterUnavailable).
-        await services.cluster.start()
         await services.events.start()
         await control.start()
         await services.fragments.start()
@@ -341,6 +340,19 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
             await services.fragments.stop()
             await control.stop()
             await services.events.stop()
+
+    return ctx
+
+
+def _cluster_lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Joins the cluster before anything else starts (a node without its bus does not start:
+    ClusterUnavailable) and leaves it after everything else stopped."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        await services.cluster.start()
+        try:
+            yield
+        finally:
             await services.cluster.stop()
 
     return ctx
