@@ -17,8 +17,9 @@ from .api.dispatch import REQUEST_ID_KEY, ROUTE_KEY, SERVICE_KEY, ApiDispatcher,
 from .api.models import Route
 from .api.protocol import error_response, wire_error
 from .auth.credentials import CredentialStore
+from .cluster.factory import open_cluster
 from .config import Settings
-from .control.fragments import FragmentStore
+from .control.fragments import CLUSTER_ORPHAN_MIN_AGE, FragmentStore
 from .control.ratelimit import RateLimiter
 from .control.resources import ControlPlane
 from .control.retention import RetentionTask
@@ -198,12 +199,17 @@ def build_services(settings: Settings, sessions: StorageSessions | None = None) 
     backends = open_backends(settings)
     store, blobs = backends.meta, backends.blobs
     control = ControlPlane(store, blobs, region=settings.region, account_id=settings.account_id)
+    cluster = open_cluster(settings)
+    # In a cluster another node may be writing a blob whose row is not committed yet: the start
+    # sweep spares young orphans.
+    orphan_age = CLUSTER_ORPHAN_MIN_AGE if cluster.distributed else None
     services = Services(
         settings=settings,
         control=control,
         credentials=CredentialStore.load(data_dir, settings.credentials),
         sessions=sessions if sessions is not None else RecordingSessions(),
-        fragments=FragmentStore(store, blobs),
+        fragments=FragmentStore(store, blobs, cluster.notifier, orphan_min_age=orphan_age),
+        cluster=cluster,
         account_limiter=RateLimiter(settings.rate_limit_account),
         resource_limiter=RateLimiter(settings.rate_limit_resource),
         join_limiter=RateLimiter(settings.rate_limit_join_per_channel),
@@ -280,6 +286,7 @@ def build_app(settings: Settings, services: Services | None = None) -> web.Appli
     # Storage-session diagnostics (not in the service models; SigV4 all the same).
     app.router.add_post(diagnostics.PATH, diagnostics.handler(services))
     app.router.add_post("/{tail:.*}", dispatcher.handle)
+    app.cleanup_ctx.append(_cluster_lifecycle(services))
     app.cleanup_ctx.append(_lifecycle(services))
 
     async def close_signaling(app: web.Application) -> None:
@@ -302,7 +309,10 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
         await services.events.start()
         await control.start()
         await services.fragments.start()
-        retention = RetentionTask(control, services.settings.storage_retention_interval)
+        # In a cluster, one node per interval enforces retention.
+        cluster = services.cluster
+        duties = cluster.duties if cluster.distributed else None
+        retention = RetentionTask(control, services.settings.storage_retention_interval, duties)
         # Before the storage sessions: they allocate on the embedded TURN server.
         await services.ice.start()
         await services.sessions.start()
@@ -334,10 +344,26 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
     return ctx
 
 
+def _cluster_lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Joins the cluster before anything else starts (a node without its bus does not start:
+    ClusterUnavailable) and leaves it after everything else stopped."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        await services.cluster.start()
+        try:
+            yield
+        finally:
+            await services.cluster.stop()
+
+    return ctx
+
+
 def _readiness_checks(services: Services) -> None:
     health = services.health
     health.add_check("store", ops_health.store_check(services.control))
     health.add_check("media", ops_health.folder_check(media_root(services.settings)))
+    if services.cluster.distributed:
+        health.add_check("cluster", services.cluster.reachable)
     bus = ops_health.bus_check(services.hub.bus)
     if bus is not None:
         health.add_check("bus", bus)

@@ -39,6 +39,16 @@ SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         {"help": "metadata store (default sqlite:///<data-dir>/openkvs.db)"},
     ),
     ("--media-url", "media_url", {"help": "fragment media (default file://<data-dir>/media)"}),
+    (
+        "--bus-url",
+        "bus_url",
+        {"help": "cluster coordination: local: (default) or redis://host:6379/0[?prefix=...]"},
+    ),
+    (
+        "--node-address",
+        "node_address",
+        {"help": "IP address or host name other nodes and cameras reach this node at"},
+    ),
     ("--region", "region", {"help": "region in ARNs and credential scopes (default us-east-1)"}),
     ("--account-id", "account_id", {"help": "12-digit account id used in ARNs"}),
     ("--public-url", "public_url", {"help": "base URL to advertise, e.g. https://kvs.example.com"}),

@@ -17,6 +17,7 @@ sets ``signaling_max_viewers``. ``[[credentials]]`` entries add access keys::
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -32,6 +33,7 @@ ENV_PREFIX = "OPENKVS_"
 ENDPOINT_ENV = ENV_PREFIX + "ENDPOINT"  # set by `openkvs credentials` for clients
 HTTP_ENDPOINT_ENV = ENV_PREFIX + "HTTP_ENDPOINT"
 CLIENT_ENV = frozenset({ENDPOINT_ENV, HTTP_ENDPOINT_ENV})
+_HOST = re.compile(r"[A-Za-z0-9_.:-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -58,6 +60,11 @@ class Settings:
     # Storage backends: None means sqlite:///<data_dir>/openkvs.db and file://<data_dir>/media
     database_url: str | None = None
     media_url: str | None = None
+    # Cluster coordination: "local:" (one node) or redis://host:6379/0[?prefix=<key prefix>]
+    # shared by the nodes of one cluster; node_address is where other nodes and cameras reach
+    # this node (an IP address or host name)
+    bus_url: str = "local:"
+    node_address: str | None = None
     region: str = "us-east-1"
     account_id: str = "000000000000"
     public_url: str | None = None
@@ -220,6 +227,11 @@ class Settings:
             )
         if self.webhook_queue < 1 or self.webhook_max_attempts < 1:
             raise ConfigError("webhook_queue and webhook_max_attempts must be at least 1")
+        from .cluster.factory import parse_bus_url  # the cluster package imports this module
+
+        parse_bus_url(self.bus_url)
+        if self.node_address is not None and not _HOST.fullmatch(self.node_address):
+            raise ConfigError("node_address must be an IP address or a host name")
         if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
             raise ConfigError("public_url must start with http:// or https://")
 

@@ -6,6 +6,8 @@ import dataclasses
 from typing import Any
 
 from .auth.credentials import CredentialStore
+from .cluster.base import Cluster
+from .cluster.local import LocalCluster
 from .config import Settings
 from .control.fragments import FragmentStore
 from .control.ratelimit import RateLimiter
@@ -31,6 +33,8 @@ class Services:
     account_limiter: RateLimiter
     resource_limiter: RateLimiter
     join_limiter: RateLimiter
+    # This node's cluster coordination (in this process alone when not given).
+    cluster: Cluster = dataclasses.field(default=None)  # type: ignore[assignment]
     # The signaling hub; built from settings and control when not given.
     hub: SignalingHub = dataclasses.field(default=None)  # type: ignore[assignment]
     # PutMedia/GetMedia state (writer slots, shutdown signal); built when not given.
@@ -52,10 +56,13 @@ class Services:
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.cluster is None:
+            self.cluster = LocalCluster()
         if self.hub is None:
             self.hub = SignalingHub(self.settings, self.control)
         if self.dataplane is None:
-            self.dataplane = DataPlane(self.settings, self.control, self.fragments)
+            leases = self.cluster.leases if self.cluster.distributed else None
+            self.dataplane = DataPlane(self.settings, self.control, self.fragments, leases)
         if self.metrics is None:
             self.metrics = Metrics(channel_labels=self.settings.metrics_channel_labels)
         if self.events is None:

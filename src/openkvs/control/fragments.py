@@ -5,6 +5,11 @@ A fragment is one self-contained MKV file (EBML header, Segment with Info, Track
 kept in the blob store, plus a metadata row. ``append`` makes a fragment visible only after its
 blob is durable (fsync + atomic rename) *and* its row is committed, so a crash at any moment
 leaves no torn fragment listed; an orphaned blob is swept at the next start.
+
+Readers waiting for a stream's next fragment are woken through the cluster's fragment notifier:
+in this process only by default, on every node of a cluster. In a cluster the start sweep
+spares blobs younger than ``CLUSTER_ORPHAN_MIN_AGE`` seconds, since another node may be between
+writing one and committing its row.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import logging
 from collections.abc import Callable, Sequence
 
 from .. import clock, ids
+from ..cluster.base import FragmentNotifier
+from ..cluster.local import LocalNotifier
 from ..errors import ResourceNotFoundException
 from ..records import Fragment, Stream
 from ..store.base import BlobNotFound, BlobStore, MetadataStore
@@ -22,6 +29,9 @@ from ..store.base import BlobNotFound, BlobStore, MetadataStore
 logger = logging.getLogger(__name__)
 
 FRAGMENT_MAX_BYTES = 50 * 1024 * 1024
+# In a cluster, orphaned blobs are removed only once this old (their fragment number tells when
+# they were written): a blob another node is writing has no row yet for a few seconds.
+CLUSTER_ORPHAN_MIN_AGE = 3600.0
 
 
 class FragmentMissing(Exception):
@@ -42,12 +52,29 @@ def blob_key(stream_id: int, server_ts_ms: int, number: int) -> str:
     return f"s{stream_id}/{server_ts_ms // 3_600_000}/{number}.mkv"
 
 
+def written_ms(key: str) -> int | None:
+    """When the blob ``key`` was written, from its fragment number (None: not a fragment's)."""
+    name = key.rpartition("/")[2]
+    if not name.endswith(".mkv") or not name[:-4].isdigit():
+        return None
+    return int(name[:-4]) >> 16
+
+
 class FragmentStore:
-    def __init__(self, meta: MetadataStore, blobs: BlobStore) -> None:
+    def __init__(
+        self,
+        meta: MetadataStore,
+        blobs: BlobStore,
+        notifier: FragmentNotifier | None = None,
+        *,
+        orphan_min_age: float | None = None,
+    ) -> None:
         self.meta = meta
         self.blobs = blobs
+        self.notifier: FragmentNotifier = notifier if notifier is not None else LocalNotifier()
+        # None: every orphan goes at start (one node owns the blobs); else only older ones
+        self.orphan_min_age = orphan_min_age
         self._numbers = ids.FragmentNumbers()
-        self._changed: dict[int, asyncio.Event] = {}
         self._latest: dict[int, Fragment] = {}
         # Called with every fragment made visible (metrics, events); never fails a commit.
         self.on_commit: list[Callable[[Fragment], None]] = []
@@ -57,13 +84,16 @@ class FragmentStore:
         await self.sweep_orphans()
 
     async def stop(self) -> None:
-        for event in self._changed.values():
-            event.set()
+        self.notifier.wake_all()
 
     async def sweep_orphans(self) -> int:
-        """Delete blobs that no fragment row names (left by a crash between put and commit)."""
+        """Delete blobs that no fragment row names (left by a crash between put and commit);
+        with ``orphan_min_age``, only those written at least that many seconds ago."""
         listed = await self.meta.all_blob_keys()
         orphans = sorted((await self.blobs.keys()) - listed)
+        if self.orphan_min_age is not None:
+            cutoff = clock.now_ms() - int(self.orphan_min_age * 1000)
+            orphans = [k for k in orphans if (written_ms(k) or cutoff) < cutoff]
         if orphans:
             logger.info("removing %d orphaned fragment blobs", len(orphans))
             await self.blobs.delete(orphans)
@@ -115,9 +145,7 @@ class FragmentStore:
             await self.blobs.delete([fragment.blob_key])
             raise
         self._latest[fragment.stream_id] = fragment
-        event = self._changed.pop(fragment.stream_id, None)
-        if event is not None:
-            event.set()
+        self.notifier.notify(fragment.stream_id, fragment.number)
         for hook in self.on_commit:
             try:
                 hook(fragment)
@@ -133,11 +161,9 @@ class FragmentStore:
             raise FragmentMissing(fragment.number) from exc
 
     def changed(self, stream_id: int) -> asyncio.Event:
-        """An event set at the next append to ``stream_id`` (take a new one after each wake-up)."""
-        event = self._changed.get(stream_id)
-        if event is None:
-            event = self._changed[stream_id] = asyncio.Event()
-        return event
+        """An event set at the next append to ``stream_id`` on any node (take a new one after
+        each wake-up)."""
+        return self.notifier.changed(stream_id)
 
     def latest(self, stream_id: int) -> Fragment | None:
         """The newest fragment appended by this process (None before the first one)."""

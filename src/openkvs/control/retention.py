@@ -1,4 +1,7 @@
-"""Background enforcement of each stream's DataRetentionInHours."""
+"""Background enforcement of each stream's DataRetentionInHours.
+
+With a duty lock (a cluster), one node per interval does the work.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +9,19 @@ import asyncio
 import contextlib
 import logging
 
+from ..cluster.base import DutyLock
 from .resources import ControlPlane
 
 logger = logging.getLogger(__name__)
 
 
 class RetentionTask:
-    def __init__(self, control: ControlPlane, interval: float) -> None:
+    def __init__(
+        self, control: ControlPlane, interval: float, duties: DutyLock | None = None
+    ) -> None:
         self._control = control
         self._interval = interval
+        self._duties = duties
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -42,4 +49,10 @@ class RetentionTask:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            await self.run_once()
+            if self._duties is None:
+                await self.run_once()
+                continue
+            try:
+                await self._duties.run("retention", self._interval, self.run_once)
+            except Exception as exc:  # noqa: BLE001 - tried again at the next interval
+                logger.warning("retention duty lock failed: %s", exc or type(exc).__name__)

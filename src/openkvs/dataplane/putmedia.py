@@ -179,6 +179,10 @@ class PutMediaSession:
                 await self._handle(self.parser.feed(chunk))
                 if closing.is_set():
                     break
+                if self.slot is not None and self.slot.lease_lost:
+                    # Not a fragment more: another node may hold the stream's writer lease now.
+                    logger.warning("%s lost the stream's writer lease, ending", self._prefix)
+                    break
         finally:
             await self._close()
 

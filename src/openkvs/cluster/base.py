@@ -1,0 +1,246 @@
+"""The coordination interfaces, and the parts shared by their implementations.
+
+Each interface has an in-process implementation (``local.py``, one node) and a Redis one
+(``redis.py``, nodes sharing one Redis); ``factory.py`` picks one from ``bus_url``.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from ..config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# A node's heartbeat key lives this long; the node refreshes it every third of that.
+NODE_TTL = 15.0
+
+
+class ClusterUnavailable(ConfigError):
+    """The coordination bus named by ``bus_url`` cannot be reached at startup."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeInfo:
+    """One running openkvs process."""
+
+    node_id: str
+    address: str | None = None  # where other nodes and cameras reach it (node_address)
+    port: int | None = None
+    started: float = 0.0  # epoch seconds
+
+
+def new_node_id() -> str:
+    """A random id per process start: a restarted node is a new node."""
+    return "n" + secrets.token_hex(8)
+
+
+@dataclasses.dataclass(frozen=True)
+class Lease:
+    """A held lease: ``token`` names the holder (``<node id>:<random>``)."""
+
+    name: str
+    token: str
+    ttl: float
+
+    @property
+    def node_id(self) -> str:
+        return self.token.partition(":")[0]
+
+
+def lease_token(node_id: str) -> str:
+    return f"{node_id}:{secrets.token_hex(12)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionClaim:
+    """Which node runs a channel's storage session, and the session's id there."""
+
+    node_id: str
+    session_id: str
+
+
+class FragmentNotifier(Protocol):
+    """Wakes the readers that wait for a stream's next fragment (GetMedia live tail), on every
+    node."""
+
+    def changed(self, stream_id: int) -> asyncio.Event:
+        """An event set at the next fragment of ``stream_id`` committed on any node (take a new
+        one after each wake-up)."""
+        ...
+
+    def notify(self, stream_id: int, number: int) -> None:
+        """A fragment of ``stream_id`` was committed here: wake this node's waiters now and
+        tell the other nodes (never blocks, never fails the commit)."""
+        ...
+
+    def wake_all(self) -> None:
+        """Wake every waiter of this node (shutdown)."""
+        ...
+
+
+YieldCallback = Callable[[str], None]
+
+
+class Leases(Protocol):
+    """Named leases held by one owner at a time, expiring unless renewed (so a dead node's
+    lease frees itself)."""
+
+    async def acquire(self, name: str, ttl: float) -> Lease | None:
+        """The lease, or None while someone holds it."""
+        ...
+
+    async def renew(self, lease: Lease) -> bool:
+        """Extend a held lease by its ttl; False when it is no longer ours (expired, taken)."""
+        ...
+
+    async def release(self, lease: Lease) -> bool:
+        """Give the lease up; False (and nothing changes) when it is not ours."""
+        ...
+
+    async def holder(self, name: str) -> str | None:
+        """The node id holding ``name``, or None."""
+        ...
+
+    async def ask_to_yield(self, name: str) -> None:
+        """Ask whoever holds ``name`` to consider giving it up (its ``on_yield`` callbacks
+        decide)."""
+        ...
+
+    def on_yield(self, callback: YieldCallback) -> None:
+        """Call ``callback(name)`` on this node when another asks the holder of ``name`` to
+        yield."""
+        ...
+
+
+ReplacedCallback = Callable[[str, SessionClaim, SessionClaim], None]
+
+
+class SessionRegistry(Protocol):
+    """One storage session per channel across the cluster; the latest claim wins."""
+
+    async def claim(self, channel_arn: str, session_id: str) -> SessionClaim | None:
+        """Make this node's ``session_id`` the channel's session; return the claim it replaced
+        (None if none). When that claim was another node's, that node's ``on_replaced``
+        callbacks learn it."""
+        ...
+
+    async def release(self, channel_arn: str, session_id: str) -> bool:
+        """Remove this node's claim ``session_id``; False when the channel's claim is another."""
+        ...
+
+    async def owner(self, channel_arn: str) -> SessionClaim | None:
+        """The channel's current claim (a claim of a dead node stays until replaced or
+        released: check it with ``NodeRegistry.is_alive``)."""
+        ...
+
+    def on_replaced(self, callback: ReplacedCallback) -> None:
+        """Call ``callback(channel_arn, old, new)`` on this node when another node's claim
+        replaces one of this node's."""
+        ...
+
+
+class NodeRegistry(Protocol):
+    """The live nodes: each refreshes a heartbeat that expires when it stops."""
+
+    async def live_nodes(self) -> list[NodeInfo]: ...
+
+    async def is_alive(self, node_id: str) -> bool: ...
+
+
+class DutyLock(Protocol):
+    """Background duties that one node at a time runs (retention, sweeps)."""
+
+    async def run(self, duty: str, period: float, work: Callable[[], Awaitable[object]]) -> bool:
+        """Run ``work`` unless another node ran ``duty`` within the last ``period`` seconds (or
+        runs it now); True when it ran here."""
+        ...
+
+
+# A duty's lease lasts this fraction of its period: a node ticking every period finds the
+# lease it took itself expired, and nodes ticking at other phases find it held.
+DUTY_LEASE_FRACTION = 0.9
+
+
+class LeaseDutyLock:
+    """A DutyLock on leases: a duty takes the lease ``duty:<name>`` for most of its period
+    (renewed while the work runs) and leaves it to expire."""
+
+    def __init__(self, leases: Leases) -> None:
+        self._leases = leases
+
+    async def run(self, duty: str, period: float, work: Callable[[], Awaitable[object]]) -> bool:
+        ttl = max(period * DUTY_LEASE_FRACTION, 0.05)
+        lease = await self._leases.acquire(f"duty:{duty}", ttl)
+        if lease is None:
+            logger.debug("duty %s runs on another node", duty)
+            return False
+        keeper = asyncio.create_task(keep_renewed(self._leases, lease), name=f"duty-{duty}")
+        try:
+            await work()
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        return True
+
+
+async def keep_renewed(
+    leases: Leases, lease: Lease, on_lost: Callable[[], None] | None = None
+) -> None:
+    """Renew ``lease`` every third of its ttl until cancelled; call ``on_lost`` (and return)
+    once it is no longer ours or could not be renewed before it expired."""
+    interval = lease.ttl / 3
+    loop = asyncio.get_running_loop()
+    renewed = loop.time()
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            ok = await leases.renew(lease)
+        except Exception as exc:  # noqa: BLE001 - retried until the lease would have expired
+            logger.warning("renewing lease %s failed: %s", lease.name, exc or type(exc).__name__)
+            ok = loop.time() - renewed < lease.ttl - interval
+            if ok:
+                continue
+        if not ok:
+            logger.warning("lease %s is lost", lease.name)
+            if on_lost is not None:
+                on_lost()
+            return
+        renewed = loop.time()
+
+
+class Cluster(abc.ABC):
+    """This node's view of the cluster: its identity and the coordination parts."""
+
+    node: NodeInfo
+    notifier: FragmentNotifier
+    leases: Leases
+    sessions: SessionRegistry
+    nodes: NodeRegistry
+    duties: DutyLock
+
+    @property
+    @abc.abstractmethod
+    def distributed(self) -> bool:
+        """True when other processes take part (then state in this process is not the whole
+        truth)."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connect (ClusterUnavailable when the bus cannot be reached) and start heartbeats."""
+
+    @abc.abstractmethod
+    async def stop(self, *, graceful: bool = True) -> None:
+        """Stop; ``graceful=False`` leaves this node's keys to expire, as a crash would."""
+
+    @abc.abstractmethod
+    async def reachable(self) -> bool:
+        """Whether the bus answers (readiness)."""
