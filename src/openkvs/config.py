@@ -58,6 +58,8 @@ class Settings:
     # Storage backends: None means sqlite:///<data_dir>/openkvs.db and file://<data_dir>/media
     database_url: str | None = None
     media_url: str | None = None
+    # media_url s3://...: the S3-compatible endpoint (None: AWS's, from the standard AWS chain)
+    s3_endpoint_url: str | None = None
     region: str = "us-east-1"
     account_id: str = "000000000000"
     public_url: str | None = None
@@ -220,6 +222,10 @@ class Settings:
             )
         if self.webhook_queue < 1 or self.webhook_max_attempts < 1:
             raise ConfigError("webhook_queue and webhook_max_attempts must be at least 1")
+        if self.s3_endpoint_url is not None and not self.s3_endpoint_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ConfigError("s3_endpoint_url must start with http:// or https://")
         if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
             raise ConfigError("public_url must start with http:// or https://")
 
