@@ -5,7 +5,10 @@ first start, even by several stores at once; refused credentials stop the start-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ from ..mediagen import h264_clip, opus_packets
 from ..playback.support import archived, create_stream, hls_url, on_demand
 from ..playback.test_hls import playlists, segments
 from ..seaweed import Seaweed
-from ..support import ServerThread
+from ..support import ServerThread, free_port
 from ..webrtc.harness import (
     Camera,
     fragments_of,
@@ -153,3 +156,104 @@ async def test_refused_credentials_stop_the_start(
     message = str(info.value)
     assert message.startswith(f"media_url s3://{s3_env}/media: {seaweed.endpoint} refused")
     assert "not-the-secret" not in message
+
+
+def readyz(srv: ServerThread) -> int:
+    return requests.get(f"{srv.http_endpoint}/readyz", timeout=10).status_code
+
+
+async def test_not_ready_while_the_bucket_is_gone(
+    seaweed: Seaweed, s3_env: str, make_server: Any
+) -> None:
+    srv: ServerThread = make_server(**seaweed.settings(s3_env))
+    assert await asyncio.to_thread(readyz, srv) == 200
+    s3 = seaweed.client()
+    try:
+        s3.delete_bucket(Bucket=s3_env)
+        assert await asyncio.to_thread(readyz, srv) == 503
+        s3.create_bucket(Bucket=s3_env)
+        assert await asyncio.to_thread(readyz, srv) == 200
+    finally:
+        s3.close()
+
+
+class Gate:
+    """A TCP forwarder on a fixed loopback port in front of the S3 endpoint, which can be closed
+    (connections refused and cut) and opened again."""
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.removeprefix("http://").partition(":")
+        self.target = (host, int(port))
+        self.port = free_port()
+        self._conns: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self.open()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def open(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def close(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+            self._listener.close()
+            self._listener = None
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        self._conns.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+
+async def test_a_failed_upload_loses_its_fragment_only(
+    seaweed: Seaweed, s3_env: str, make_server: Any
+) -> None:
+    # An S3 failure is no full disk: each fragment gets its ARCHIVAL_ERROR and the upload goes on.
+    gate = Gate(seaweed.endpoint)
+    try:
+        srv: ServerThread = make_server(
+            media_url=f"s3://{s3_env}/media", s3_endpoint_url=gate.endpoint
+        )
+        create_stream(srv, "cam")
+        gate.close()
+        t0 = clock.now_ms() - 60_000
+        status, acks = await put_media(srv, producer_mkv(2.0, start_ms=t0), stream_name="cam")
+        assert status == 200
+        errors = [a for a in acks if a["EventType"] == "ERROR"]
+        assert [a["ErrorId"] for a in errors] == [5001, 5001], acks
+        assert not [a for a in acks if a["EventType"] == "PERSISTED"]
+        gate.open()
+        t1 = t0 + 10_000
+        status, acks = await put_media(srv, producer_mkv(2.0, start_ms=t1), stream_name="cam")
+        assert [a["EventType"] for a in acks].count("PERSISTED") == 2, acks
+    finally:
+        gate.close()
+    assert len(seaweed.objects(s3_env)) == 2
