@@ -55,6 +55,7 @@ class Seaweed:
     access_key: str
     secret_key: str
     log: Path
+    sockets: list[Path] = dataclasses.field(default_factory=list)
 
     def client(self) -> Any:
         """A botocore S3 client with the test identity."""
@@ -90,6 +91,16 @@ class Seaweed:
             return out
         finally:
             client.close()
+
+
+def _grpc_sockets(ports: dict[str, int]) -> list[Path]:
+    """The Unix sockets that weed adds beside its gRPC ports, named by port, in /tmp."""
+    tmp = Path("/tmp")
+    return [
+        tmp / f"seaweedfs-{flag.partition('.')[0]}-grpc-{port}.sock"
+        for flag, port in ports.items()
+        if flag.endswith(".grpc")
+    ]
 
 
 def _start(weed: str, root: Path) -> tuple[subprocess.Popen[bytes], Seaweed]:
@@ -136,6 +147,11 @@ def _start(weed: str, root: Path) -> tuple[subprocess.Popen[bytes], Seaweed]:
         "-s3",
         f"-s3.config={config}",
         "-s3.iam=false",
+        # No listeners on fixed ports (parallel test workers), and no bucket made by an upload
+        # (S3 answers NoSuchBucket, as AWS does).
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-s3.autoCreateBucket=false",
         "-master.volumeSizeLimitMB=64",
         "-volume.max=500",
         "-volume.preStopSeconds=0",
@@ -148,7 +164,7 @@ def _start(weed: str, root: Path) -> tuple[subprocess.Popen[bytes], Seaweed]:
             args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root
         )
     endpoint = f"http://127.0.0.1:{ports['s3.port']}"
-    return process, Seaweed(endpoint, access, secret, log)
+    return process, Seaweed(endpoint, access, secret, log, _grpc_sockets(ports))
 
 
 def _wait(process: subprocess.Popen[bytes], sw: Seaweed) -> None:
@@ -208,6 +224,8 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
     finally:
         with contextlib.suppress(Exception):
             _stop(process)
+        for path in sw.sockets:
+            path.unlink(missing_ok=True)
 
 
 @pytest.fixture
