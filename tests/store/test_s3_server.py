@@ -257,3 +257,23 @@ async def test_a_failed_upload_loses_its_fragment_only(
     finally:
         gate.close()
     assert len(seaweed.objects(s3_env)) == 2
+
+
+async def test_objects_openkvs_could_not_have_made_are_never_listed(
+    seaweed: Seaweed, s3_env: str
+) -> None:
+    # keys() feeds the orphan sweep: what it lists, the sweep may delete.
+    settings = Settings.load({}, None, {"data_dir": Path("unused"), **seaweed.settings(s3_env)})
+    store = blob_store(settings)
+    try:
+        await store.start()
+        await store.put("s1/0/1.mkv", b"x")
+        s3 = seaweed.client()
+        try:
+            s3.put_object(Bucket=s3_env, Key="media/NOTES.txt", Body=b"someone else's")
+            s3.put_object(Bucket=s3_env, Key="other/s1/0/2.mkv", Body=b"outside the prefix")
+        finally:
+            s3.close()
+        assert await store.keys() == {"s1/0/1.mkv"}
+    finally:
+        await store.stop()

@@ -12,7 +12,8 @@ import pytest
 
 from openkvs.config import ConfigError, Settings
 from openkvs.records import Stream
-from openkvs.store.factory import database_url, media_root, media_url, open_backends
+from openkvs.store.factory import blob_store, database_url, media_root, media_url, open_backends
+from openkvs.store.s3 import S3BlobStore
 
 
 def test_defaults_live_under_the_data_dir(tmp_path: Path) -> None:
@@ -98,6 +99,26 @@ def test_serve_refuses_a_cluster_url_at_start_up(tmp_path: Path) -> None:
     assert res.returncode == 2, res.stderr
     assert "database_url postgresql:// needs the cluster backends" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_an_s3_media_url_names_bucket_prefix_and_endpoint(tmp_path: Path) -> None:
+    env = {
+        "OPENKVS_MEDIA_URL": "s3://kvs-media/cluster/a/",
+        "OPENKVS_S3_ENDPOINT_URL": "http://127.0.0.1:9000",
+    }
+    blobs = open_backends(Settings.load(env, None, {"data_dir": tmp_path})).blobs
+    assert isinstance(blobs, S3BlobStore)
+    assert (blobs.bucket, blobs.prefix, blobs.endpoint_url) == (
+        "kvs-media",
+        "cluster/a/",
+        "http://127.0.0.1:9000",
+    )
+    bare = blob_store(
+        Settings.load({}, None, {"data_dir": tmp_path, "media_url": "s3://kvs-media"})
+    )
+    assert isinstance(bare, S3BlobStore)
+    assert (bare.prefix, bare.endpoint_url) == ("", None)
+    assert not (tmp_path / "media").exists()
 
 
 def test_s3_endpoint_url_needs_an_s3_media_url(tmp_path: Path) -> None:
