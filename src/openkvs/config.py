@@ -20,6 +20,7 @@ import dataclasses
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -222,15 +223,30 @@ class Settings:
             )
         if self.webhook_queue < 1 or self.webhook_max_attempts < 1:
             raise ConfigError("webhook_queue and webhook_max_attempts must be at least 1")
-        if self.s3_endpoint_url is not None and not self.s3_endpoint_url.startswith(
-            ("http://", "https://")
-        ):
-            raise ConfigError("s3_endpoint_url must start with http:// or https://")
+        if self.s3_endpoint_url is not None and not _is_http_url(self.s3_endpoint_url):
+            raise ConfigError(
+                "s3_endpoint_url must start with http:// or https:// and name a host, "
+                "e.g. http://127.0.0.1:9000"
+            )
         if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
             raise ConfigError("public_url must start with http:// or https://")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and port_ok
+        and not any(c.isspace() for c in url)
+    )
 
 
 _FIELDS: dict[str, Any] = {f.name: f for f in dataclasses.fields(Settings)}

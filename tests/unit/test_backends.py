@@ -127,8 +127,9 @@ def test_s3_endpoint_url_needs_an_s3_media_url(tmp_path: Path) -> None:
     assert settings.s3_endpoint_url == "http://127.0.0.1:9000"
     with pytest.raises(ConfigError, match="s3_endpoint_url is set, but media_url is not s3://"):
         open_backends(settings)
-    with pytest.raises(ConfigError, match="s3_endpoint_url must start with http"):
-        Settings.load({}, None, {"data_dir": tmp_path, "s3_endpoint_url": "localhost:9000"})
+    for bad in ("localhost:9000", "http://", "http://exa mple:9000", "http://host:port"):
+        with pytest.raises(ConfigError, match="s3_endpoint_url must start with http"):
+            Settings.load({}, None, {"data_dir": tmp_path, "s3_endpoint_url": bad})
 
 
 def _serve_s3(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

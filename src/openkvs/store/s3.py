@@ -132,6 +132,10 @@ class S3BlobStore:
             await self._run(self._ensure_bucket)
         except (BotoCoreError, ClientError) as exc:
             raise ConfigError(self._explain(exc)) from None
+        except ValueError as exc:  # botocore's word on an endpoint URL it cannot use
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"media_url {self.url}: S3 is not usable ({exc})") from None
 
     async def stop(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown, True)
