@@ -6,12 +6,14 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from openkvs.config import ConfigError, Settings
 from openkvs.records import Stream
+from openkvs.store.base import BlobStoreError
 from openkvs.store.factory import blob_store, database_url, media_root, media_url, open_backends
 from openkvs.store.s3 import S3BlobStore
 
@@ -167,3 +169,28 @@ def test_serve_fails_at_start_up_when_s3_is_unreachable_or_has_no_credentials(
     assert res.returncode == 2, res.stderr
     assert "media_url s3://bucket/media: no AWS credentials for S3" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+async def test_a_silent_s3_endpoint_fails_within_the_timeouts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-secret")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        store = S3BlobStore(
+            "bucket", "media/", endpoint_url=endpoint, read_timeout=0.5, max_attempts=2
+        )
+        started = time.monotonic()
+        try:
+            with pytest.raises(ConfigError, match=r"cannot reach http://127\.0\.0\.1:\d+ \(Read"):
+                await store.start()
+            assert time.monotonic() - started < 10
+            with pytest.raises(BlobStoreError, match="S3 PutObject in s3://bucket/media failed"):
+                await store.put("s1/0/1.mkv", b"x")
+            assert time.monotonic() - started < 30
+        finally:
+            await store.stop()

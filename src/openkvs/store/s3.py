@@ -47,6 +47,7 @@ T = TypeVar("T")
 
 SCHEME = "s3://"
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
+PROBE_TIMEOUT = 5.0  # connect and read timeouts of the start-up and readiness checks
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _PREFIX = re.compile(r"[A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*")
 _MISSING = {"NoSuchKey", "404", "NotFound"}
@@ -116,6 +117,8 @@ class S3BlobStore:
         self._max_attempts = max_attempts
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="openkvs-s3")
         self._client: Any = None
+        self._probe_client: Any = None
+        self._probe: asyncio.Future[None] | None = None
         self._client_lock = threading.Lock()
         self._region = "us-east-1"
 
@@ -139,12 +142,16 @@ class S3BlobStore:
 
     async def stop(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown, True)
-        if self._client is not None:
-            self._client.close()
+        for client in (self._client, self._probe_client):
+            if client is not None:
+                client.close()
 
     async def reachable(self) -> bool:
-        """The bucket answers HeadBucket with these credentials (readiness)."""
-        await self._run(self._head_bucket)
+        """The bucket answers HeadBucket with these credentials (readiness). Callers that come
+        while a check is under way share it: at most one pool thread waits on a silent store."""
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._run(self._head_bucket))
+        await asyncio.shield(self._probe)
         return True
 
     # Blobs
@@ -171,34 +178,46 @@ class S3BlobStore:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def client(self) -> Any:
-        """The botocore S3 client, made on first use (in a pool thread: it reads config files
-        and service models)."""
+        """The botocore S3 client of the blob operations, made on first use (in a pool thread:
+        it reads config files and service models)."""
         with self._client_lock:
             if self._client is None:
-                session = botocore.session.get_session()
-                self._region = session.get_config_variable("region") or "us-east-1"
                 connect, read = self._timeouts
-                config = Config(
-                    region_name=self._region,
-                    connect_timeout=connect,
-                    read_timeout=read,
-                    retries={"mode": "standard", "max_attempts": self._max_attempts},
-                    max_pool_connections=self._threads,
-                    # Content-MD5 is the integrity check every S3-compatible store knows.
-                    request_checksum_calculation="when_required",
-                    response_checksum_validation="when_required",
-                    s3={"addressing_style": "path"} if self.endpoint_url else None,
-                )
-                self._client = session.create_client(
-                    "s3", endpoint_url=self.endpoint_url, config=config
-                )
+                self._client = self._new_client(connect, read, self._max_attempts, self._threads)
             return self._client
 
+    def probe_client(self) -> Any:
+        """The client of the start-up and readiness checks: short timeouts, one retry, so that
+        a silent endpoint fails a start quickly and never holds a pool thread for long."""
+        with self._client_lock:
+            if self._probe_client is None:
+                connect, read = self._timeouts
+                self._probe_client = self._new_client(
+                    min(connect, PROBE_TIMEOUT), min(read, PROBE_TIMEOUT), 2, 1
+                )
+            return self._probe_client
+
+    def _new_client(self, connect: float, read: float, attempts: int, connections: int) -> Any:
+        session = botocore.session.get_session()
+        self._region = session.get_config_variable("region") or "us-east-1"
+        config = Config(
+            region_name=self._region,
+            connect_timeout=connect,
+            read_timeout=read,
+            retries={"mode": "standard", "max_attempts": attempts},
+            max_pool_connections=connections,
+            # Content-MD5 is the integrity check every S3-compatible store knows.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"addressing_style": "path"} if self.endpoint_url else None,
+        )
+        return session.create_client("s3", endpoint_url=self.endpoint_url, config=config)
+
     def _head_bucket(self) -> None:
-        self.client().head_bucket(Bucket=self.bucket)
+        self.probe_client().head_bucket(Bucket=self.bucket)
 
     def _ensure_bucket(self) -> None:
-        client = self.client()
+        client = self.probe_client()
         try:
             client.head_bucket(Bucket=self.bucket)
             return
