@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -277,3 +280,38 @@ async def test_objects_openkvs_could_not_have_made_are_never_listed(
         assert await store.keys() == {"s1/0/1.mkv"}
     finally:
         await store.stop()
+
+
+def test_serve_stops_at_start_up_when_s3_refuses_the_credentials(
+    seaweed: Seaweed, s3_env: str, tmp_path: Path
+) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "OPENKVS_"))}
+    res = subprocess.run(
+        [sys.executable, "-m", "openkvs", "serve", "--data-dir", str(tmp_path)]
+        + ["--port", "0", "--http-port", "0", "--no-turn"]
+        + ["--media-url", f"s3://{s3_env}/media", "--s3-endpoint-url", seaweed.endpoint],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={
+            **base,
+            "AWS_ACCESS_KEY_ID": seaweed.access_key,
+            "AWS_SECRET_ACCESS_KEY": "not-the-secret",
+            "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        },
+    )
+    assert res.returncode == 2, res.stderr
+    assert (
+        f"openkvs: media_url s3://{s3_env}/media: {seaweed.endpoint} refused the AWS credentials"
+        in res.stderr
+    )
+    assert "Traceback" not in res.stderr and "not-the-secret" not in res.stderr
+    assert s3_env not in seaweed_buckets(seaweed)
+
+
+def seaweed_buckets(seaweed: Seaweed) -> list[str]:
+    s3 = seaweed.client()
+    try:
+        return [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    finally:
+        s3.close()
