@@ -172,12 +172,13 @@ def _wait(process: subprocess.Popen[bytes], sw: Seaweed) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     client = sw.client()
     bucket = f"probe-{uuid.uuid4().hex[:12]}"
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
     try:
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"weed server exited with {process.returncode}; see {sw.log}")
             try:
-                urllib.request.urlopen(sw.endpoint, timeout=1).close()
+                direct.open(sw.endpoint, timeout=1).close()
             except urllib.error.HTTPError:
                 pass  # it answers (403 without a signature)
             except OSError:
