@@ -8,6 +8,9 @@ import pytest
 
 from .support import ServerThread, make_settings
 
+# SeaweedFS (S3) fixtures: seaweed, s3_env
+pytest_plugins = ("tests.seaweed",)
+
 
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,7 +31,7 @@ from .ops import metrics as ops_metrics
 from .playback import routes as playback_routes
 from .services import Services
 from .signaling.ws import SignalingEndpoint
-from .store.factory import media_root, open_backends
+from .store.factory import open_backends
 from .tls import local_ca
 from .web import console
 
@@ -361,7 +361,7 @@ def _cluster_lifecycle(services: Services) -> Callable[[web.Application], AsyncI
 def _readiness_checks(services: Services) -> None:
     health = services.health
     health.add_check("store", ops_health.store_check(services.control))
-    health.add_check("media", ops_health.folder_check(media_root(services.settings)))
+    health.add_check("media", ops_health.media_check(services.control))
     if services.cluster.distributed:
         health.add_check("cluster", services.cluster.reachable)
     bus = ops_health.bus_check(services.hub.bus)

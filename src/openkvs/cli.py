@@ -38,7 +38,16 @@ SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         "database_url",
         {"help": "metadata store (default sqlite:///<data-dir>/openkvs.db)"},
     ),
-    ("--media-url", "media_url", {"help": "fragment media (default file://<data-dir>/media)"}),
+    (
+        "--media-url",
+        "media_url",
+        {"help": "fragment media: file://<path> (default <data-dir>/media) or s3://bucket/prefix"},
+    ),
+    (
+        "--s3-endpoint-url",
+        "s3_endpoint_url",
+        {"help": "S3-compatible endpoint for an s3:// media-url (default: AWS)"},
+    ),
     (
         "--bus-url",
         "bus_url",

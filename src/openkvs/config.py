@@ -21,6 +21,7 @@ import re
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ class Settings:
     # this node (an IP address or host name)
     bus_url: str = "local:"
     node_address: str | None = None
+    # media_url s3://...: the S3-compatible endpoint (None: AWS's, from the standard AWS chain)
+    s3_endpoint_url: str | None = None
     region: str = "us-east-1"
     account_id: str = "000000000000"
     public_url: str | None = None
@@ -232,11 +235,30 @@ class Settings:
         parse_bus_url(self.bus_url)
         if self.node_address is not None and not _HOST.fullmatch(self.node_address):
             raise ConfigError("node_address must be an IP address or a host name")
+        if self.s3_endpoint_url is not None and not _is_http_url(self.s3_endpoint_url):
+            raise ConfigError(
+                "s3_endpoint_url must start with http:// or https:// and name a host, "
+                "e.g. http://127.0.0.1:9000"
+            )
         if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
             raise ConfigError("public_url must start with http:// or https://")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and port_ok
+        and not any(c.isspace() for c in url)
+    )
 
 
 _FIELDS: dict[str, Any] = {f.name: f for f in dataclasses.fields(Settings)}

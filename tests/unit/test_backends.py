@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from openkvs.config import ConfigError, Settings
 from openkvs.records import Stream
-from openkvs.store.factory import database_url, media_root, media_url, open_backends
+from openkvs.store.base import BlobStoreError
+from openkvs.store.factory import blob_store, database_url, media_root, media_url, open_backends
+from openkvs.store.s3 import S3BlobStore
 
 
 def test_defaults_live_under_the_data_dir(tmp_path: Path) -> None:
@@ -70,7 +74,8 @@ def test_toml_and_flags_take_the_urls(tmp_path: Path) -> None:
     [
         ("database_url", "postgresql://db.example/openkvs", "needs the cluster backends"),
         ("database_url", "postgres://db.example/openkvs", "needs the cluster backends"),
-        ("media_url", "s3://bucket/media", "needs the cluster backends"),
+        ("media_url", "s3://B/media", "names no valid S3 bucket"),
+        ("media_url", "s3://bucket/a/../b", "key prefix may hold only"),
         ("database_url", "mysql://db.example/openkvs", "must be sqlite:///<path>"),
         ("media_url", "/plain/path", "must be file://<path>"),
         ("database_url", "sqlite:///", "names no path"),
@@ -96,11 +101,96 @@ def test_serve_refuses_a_cluster_url_at_start_up(tmp_path: Path) -> None:
     assert res.returncode == 2, res.stderr
     assert "database_url postgresql:// needs the cluster backends" in res.stderr
     assert "Traceback" not in res.stderr
-    res = subprocess.run(
+
+
+def test_an_s3_media_url_names_bucket_prefix_and_endpoint(tmp_path: Path) -> None:
+    env = {
+        "OPENKVS_MEDIA_URL": "s3://kvs-media/cluster/a/",
+        "OPENKVS_S3_ENDPOINT_URL": "http://127.0.0.1:9000",
+    }
+    blobs = open_backends(Settings.load(env, None, {"data_dir": tmp_path})).blobs
+    assert isinstance(blobs, S3BlobStore)
+    assert (blobs.bucket, blobs.prefix, blobs.endpoint_url) == (
+        "kvs-media",
+        "cluster/a/",
+        "http://127.0.0.1:9000",
+    )
+    bare = blob_store(
+        Settings.load({}, None, {"data_dir": tmp_path, "media_url": "s3://kvs-media"})
+    )
+    assert isinstance(bare, S3BlobStore)
+    assert (bare.prefix, bare.endpoint_url) == ("", None)
+    assert not (tmp_path / "media").exists()
+
+
+def test_s3_endpoint_url_needs_an_s3_media_url(tmp_path: Path) -> None:
+    env = {"OPENKVS_S3_ENDPOINT_URL": "http://127.0.0.1:9000"}
+    settings = Settings.load(env, None, {"data_dir": tmp_path})
+    assert settings.s3_endpoint_url == "http://127.0.0.1:9000"
+    with pytest.raises(ConfigError, match="s3_endpoint_url is set, but media_url is not s3://"):
+        open_backends(settings)
+    for bad in ("localhost:9000", "http://", "http://exa mple:9000", "http://host:port"):
+        with pytest.raises(ConfigError, match="s3_endpoint_url must start with http"):
+            Settings.load({}, None, {"data_dir": tmp_path, "s3_endpoint_url": bad})
+
+
+def _serve_s3(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "OPENKVS_"))}
+    return subprocess.run(
         [sys.executable, "-m", "openkvs", "serve", "--data-dir", str(tmp_path)]
-        + ["--media-url", "s3://bucket/media"],
+        + ["--port", "0", "--http-port", "0", "--no-turn", "--media-url", "s3://bucket/media"]
+        + ["--s3-endpoint-url", f"http://127.0.0.1:{closed}"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=90,
+        env={
+            **base,
+            # No shared config files or instance metadata: only what the test gives.
+            "AWS_CONFIG_FILE": str(tmp_path / "none"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+            "AWS_EC2_METADATA_DISABLED": "true",
+            **env,
+        },
     )
-    assert res.returncode == 2 and "media_url s3:// needs the cluster backends" in res.stderr
+
+
+def test_serve_fails_at_start_up_when_s3_is_unreachable_or_has_no_credentials(
+    tmp_path: Path,
+) -> None:
+    keys = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "not-a-secret"}
+    res = _serve_s3(tmp_path, keys)
+    assert res.returncode == 2, res.stderr
+    assert "media_url s3://bucket/media: cannot reach http://127.0.0.1:" in res.stderr
+    assert "Traceback" not in res.stderr and "not-a-secret" not in res.stderr
+    res = _serve_s3(tmp_path, {})
+    assert res.returncode == 2, res.stderr
+    assert "media_url s3://bucket/media: no AWS credentials for S3" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+async def test_a_silent_s3_endpoint_fails_within_the_timeouts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-secret")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        store = S3BlobStore(
+            "bucket", "media/", endpoint_url=endpoint, read_timeout=0.5, max_attempts=2
+        )
+        started = time.monotonic()
+        try:
+            with pytest.raises(ConfigError, match=r"cannot reach http://127\.0\.0\.1:\d+ \(Read"):
+                await store.start()
+            assert time.monotonic() - started < 10
+            with pytest.raises(BlobStoreError, match="S3 PutObject in s3://bucket/media failed"):
+                await store.put("s1/0/1.mkv", b"x")
+            assert time.monotonic() - started < 30
+        finally:
+            await store.stop()

@@ -24,7 +24,7 @@ from ..cluster.base import FragmentNotifier
 from ..cluster.local import LocalNotifier
 from ..errors import ResourceNotFoundException
 from ..records import Fragment, Stream
-from ..store.base import BlobNotFound, BlobStore, MetadataStore
+from ..store.base import BlobNotFound, BlobStore, BlobStoreError, MetadataStore
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,10 @@ class FragmentMissing(Exception):
 
 def is_disk_full(exc: BaseException) -> bool:
     """A write failed for want of space: a blob's ENOSPC/EDQUOT, the index's "database or disk
-    is full", or either of them reported by a storage worker process."""
+    is full", or either of them reported by a storage worker process. A remote blob store's
+    failure (S3) is never one: it loses the fragment at hand only."""
+    if isinstance(exc, BlobStoreError):
+        return False
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     text = str(exc).lower()

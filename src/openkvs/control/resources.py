@@ -97,6 +97,10 @@ class ControlPlane:
         # By index; stream ids start at 1.
         await self.store.last_fragments(0, 1)
 
+    async def check_media(self) -> bool:
+        """The blob store answers: its folder is writable, or its bucket answers (readiness)."""
+        return await self.blobs.reachable()
+
     def storage_pools(self) -> list[tuple[str, Executor | None]]:
         """The storage backends' thread pools, by name, for the pool metrics."""
         return [

@@ -2,8 +2,8 @@
 
 ``GET /healthz`` answers 200 while the process serves requests at all. ``GET /readyz`` answers
 200 only when the server has finished starting, is not draining, and its metadata store, media
-folder and (when one is configured) signaling bus answer; otherwise 503. Neither says more than
-its status word: no paths, versions or component settings.
+store (folder or bucket) and (when one is configured) signaling bus answer; otherwise 503.
+Neither says more than its status word: no paths, versions or component settings.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import os
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from .. import clock
@@ -95,9 +93,10 @@ def store_check(control: Any) -> Check:
     return check
 
 
-def folder_check(root: Path) -> Check:
+def media_check(control: Any) -> Check:
     async def check() -> bool:
-        return await asyncio.to_thread(lambda: root.is_dir() and os.access(root, os.W_OK))
+        # The media folder is writable, or the media bucket answers HeadBucket.
+        return bool(await control.check_media())
 
     return check
 

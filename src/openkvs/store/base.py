@@ -2,7 +2,8 @@
 
 ``MetadataStore`` keeps channels, streams and fragment metadata; ``BlobStore`` keeps fragment
 media. The default implementations are SQLite (``sqlite.py``) and the filesystem (``fs.py``);
-``factory.py`` chooses them from settings. The records themselves live in ``openkvs.records``.
+media can also live in an S3-compatible object store (``s3.py``). ``factory.py`` chooses them
+from settings. The records themselves live in ``openkvs.records``.
 Only ``openkvs.control`` and the composition root (``app.py``) use this package.
 """
 
@@ -59,7 +60,13 @@ class BlobStore(Protocol):
     async def get(self, key: str) -> bytes: ...
     async def delete(self, keys: Sequence[str]) -> None: ...
     async def keys(self) -> set[str]: ...
+    async def reachable(self) -> bool: ...
 
 
 class BlobNotFound(KeyError):
     """A blob key has no data."""
+
+
+class BlobStoreError(Exception):
+    """A remote blob store failed an operation (after its retries). Never a full disk: the
+    fragment at hand is lost, the next one may be stored."""

@@ -2,8 +2,9 @@
 
 ``database_url`` names the metadata store and ``media_url`` the blob store; both default to the
 embedded backends under the data directory (``sqlite:///<data-dir>/openkvs.db`` and
-``file://<data-dir>/media``). The server and its storage worker processes both open their
-backends here.
+``file://<data-dir>/media``). ``media_url = s3://bucket[/prefix]`` keeps media in an
+S3-compatible object store instead (``s3_endpoint_url`` names one other than AWS). The server and
+its storage worker processes both open their backends here, from the same settings.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from .sqlite import SqliteMetadataStore
 CLUSTER_SCHEMES = {
     "postgresql": "database_url",
     "postgres": "database_url",
-    "s3": "media_url",
 }
 
 
@@ -55,12 +55,20 @@ def _path(url: str, prefix: str, setting: str) -> Path:
 
 
 def media_root(settings: Settings) -> Path:
-    """The folder the blob store keeps fragment media in (for the readiness check)."""
+    """The folder a ``file://`` media_url names (ConfigError for any other scheme)."""
     return _path(media_url(settings), "file://", "media_url")
 
 
 def blob_store(settings: Settings) -> BlobStore:
     """The blob store alone (storage worker processes write blobs, never metadata)."""
+    url = media_url(settings)
+    if url.lower().startswith("s3://"):
+        from .s3 import S3BlobStore, parse_url
+
+        bucket, prefix = parse_url("s3://" + url[len("s3://") :])
+        return S3BlobStore(bucket, prefix, endpoint_url=settings.s3_endpoint_url)
+    if settings.s3_endpoint_url is not None:
+        raise ConfigError("s3_endpoint_url is set, but media_url is not s3://<bucket>[/<prefix>]")
     return FsBlobStore(media_root(settings))
 
 

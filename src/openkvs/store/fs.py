@@ -42,6 +42,11 @@ class FsBlobStore:
     async def stop(self) -> None:
         self._pool.shutdown(wait=True)
 
+    async def reachable(self) -> bool:
+        """The media folder exists and is writable (readiness)."""
+        root = self._root
+        return await self._run(lambda: root.is_dir() and os.access(root, os.W_OK))
+
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
