@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, heap
-from .auth.credentials import default_principal
 from .config import ENDPOINT_ENV, HTTP_ENDPOINT_ENV, ConfigError, Settings
 from .tls import local_ca
 
@@ -173,7 +172,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_credentials(args: argparse.Namespace) -> int:
     settings = _settings(args, SERVE_FLAGS)
-    principal = default_principal(settings.data_dir)
+    from .app import generated_principal
+
+    principal = asyncio.run(generated_principal(settings))
     tls, plain = advertised(settings, settings.port, settings.http_port)
     print(f"export AWS_ACCESS_KEY_ID={principal.access_key_id}")
     print(f"export AWS_SECRET_ACCESS_KEY={principal.secret_access_key}")

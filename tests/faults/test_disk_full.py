@@ -71,9 +71,7 @@ async def _put(
 ) -> PacedPut:
     # A fragment with a producer timestamp the stream already holds is taken as a resend (acked
     # with its stored number, not stored again), so each upload brings its own times.
-    put = PacedPut(
-        srv, stream, producer_mkv(seconds=seconds, gop_seconds=0.5, start_ms=start_ms)
-    )
+    put = PacedPut(srv, stream, producer_mkv(seconds=seconds, gop_seconds=0.5, start_ms=start_ms))
     await put.open()
     while await put.send_next(0.05):
         if put.numbers("ERROR"):

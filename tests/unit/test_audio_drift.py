@@ -103,12 +103,16 @@ def test_steps_apply_from_the_next_packet_on() -> None:
 
 
 def test_a_stall_of_a_second_is_no_drift() -> None:
-    clock, placed = _run(60, audio_speed=1.0, wall_clock_reports=False, audio_stall=(20_000, 21_300, 150))
+    clock, placed = _run(
+        60, audio_speed=1.0, wall_clock_reports=False, audio_stall=(20_000, 21_300, 150)
+    )
     assert clock.drift.steps == 0
 
 
 def test_a_lasting_shift_of_audio_alone_is_stepped() -> None:
     # The same lateness for three seconds and on: the sender's audio really moved.
-    clock, placed = _run(60, audio_speed=1.0, wall_clock_reports=False, audio_stall=(20_000, 60_000, 150))
+    clock, placed = _run(
+        60, audio_speed=1.0, wall_clock_reports=False, audio_stall=(20_000, 60_000, 150)
+    )
     assert clock.drift.steps == 1
     assert 80 < clock.drift.correction <= 170

@@ -5,14 +5,20 @@ A fragment is one self-contained MKV file (EBML header, Segment with Info, Track
 kept in the blob store, plus a metadata row. ``append`` makes a fragment visible only after its
 blob is durable (fsync + atomic rename) *and* its row is committed, so a crash at any moment
 leaves no torn fragment listed; an orphaned blob is swept at the next start.
+
+When several nodes share the metadata store, fragment numbers come from blocks the store
+reserves cluster-wide (so no two nodes hand out the same number), and only orphans older than
+``ORPHAN_AGE_MS`` are swept (younger ones may be another node's fragment being written).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Awaitable, Callable, Sequence
 
 from .. import clock, ids
 from ..errors import ResourceNotFoundException
@@ -22,6 +28,58 @@ from ..store.base import BlobNotFound, BlobStore, MetadataStore
 logger = logging.getLogger(__name__)
 
 FRAGMENT_MAX_BYTES = 50 * 1024 * 1024
+ORPHAN_AGE_MS = 15 * 60 * 1000
+
+
+class BlockNumbers:
+    """Fragment numbers from blocks reserved in a shared store: increasing, unique across the
+    nodes, and (like ``ids.FragmentNumbers``) near epoch milliseconds shifted left 16 bits, since
+    every block starts at or above the reserving node's clock. ``next`` never waits: a new block
+    is reserved in the background when the current one runs low or gets old."""
+
+    BLOCK = 1 << 16
+    REFRESH_SECONDS = 1.0
+
+    def __init__(self, reserve: Callable[[int, int], Awaitable[int]]) -> None:
+        self._reserve = reserve
+        self._next = 0
+        self._end = 0
+        self._at = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._refill()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+    async def _refill(self) -> None:
+        first = await self._reserve(clock.now_ms() << 16, self.BLOCK)
+        # A newer block starts above every number handed out before (the store's counter only
+        # grows), so switching blocks keeps the numbers increasing.
+        self._next, self._end = max(first, self._next), first + self.BLOCK
+        self._at = clock.monotonic()
+
+    async def _refill_logged(self) -> None:
+        try:
+            await self._refill()
+        except Exception:  # noqa: BLE001 - the current block serves on; the next call retries
+            logger.exception("could not reserve fragment numbers")
+
+    def next(self) -> int:
+        left = self._end - self._next
+        stale = clock.monotonic() - self._at > self.REFRESH_SECONDS
+        if (left < self.BLOCK // 4 or stale) and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._refill_logged())
+        if left <= 0:
+            raise RuntimeError("no fragment numbers reserved (the metadata store is unreachable)")
+        number = self._next
+        self._next += 1
+        return number
 
 
 class FragmentMissing(Exception):
@@ -42,34 +100,62 @@ def blob_key(stream_id: int, server_ts_ms: int, number: int) -> str:
     return f"s{stream_id}/{server_ts_ms // 3_600_000}/{number}.mkv"
 
 
+_KEY_NUMBER = re.compile(r"/(\d{1,20})\.mkv$")
+
+
+def _key_number(key: str) -> int:
+    """The fragment number in a blob key (0 for a key of another shape: old enough to sweep)."""
+    match = _KEY_NUMBER.search(key)
+    return int(match.group(1)) if match else 0
+
+
 class FragmentStore:
     def __init__(self, meta: MetadataStore, blobs: BlobStore) -> None:
         self.meta = meta
         self.blobs = blobs
         self._numbers = ids.FragmentNumbers()
+        self._blocks: BlockNumbers | None = None
         self._changed: dict[int, asyncio.Event] = {}
         self._latest: dict[int, Fragment] = {}
         # Called with every fragment made visible (metrics, events); never fails a commit.
         self.on_commit: list[Callable[[Fragment], None]] = []
 
     async def start(self) -> None:
-        self._numbers.bump(await self.meta.max_fragment_number())
+        if self.meta.shared:
+            self._blocks = BlockNumbers(self.meta.reserve_fragment_numbers)
+            await self._blocks.start()
+        else:
+            self._numbers.bump(await self.meta.max_fragment_number())
         await self.sweep_orphans()
 
     async def stop(self) -> None:
+        if self._blocks is not None:
+            await self._blocks.stop()
         for event in self._changed.values():
             event.set()
 
     async def sweep_orphans(self) -> int:
         """Delete blobs that no fragment row names (left by a crash between put and commit)."""
+        async with self.meta.exclusive("sweep-orphans") as mine:
+            if not mine:
+                return 0
+            return await self._sweep()
+
+    async def _sweep(self) -> int:
         listed = await self.meta.all_blob_keys()
         orphans = sorted((await self.blobs.keys()) - listed)
+        if self.meta.shared:
+            # Another node may be between the put and the commit of a young fragment.
+            before = (clock.now_ms() - ORPHAN_AGE_MS) << 16
+            orphans = [k for k in orphans if _key_number(k) < before]
         if orphans:
             logger.info("removing %d orphaned fragment blobs", len(orphans))
             await self.blobs.delete(orphans)
         return len(orphans)
 
     def next_number(self) -> int:
+        if self._blocks is not None:
+            return self._blocks.next()
         return self._numbers.next()
 
     async def append(
@@ -88,7 +174,7 @@ class FragmentStore:
         if len(data) > FRAGMENT_MAX_BYTES:
             raise ValueError(f"fragment of {len(data)} bytes exceeds {FRAGMENT_MAX_BYTES}")
         server_ts = clock.now_ms() if server_ts_ms is None else server_ts_ms
-        number = self._numbers.next() if number is None else number
+        number = self.next_number() if number is None else number
         key = blob_key(stream.id, server_ts, number)
         await self.blobs.put(key, data)
         fragment = Fragment(

@@ -1,4 +1,8 @@
-"""Background enforcement of each stream's DataRetentionInHours."""
+"""Background enforcement of each stream's DataRetentionInHours.
+
+When several nodes share the metadata store, one of them runs each pass: a pass takes the
+store's ``retention`` duty, which one node holds at a time and which is due once per interval.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,16 @@ class RetentionTask:
                 await self._task
             self._task = None
 
-    async def run_once(self) -> int:
+    async def run_once(self, every: float = 0.0) -> int:
+        """One pass over every stream, unless another node is running one (or, with ``every``,
+        ran one less than ``every`` seconds ago); the number of fragments removed."""
+        async with self._control.duty("retention", every) as mine:
+            if not mine:
+                return 0
+            return await self._pass()
+
+    async def _pass(self) -> int:
+        await self._control.sync()
         removed = 0
         for stream in self._control.list_streams():
             try:
@@ -42,4 +55,7 @@ class RetentionTask:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            await self.run_once()
+            try:
+                await self.run_once(every=self._interval * 0.9)
+            except Exception:  # noqa: BLE001 - the next interval tries again
+                logger.exception("retention pass failed")
