@@ -17,6 +17,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -141,6 +142,7 @@ class SqliteMetadataStore:
         self._path = path
         self._secrets_dir = secrets_dir if secrets_dir is not None else path.parent
         self._duties: dict[str, asyncio.Lock] = {}
+        self._duty_ran: dict[str, float] = {}
         self._next_number = 0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="openkvs-sqlite-w")
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="openkvs-sqlite-r")
@@ -535,8 +537,11 @@ class SqliteMetadataStore:
     @contextlib.asynccontextmanager
     async def exclusive(self, name: str, every: float = 0.0) -> AsyncIterator[bool]:
         lock = self._duties.setdefault(name, asyncio.Lock())
-        if lock.locked():
+        now = time.monotonic()
+        if lock.locked() or (every > 0 and now - self._duty_ran.get(name, -every) < every):
             yield False
             return
         async with lock:
+            if every > 0:
+                self._duty_ran[name] = now
             yield True
