@@ -35,7 +35,10 @@ SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     (
         "--database-url",
         "database_url",
-        {"help": "metadata store (default sqlite:///<data-dir>/openkvs.db)"},
+        {
+            "help": "metadata store: sqlite:///<path> (default <data-dir>/openkvs.db) or "
+            "postgresql://user@host:port/db, shared by several nodes"
+        },
     ),
     ("--media-url", "media_url", {"help": "fragment media (default file://<data-dir>/media)"}),
     ("--region", "region", {"help": "region in ARNs and credential scopes (default us-east-1)"}),
