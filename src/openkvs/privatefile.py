@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -16,13 +17,18 @@ logger = logging.getLogger(__name__)
 SecretSource = Callable[[str, str], Awaitable[str]]
 
 
+def _beside(path: Path, suffix: str) -> Path:
+    """A hidden name next to ``path`` that no other writer (process or thread) uses."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.{suffix}")
+
+
 def write_private(path: Path, data: bytes | str, *, mode: int = 0o600) -> None:
     """Write ``data`` to ``path`` atomically, created with ``mode`` (0600: owner only): a
     temporary file beside it, fsync, then rename over ``path``. The temporary file is removed if
     anything fails. Blocking."""
     raw = data.encode() if isinstance(data, str) else data
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _beside(path, "tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         with os.fdopen(fd, "wb") as fh:
@@ -53,7 +59,7 @@ def read_or_create(path: Path, text: str) -> str:
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    tmp = _beside(path, "new")
     write_private(tmp, text)
     try:
         os.link(tmp, path)  # fails if another process created it first

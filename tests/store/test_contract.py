@@ -285,6 +285,43 @@ async def test_a_node_hears_of_changes_without_asking(pg_nodes: list[MetadataSto
     await eventually(lambda: b.channel_by_arn(c.arn) is None)
 
 
+async def test_a_node_listens_again_after_losing_its_connection(
+    pg_nodes: list[MetadataStore],
+) -> None:
+    a, b = pg_nodes
+    listener = b._listener  # type: ignore[attr-defined]
+    conn = await asyncpg.connect(a._url)  # type: ignore[attr-defined]
+    try:
+        assert await conn.fetchval("SELECT pg_terminate_backend($1)", listener.get_server_pid())
+    finally:
+        await conn.close()
+    await eventually(lambda: b._listener not in (None, listener))  # type: ignore[attr-defined]
+    c = await a.insert_channel(channel("after-reconnect"))
+    await eventually(lambda: b.channel_by_arn(c.arn) == c)
+
+
+async def test_many_concurrent_syncs_share_their_queries(pg_nodes: list[MetadataStore]) -> None:
+    a, b = pg_nodes
+    c = await a.insert_channel(channel("burst"))
+    checks = 0
+    pool = b._p()  # type: ignore[attr-defined]
+
+    class Counting:
+        async def fetchval(self, *args: Any) -> Any:
+            nonlocal checks
+            checks += 1
+            return await pool.fetchval(*args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(pool, name)
+
+    b._p = Counting  # type: ignore[attr-defined]
+    await asyncio.gather(*(b.sync() for _ in range(50)))
+    assert b.channel_by_arn(c.arn) == c
+    # The first caller checks; the 49 that arrived while it did share one more check.
+    assert 1 <= checks <= 2, checks
+
+
 async def test_a_write_from_a_stale_record_is_refused(pg_nodes: list[MetadataStore]) -> None:
     a, b = pg_nodes
     await deaf(b)

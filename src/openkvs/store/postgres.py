@@ -46,6 +46,7 @@ LOCK_NAMESPACE = 0x6F6B7673  # advisory locks: (namespace, 0) is the schema, (na
 TOMBSTONE_DAYS = 1  # deletions are remembered this long
 FULL_RELOAD_AFTER = 6 * 3600.0  # a node that has not synced for this long reloads everything
 RECONNECT_MAX = 5.0
+SYNC_WARN_EVERY = 10.0  # seconds between warnings while the database is unreachable
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -232,6 +233,8 @@ class PostgresMetadataStore:
         self._sync_lock = asyncio.Lock()
         self._seen = 0  # the change number the cache reflects
         self._synced_at = 0.0
+        self._sync_started = 0.0
+        self._sync_warned = -SYNC_WARN_EVERY
         # (kind, id) -> the change number of the row (or tombstone) cached; "c" / "s"
         self._rev: dict[tuple[str, int], int] = {}
         self._channels: dict[str, Channel] = {}
@@ -275,6 +278,9 @@ class PostgresMetadataStore:
             raise ConfigError(
                 f"database_url: cannot use PostgreSQL at {self._where}: {reason}"
             ) from None
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         self._stopping = True
@@ -345,15 +351,27 @@ class PostgresMetadataStore:
     # -- cache ------
 
     async def sync(self) -> None:
+        """Catch up. Concurrent callers share the work: a check that started after a caller
+        arrived (and has finished, since they hold the lock in turn) covers that caller too.
+        While the database cannot be reached, the cache serves as it is (writes fail)."""
+        arrived = time.monotonic()
         async with self._sync_lock:
-            if time.monotonic() - self._synced_at > FULL_RELOAD_AFTER:
-                await self._reload(full=True)
+            if self._sync_started > arrived:
                 return
-            seq = await self._p().fetchval("SELECT seq FROM openkvs_change WHERE id = 1")
-            if seq > self._seen:
-                await self._reload(full=False)
-            else:
-                self._synced_at = time.monotonic()
+            self._sync_started = time.monotonic()
+            try:
+                if self._sync_started - self._synced_at > FULL_RELOAD_AFTER:
+                    await self._reload(full=True)
+                    return
+                seq = await self._p().fetchval("SELECT seq FROM openkvs_change WHERE id = 1")
+                if seq > self._seen:
+                    await self._reload(full=False)
+                else:
+                    self._synced_at = time.monotonic()
+            except _UNREACHABLE as exc:
+                if self._sync_started - self._sync_warned > SYNC_WARN_EVERY:
+                    self._sync_warned = self._sync_started
+                    logger.warning("cannot reach PostgreSQL to catch up (serving memory): %s", exc)
 
     async def _reload(self, *, full: bool) -> None:
         since = 0 if full else self._seen
