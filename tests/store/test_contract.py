@@ -454,6 +454,14 @@ async def test_control_planes_on_two_nodes_check_versions_together(
         assert a.get_channel(arn=c.arn).message_ttl == 90
         with pytest.raises(ResourceInUseException):
             await b.create_channel(name="shared")
+        # One stream records one channel, though each node maps it from what it knew.
+        s = await a.create_stream(name="recorded", retention_hours=1)
+        await b.sync()
+        await a.update_media_storage(arn=c.arn, status="ENABLED", stream_arn=s.arn)
+        other = await b.create_channel(name="other")
+        with pytest.raises(ResourceInUseException, match="already mapped to channel shared"):
+            await b.update_media_storage(arn=other.arn, status="ENABLED", stream_arn=s.arn)
+        await b.delete_channel(arn=other.arn, current_version=None)
         monkeypatch.setattr(resources, "MAX_CHANNELS", 2)
         await b.create_channel(name="second")
         with pytest.raises(AccountChannelLimitExceededException):

@@ -70,6 +70,9 @@ MIGRATIONS: tuple[str, ...] = (
         change bigint NOT NULL
     );
     CREATE INDEX openkvs_channels_by_change ON openkvs_channels (change);
+    -- A stream records one channel at most (UpdateMediaStorageConfiguration).
+    CREATE UNIQUE INDEX openkvs_channels_by_storage_stream ON openkvs_channels (storage_stream_arn)
+        WHERE storage_status = 'ENABLED';
     CREATE TABLE openkvs_streams (
         id bigserial PRIMARY KEY,
         arn text NOT NULL UNIQUE,
@@ -271,7 +274,8 @@ class PostgresMetadataStore:
                 server_settings={"application_name": "openkvs"},
             )
             await self._listen()
-            await self._reload(full=True)
+            async with self._sync_lock:  # notifications may already be arriving
+                await self._reload(full=True)
         except _UNREACHABLE as exc:
             await self.stop()
             reason = str(exc).strip() or type(exc).__name__
@@ -519,19 +523,24 @@ class PostgresMetadataStore:
         expected = self._expected("c", channel.id)
 
         async def run(conn: Any, change: int) -> None:
-            status = await conn.execute(
-                "UPDATE openkvs_channels SET status=$1, version=$2, message_ttl=$3, tags=$4,"
-                " storage_status=$5, storage_stream_arn=$6, change=$7 WHERE id=$8 AND change=$9",
-                channel.status,
-                channel.version,
-                channel.message_ttl,
-                json.dumps(dict(channel.tags)),
-                channel.storage_status,
-                channel.storage_stream_arn,
-                change,
-                channel.id,
-                expected,
-            )
+            try:
+                status = await conn.execute(
+                    "UPDATE openkvs_channels SET status=$1, version=$2, message_ttl=$3,"
+                    " tags=$4, storage_status=$5, storage_stream_arn=$6, change=$7"
+                    " WHERE id=$8 AND change=$9",
+                    channel.status,
+                    channel.version,
+                    channel.message_ttl,
+                    json.dumps(dict(channel.tags)),
+                    channel.storage_status,
+                    channel.storage_stream_arn,
+                    change,
+                    channel.id,
+                    expected,
+                )
+            except asyncpg.UniqueViolationError as exc:
+                # Another node mapped the stream to its channel first: catching up shows it.
+                raise StaleRecord(channel.arn) from exc
             if status != "UPDATE 1":
                 raise StaleRecord(channel.arn)
 
