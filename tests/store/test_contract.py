@@ -129,7 +129,8 @@ async def test_channels_insert_read_save_delete(make_store: Factory) -> None:
     assert store.channel_by_arn(a.arn) == a and store.channel_by_name("b-chan") == a
     assert [c.name for c in store.channels()] == ["a-chan", "b-chan"]
     updated = a.replace(version="v2", message_ttl=120, tags={"x": "y"})
-    updated = updated.replace(storage_status="ENABLED", storage_stream_arn="arn:s")
+    recorded = await store.insert_stream(stream("recorded"))
+    updated = updated.replace(storage_status="ENABLED", storage_stream_arn=recorded.arn)
     await store.save_channel(updated)
     assert store.channel_by_arn(a.arn) == updated
     await store.delete_channel(b)
@@ -461,8 +462,17 @@ async def test_control_planes_on_two_nodes_check_versions_together(
         other = await b.create_channel(name="other")
         with pytest.raises(ResourceInUseException, match="already mapped to channel shared"):
             await b.update_media_storage(arn=other.arn, status="ENABLED", stream_arn=s.arn)
+        other_channel = await b.create_channel(name="third-party")
         await b.delete_channel(arn=other.arn, current_version=None)
-        monkeypatch.setattr(resources, "MAX_CHANNELS", 2)
+        # b still thinks the stream is free: it cannot be deleted nor lose its retention.
+        with pytest.raises(ResourceInUseException, match="media storage of channel shared"):
+            await b.delete_stream(arn=s.arn, current_version=None)
+        await a.update_media_storage(arn=c.arn, status="DISABLED", stream_arn=None)
+        await b.sync()
+        await a.delete_stream(arn=s.arn, current_version=None)
+        with pytest.raises(ResourceNotFoundException):  # b has not heard of the deletion
+            await b.update_media_storage(arn=other_channel.arn, status="ENABLED", stream_arn=s.arn)
+        monkeypatch.setattr(resources, "MAX_CHANNELS", 3)
         await b.create_channel(name="second")
         with pytest.raises(AccountChannelLimitExceededException):
             await a.create_channel(name="third")  # a has not synced: the store refuses

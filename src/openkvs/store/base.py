@@ -39,7 +39,8 @@ class MetadataStore(Protocol):
     def streams(self) -> list[Stream]: ...
     # Inserts raise ResourceInUseException for a taken name and LimitReached when ``limit``
     # records of the kind exist. Saves and deletes apply only to the record as this store last
-    # saw it: StaleRecord when another node changed or deleted it since (sync, then retry).
+    # saw it: StaleRecord when another node changed or deleted it since, or changed another
+    # record the write depends on (sync, check again, then retry).
     async def insert_channel(self, channel: Channel, *, limit: int | None = None) -> Channel: ...
     async def save_channel(self, channel: Channel) -> None: ...
     async def delete_channel(self, channel: Channel) -> None: ...
@@ -96,7 +97,8 @@ class BlobNotFound(KeyError):
 
 
 class StaleRecord(Exception):
-    """A save or delete was refused: the record changed (or went) since this store loaded it."""
+    """A save or delete was refused: the record, or one it depends on, changed (or went) since
+    this store loaded it."""
 
 
 class LimitReached(Exception):

@@ -9,7 +9,10 @@ served after ``sync`` sees every write committed before it, whichever node made 
 
 Saves and deletes are conditional on the change number the node last saw (``StaleRecord``
 otherwise), so a version check made from memory holds across nodes. Names are unique by
-constraint and the account limits are checked under the change counter's lock.
+constraint, and the account limits and the media-storage rules that span records (a stream
+records one channel, keeps its retention and is not deleted while it does) are checked under
+the change counter's lock; a write that would break one is refused as stale too, and the node
+catches up and finds the reason itself.
 
 The schema is migrated at start-up under an advisory lock (``openkvs_schema_version`` says how
 far), so nodes may start together. A database that cannot be reached fails start-up with a
@@ -474,6 +477,16 @@ class PostgresMetadataStore:
             TOMBSTONE_DAYS,
         )
 
+    async def _recorded(self, conn: Any, stream: Stream) -> bool:
+        """Whether a channel records into the stream (which then needs retention and stays)."""
+        return bool(
+            await conn.fetchval(
+                "SELECT 1 FROM openkvs_channels WHERE storage_stream_arn=$1"
+                " AND storage_status='ENABLED'",
+                stream.arn,
+            )
+        )
+
     # -- channels ------
 
     def channel_by_arn(self, arn: str) -> Channel | None:
@@ -523,6 +536,11 @@ class PostgresMetadataStore:
         expected = self._expected("c", channel.id)
 
         async def run(conn: Any, change: int) -> None:
+            if channel.storage_status == "ENABLED" and not await conn.fetchval(
+                "SELECT 1 FROM openkvs_streams WHERE arn=$1 AND retention_hours > 0",
+                channel.storage_stream_arn,
+            ):
+                raise StaleRecord(channel.arn)  # the stream went, or lost its retention
             try:
                 status = await conn.execute(
                     "UPDATE openkvs_channels SET status=$1, version=$2, message_ttl=$3,"
@@ -617,6 +635,8 @@ class PostgresMetadataStore:
         expected = self._expected("s", stream.id)
 
         async def run(conn: Any, change: int) -> None:
+            if stream.retention_hours <= 0 and await self._recorded(conn, stream):
+                raise StaleRecord(stream.arn)
             status = await conn.execute(
                 "UPDATE openkvs_streams SET device_name=$1, media_type=$2, version=$3, status=$4,"
                 " retention_hours=$5, tags=$6, storage_tier=$7, image_generation=$8,"
@@ -650,7 +670,7 @@ class PostgresMetadataStore:
                 stream.id,
                 expected,
             )
-            if found is None:
+            if found is None or await self._recorded(conn, stream):
                 raise StaleRecord(stream.arn)
             rows = await conn.fetch(
                 "DELETE FROM openkvs_fragments WHERE stream_id=$1 RETURNING blob_key", stream.id
