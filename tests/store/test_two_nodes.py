@@ -1,9 +1,11 @@
 """Two real openkvs servers on one PostgreSQL database and one media folder: any node answers
-any control-plane call, PutMedia on one node is listed on the other, and both serve (and
+any control-plane call, PutMedia on one node is listed (and its HLS session URL plays) on the
+other, and both serve (and
 ``openkvs credentials`` prints) the same generated key."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -16,7 +18,10 @@ from botocore.exceptions import ClientError
 
 from ..dataplane.mediafiles import producer_mkv
 from ..dataplane.producer import put_media
+from ..playback.support import get, hls_url, on_demand
 from ..support import ServerThread
+
+START_MS = 1_700_000_000_000  # where producer_mkv's timecodes start
 
 
 @pytest.fixture
@@ -100,6 +105,20 @@ async def test_media_put_on_one_node_is_listed_on_the_other(
     assert [f.number for f in on_a] == numbers_b
     blob = a.call(a.services.fragments.read(on_a[0]))
     assert blob == b.call(b.services.fragments.read(listed(b, "cam")[0]))
+
+    # A playback session URL from one node plays on the other (one token key for the cluster).
+    url = hls_url(
+        a,
+        "cam",
+        PlaybackMode="ON_DEMAND",
+        HLSFragmentSelector=on_demand(START_MS, START_MS + 60_000),
+    )
+    on_b = url.replace(f":{a.http_port}/", f":{b.http_port}/")
+    assert on_b != url
+    playlist = await asyncio.to_thread(get, on_b)
+    assert playlist.status_code == 200 and playlist.text.startswith("#EXTM3U")
+    forged = await asyncio.to_thread(get, on_b.replace("SessionToken=", "SessionToken=A"))
+    assert forged.status_code >= 400
 
 
 def test_openkvs_credentials_prints_the_clusters_key_on_every_node(
