@@ -1,7 +1,6 @@
 """Two real openkvs servers on one PostgreSQL database and one media folder: any node answers
 any control-plane call, PutMedia on one node is listed (and its HLS session URL plays) on the
-other, and both serve (and
-``openkvs credentials`` prints) the same generated key."""
+other, and both serve (and ``openkvs credentials`` prints) the same generated key."""
 
 from __future__ import annotations
 
