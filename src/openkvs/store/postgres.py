@@ -22,6 +22,7 @@ ConfigError within ``CONNECT_TIMEOUT`` seconds.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -49,6 +50,7 @@ LOCK_NAMESPACE = 0x6F6B7673  # advisory locks: (namespace, 0) is the schema, (na
 TOMBSTONE_DAYS = 1  # deletions are remembered this long
 FULL_RELOAD_AFTER = 6 * 3600.0  # a node that has not synced for this long reloads everything
 RECONNECT_MAX = 5.0
+DEAD_KEEP = 600.0
 SYNC_WARN_EVERY = 10.0  # seconds between warnings while the database is unreachable
 
 MIGRATIONS: tuple[str, ...] = (
@@ -243,6 +245,9 @@ class PostgresMetadataStore:
         self._sync_warned = -SYNC_WARN_EVERY
         # (kind, id) -> the change number of the row (or tombstone) cached; "c" / "s"
         self._rev: dict[tuple[str, int], int] = {}
+        # Deleted records, oldest first: their tombstones leave ``_rev`` after DEAD_KEEP seconds
+        # (long enough that no load begun before the deletion is still under way).
+        self._dead: collections.deque[tuple[float, tuple[str, int]]] = collections.deque()
         self._channels: dict[str, Channel] = {}
         self._channel_names: dict[str, str] = {}
         self._channel_ids: dict[int, str] = {}
@@ -400,6 +405,7 @@ class PostgresMetadataStore:
                 )
         if full:
             self._rev.clear()
+            self._dead.clear()
             self._channels.clear()
             self._channel_names.clear()
             self._channel_ids.clear()
@@ -436,6 +442,10 @@ class PostgresMetadataStore:
     def _drop(self, kind: str, rid: int, change: int) -> None:
         if not self._newer(kind, rid, change):
             return
+        now = time.monotonic()
+        self._dead.append((now, (kind, rid)))
+        while self._dead and self._dead[0][0] < now - DEAD_KEEP:
+            self._rev.pop(self._dead.popleft()[1], None)
         if kind == "c":
             arn = self._channel_ids.pop(rid, None)
             c = self._channels.pop(arn, None) if arn is not None else None
