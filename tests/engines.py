@@ -75,7 +75,8 @@ def postgres_unreachable() -> str | None:
         try:
             _run(probe())
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-            _unreachable = f"PostgreSQL at {urlsplit(ADMIN_URL).netloc} unreachable: {exc}"
+            where = urlsplit(ADMIN_URL)
+            _unreachable = f"PostgreSQL at {where.hostname}:{where.port} unreachable: {exc}"
     return _unreachable
 
 
