@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,30 @@ def test_openkvs_credentials_prints_the_clusters_key_on_every_node(
             f"export AWS_SECRET_ACCESS_KEY={secret}",
         ]
     )
+
+
+def test_of_concurrent_updates_through_both_nodes_one_wins(
+    nodes: tuple[ServerThread, ServerThread],
+) -> None:
+    a, b = nodes
+    clients = [a.client("kinesisvideo"), b.client("kinesisvideo")]
+    clients[0].create_stream(StreamName="raced", DataRetentionInHours=1)
+    version = clients[1].describe_stream(StreamName="raced")["StreamInfo"]["Version"]
+
+    def update(i: int) -> str:
+        try:
+            clients[i % 2].update_stream(
+                StreamName="raced", CurrentVersion=version, DeviceName=f"device-{i}"
+            )
+        except ClientError as exc:
+            return str(exc.response["Error"]["Code"])
+        return f"device-{i}"
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(update, range(16)))
+    winners = [r for r in results if r.startswith("device-")]
+    assert len(winners) == 1, results
+    assert set(results) - set(winners) == {"VersionMismatchException"}
+    for client in clients:
+        info = client.describe_stream(StreamName="raced")["StreamInfo"]
+        assert info["DeviceName"] == winners[0] and info["Version"] != version
