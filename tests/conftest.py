@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from .engines import postgres_url, postgres_urls  # noqa: F401 - fixtures for every test
 from .support import ServerThread, make_settings
 
 # SeaweedFS (S3) fixtures: seaweed, s3_env

@@ -144,7 +144,9 @@ class ServerThread:
 
     @property
     def keys(self) -> tuple[str, str]:
-        p = default_principal(self.settings.data_dir)
+        p = self.services.credentials.default if self.server is not None else None
+        if p is None:
+            p = default_principal(self.settings.data_dir)
         return p.access_key_id, p.secret_access_key
 
     def client(

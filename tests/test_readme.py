@@ -44,4 +44,4 @@ def test_toml_examples_are_valid_settings(tmp_path: Path) -> None:
         path = tmp_path / f"example{i}.toml"
         path.write_text(block)
         settings = Settings.load({}, path)  # raises ConfigError on any unknown key or bad value
-        CredentialStore.load(tmp_path / f"data{i}", settings.credentials)  # policies parse
+        CredentialStore.load(settings.credentials)  # policies parse

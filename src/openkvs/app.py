@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,7 +17,7 @@ from .api import signaling as signaling_api
 from .api.dispatch import REQUEST_ID_KEY, ROUTE_KEY, SERVICE_KEY, ApiDispatcher, request_id
 from .api.models import Route
 from .api.protocol import error_response, wire_error
-from .auth.credentials import CredentialStore
+from .auth.credentials import CredentialStore, Principal, default_principal, shared_principal
 from .cluster.factory import open_cluster
 from .config import Settings
 from .control.fragments import CLUSTER_ORPHAN_MIN_AGE, FragmentStore
@@ -31,7 +32,7 @@ from .ops import metrics as ops_metrics
 from .playback import routes as playback_routes
 from .services import Services
 from .signaling.ws import SignalingEndpoint
-from .store.factory import open_backends
+from .store.factory import metadata_store, open_backends
 from .tls import local_ca
 from .web import console
 
@@ -195,7 +196,6 @@ class SafeAccessLogger(AbstractAccessLogger):
 
 
 def build_services(settings: Settings, sessions: StorageSessions | None = None) -> Services:
-    data_dir = settings.data_dir
     backends = open_backends(settings)
     store, blobs = backends.meta, backends.blobs
     control = ControlPlane(store, blobs, region=settings.region, account_id=settings.account_id)
@@ -206,7 +206,7 @@ def build_services(settings: Settings, sessions: StorageSessions | None = None) 
     services = Services(
         settings=settings,
         control=control,
-        credentials=CredentialStore.load(data_dir, settings.credentials),
+        credentials=CredentialStore.load(settings.credentials),
         sessions=sessions if sessions is not None else RecordingSessions(),
         fragments=FragmentStore(store, blobs, cluster.notifier, orphan_min_age=orphan_age),
         cluster=cluster,
@@ -308,6 +308,7 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
         control = services.control
         await services.events.start()
         await control.start()
+        services.credentials.add_default(await shared_principal(control.secret))
         await services.fragments.start()
         # In a cluster, one node per interval enforces retention.
         cluster = services.cluster
@@ -367,6 +368,19 @@ def _readiness_checks(services: Services) -> None:
     bus = ops_health.bus_check(services.hub.bus)
     if bus is not None:
         health.add_check("bus", bus)
+
+
+async def generated_principal(settings: Settings) -> Principal:
+    """The generated access key the server serves (``openkvs credentials``): from the data dir
+    for the embedded store, from the shared database for PostgreSQL (the same on every node)."""
+    store = metadata_store(settings)
+    if not store.shared:
+        return await asyncio.to_thread(default_principal, settings.data_dir)
+    await store.start()
+    try:
+        return await shared_principal(store.secret)
+    finally:
+        await store.stop()
 
 
 def data_paths(settings: Settings) -> dict[str, Path]:

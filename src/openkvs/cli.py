@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, heap
-from .auth.credentials import default_principal
 from .config import ENDPOINT_ENV, HTTP_ENDPOINT_ENV, ConfigError, Settings
 from .tls import local_ca
 
@@ -36,7 +35,10 @@ SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     (
         "--database-url",
         "database_url",
-        {"help": "metadata store (default sqlite:///<data-dir>/openkvs.db)"},
+        {
+            "help": "metadata store: sqlite:///<path> (default <data-dir>/openkvs.db) or "
+            "postgresql://user@host:port/db, shared by several nodes"
+        },
     ),
     (
         "--media-url",
@@ -192,7 +194,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_credentials(args: argparse.Namespace) -> int:
     settings = _settings(args, SERVE_FLAGS)
-    principal = default_principal(settings.data_dir)
+    from .app import generated_principal
+
+    principal = asyncio.run(generated_principal(settings))
     tls, plain = advertised(settings, settings.port, settings.http_port)
     print(f"export AWS_ACCESS_KEY_ID={principal.access_key_id}")
     print(f"export AWS_SECRET_ACCESS_KEY={principal.secret_access_key}")

@@ -49,7 +49,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from . import clock, testpattern
 from .auth import sigv4
-from .auth.credentials import default_principal
+from .auth.credentials import Principal
 from .cli import local_host
 from .config import Settings
 from .tls import local_ca
@@ -185,11 +185,10 @@ async def find_or_start(settings: Settings, out: TextIO) -> Target:
 
 
 class Api:
-    def __init__(self, settings: Settings, target: Target) -> None:
+    def __init__(self, settings: Settings, target: Target, principal: Principal) -> None:
         import botocore.config
         import botocore.session
 
-        principal = default_principal(settings.data_dir)
         self.keys = (principal.access_key_id, principal.secret_access_key)
         self.region = settings.region
         self.target = target
@@ -729,7 +728,9 @@ async def run(settings: Settings, options: DemoOptions, out: TextIO) -> int:
         # The server and the resources first: a taken port or a wrong data dir shows at once,
         # not after the test pattern's first encoding.
         target = await find_or_start(settings, out)
-        api = Api(settings, target)
+        from .app import generated_principal
+
+        api = Api(settings, target, await generated_principal(settings))
         channel_arn, _ = await setup_resources(api, options.channel, out)
         cache = settings.data_dir / "demo"
         if not testpattern.cache_path(cache, options.width, options.height).exists():

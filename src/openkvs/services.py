@@ -78,7 +78,7 @@ class Services:
                 on_dropped=lambda cause: dropped.labels(cause).inc(),
             )
         if self.ice is None:
-            self.ice = IceServers(self.settings)
+            self.ice = IceServers(self.settings, self.control.secret)
         if self.playback is None:
             self.playback = PlaybackService(self.settings, self.control, self.fragments)
         if self.imagegen is None:

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from . import clock
+from .privatefile import write_private
 
 logger = logging.getLogger(__name__)
 
@@ -31,16 +32,6 @@ class TlsFiles:
     ca_cert: Path | None
     cert: Path
     key: Path
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _write_public(path: Path, data: bytes) -> None:
@@ -121,7 +112,7 @@ def ensure_local_ca(tls_dir: Path, hosts: Iterable[str]) -> TlsFiles:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
             .sign(ca_key, hashes.SHA256())
         )
-        _write_private(ca_key_path, _key_pem(ca_key))
+        write_private(ca_key_path, _key_pem(ca_key))
         _write_public(ca_cert_path, ca_cert.public_bytes(serialization.Encoding.PEM))
         for stale in (cert_path, key_path):
             stale.unlink(missing_ok=True)
@@ -156,7 +147,7 @@ def ensure_local_ca(tls_dir: Path, hosts: Iterable[str]) -> TlsFiles:
         )
         .sign(ca_key, hashes.SHA256())
     )
-    _write_private(key_path, _key_pem(key))
+    write_private(key_path, _key_pem(key))
     _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     logger.info("issued a server certificate for %s", ", ".join(str(n.value) for n in wanted))
     return TlsFiles(ca_cert_path, cert_path, key_path)

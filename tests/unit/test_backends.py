@@ -72,8 +72,8 @@ def test_toml_and_flags_take_the_urls(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("setting", "url", "message"),
     [
-        ("database_url", "postgresql://db.example/openkvs", "needs the cluster backends"),
-        ("database_url", "postgres://db.example/openkvs", "needs the cluster backends"),
+        ("database_url", "postgresql://db.example", "names no database"),
+        ("database_url", "postgres://u:pw@db.example:5433/", "names no database: db.example:5433/"),
         ("media_url", "s3://B/media", "names no valid S3 bucket"),
         ("media_url", "s3://bucket/a/../b", "key prefix may hold only"),
         ("database_url", "mysql://db.example/openkvs", "must be sqlite:///<path>"),
@@ -90,17 +90,27 @@ def test_other_schemes_fail_with_a_clear_message(
     assert setting in str(info.value)
 
 
-def test_serve_refuses_a_cluster_url_at_start_up(tmp_path: Path) -> None:
+def test_a_postgresql_url_names_the_shared_store(tmp_path: Path) -> None:
+    for url in ("postgresql://kvs@db.example:5433/openkvs", "postgres://db.example/openkvs"):
+        settings = Settings.load({}, None, {"data_dir": tmp_path, "database_url": url})
+        meta = open_backends(settings).meta
+        assert meta.shared and type(meta).__name__ == "PostgresMetadataStore"
+    assert not open_backends(Settings.load({}, None, {"data_dir": tmp_path})).meta.shared
+
+
+def test_serve_fails_fast_when_postgresql_is_unreachable(tmp_path: Path) -> None:
+    # Nothing listens on port 1: the connection is refused at once; no password is printed.
+    url = "postgresql://kvs:hunter2@127.0.0.1:1/openkvs"
     res = subprocess.run(
         [sys.executable, "-m", "openkvs", "serve", "--data-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "OPENKVS_DATABASE_URL": "postgresql://db.example/openkvs"},
+        env={**os.environ, "OPENKVS_DATABASE_URL": url},
     )
     assert res.returncode == 2, res.stderr
-    assert "database_url postgresql:// needs the cluster backends" in res.stderr
-    assert "Traceback" not in res.stderr
+    assert "database_url: cannot use PostgreSQL at 127.0.0.1:1/openkvs" in res.stderr
+    assert "Traceback" not in res.stderr and "hunter2" not in res.stderr
 
 
 def test_an_s3_media_url_names_bucket_prefix_and_endpoint(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""POST dispatch for the five rest-json services: route → read → authenticate → limit → validate →
-handler → serialize. Errors raised anywhere become wire errors in ``app.error_middleware``."""
+"""POST dispatch for the five rest-json services: catch up with other nodes → route → read →
+authenticate → limit → validate → handler → serialize. Errors raised anywhere become wire errors
+in ``app.error_middleware``."""
 
 from __future__ import annotations
 
@@ -153,6 +154,8 @@ class ApiDispatcher:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         rid = request_id(request)
         services = self.services
+        # What any node committed before this request is what the request sees.
+        await services.control.sync()
         if request.path in self.streaming:
             principal = authenticate(request, services, None, allow_streaming=True)
             self._limit(principal, request.path, {})

@@ -1,16 +1,19 @@
-"""Access keys: the generated default key in the data dir plus keys from the config file."""
+"""Access keys: the generated default key plus keys from the config file.
+
+The generated key is a secret of the metadata store (``credentials.json`` in the data dir for the
+embedded store; a row shared by every node for PostgreSQL)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from .. import ids
 from ..config import CredentialConfig
+from ..privatefile import SecretSource, read_or_create
 from .policy import Policy, PolicyError
 
 logger = logging.getLogger(__name__)
@@ -32,6 +35,7 @@ class Principal:
 class CredentialStore:
     def __init__(self, principals: Iterable[Principal]) -> None:
         self._by_key = {p.access_key_id: p for p in principals}
+        self.default: Principal | None = None  # the generated key, once loaded
 
     def lookup(self, access_key_id: str) -> tuple[str, str | None] | None:
         p = self._by_key.get(access_key_id)
@@ -43,9 +47,15 @@ class CredentialStore:
     def __len__(self) -> int:
         return len(self._by_key)
 
+    def add_default(self, principal: Principal) -> None:
+        """Serve the generated key too (a configured key of the same id keeps its policy)."""
+        self._by_key.setdefault(principal.access_key_id, principal)
+        self.default = principal
+
     @classmethod
-    def load(cls, data_dir: Path, configured: Iterable[CredentialConfig]) -> CredentialStore:
-        principals = [default_principal(data_dir)]
+    def load(cls, configured: Iterable[CredentialConfig]) -> CredentialStore:
+        """The configured keys; the generated one is added at start-up (``add_default``)."""
+        principals = []
         for c in configured:
             try:
                 policy = Policy.from_document(c.policy) if c.policy is not None else None
@@ -57,34 +67,28 @@ class CredentialStore:
         return cls(principals)
 
 
+def new_credentials_text() -> str:
+    return json.dumps(
+        {"access_key_id": ids.access_key_id(), "secret_access_key": ids.secret_access_key()}
+    )
+
+
+def parse_credentials(text: str, where: str) -> Principal:
+    try:
+        data = json.loads(text)
+        return Principal(str(data["access_key_id"]), str(data["secret_access_key"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{where} does not hold a generated access key") from exc
+
+
 def default_principal(data_dir: Path) -> Principal:
-    """Read the generated key from the data dir, creating it (mode 0600) on first use."""
+    """The generated key kept in the data dir (single node), created (mode 0600) on first use."""
     path = data_dir / CREDENTIALS_FILE
-    if path.exists():
-        _tighten(path)
-        data = json.loads(path.read_text())
-        return Principal(data["access_key_id"], data["secret_access_key"])
-    data_dir.mkdir(parents=True, exist_ok=True)
-    principal = Principal(ids.access_key_id(), ids.secret_access_key())
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(
-            {
-                "access_key_id": principal.access_key_id,
-                "secret_access_key": principal.secret_access_key,
-            },
-            fh,
-        )
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    logger.info("generated access key %s in %s", principal.access_key_id, path)
-    return principal
+    return parse_credentials(read_or_create(path, new_credentials_text()), str(path))
 
 
-def _tighten(path: Path) -> None:
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        os.chmod(path, 0o600)
-        logger.warning("tightened permissions of %s to 0600", path)
+async def shared_principal(secrets: SecretSource) -> Principal:
+    """The generated key as the metadata store keeps it: the same on every node of a cluster."""
+    return parse_credentials(
+        await secrets(CREDENTIALS_FILE, new_credentials_text()), CREDENTIALS_FILE
+    )

@@ -7,17 +7,20 @@ blob is durable (fsync + atomic rename) *and* its row is committed, so a crash a
 leaves no torn fragment listed; an orphaned blob is swept at the next start.
 
 Readers waiting for a stream's next fragment are woken through the cluster's fragment notifier:
-in this process only by default, on every node of a cluster. In a cluster the start sweep
-spares blobs younger than ``CLUSTER_ORPHAN_MIN_AGE`` seconds, since another node may be between
-writing one and committing its row.
+in this process only by default, on every node of a cluster. When several nodes share the
+metadata store, fragment numbers come from blocks the store reserves cluster-wide (so no two
+nodes hand out the same number), and the start sweep spares orphans younger than
+``ORPHAN_AGE_MS`` (or ``orphan_min_age``): another node may be between writing one and
+committing its row.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from .. import clock, ids
 from ..cluster.base import FragmentNotifier
@@ -32,6 +35,60 @@ FRAGMENT_MAX_BYTES = 50 * 1024 * 1024
 # In a cluster, orphaned blobs are removed only once this old (their fragment number tells when
 # they were written): a blob another node is writing has no row yet for a few seconds.
 CLUSTER_ORPHAN_MIN_AGE = 3600.0
+
+# With a shared metadata store, orphans younger than this are spared.
+ORPHAN_AGE_MS = 15 * 60 * 1000
+
+
+class BlockNumbers:
+    """Fragment numbers from blocks reserved in a shared store: increasing, unique across the
+    nodes, and (like ``ids.FragmentNumbers``) near epoch milliseconds shifted left 16 bits, since
+    every block starts at or above the reserving node's clock. ``next`` never waits: a new block
+    is reserved in the background when the current one runs low or gets old."""
+
+    BLOCK = 1 << 16
+    REFRESH_SECONDS = 1.0
+
+    def __init__(self, reserve: Callable[[int, int], Awaitable[int]]) -> None:
+        self._reserve = reserve
+        self._next = 0
+        self._end = 0
+        self._at = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._refill()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+    async def _refill(self) -> None:
+        first = await self._reserve(clock.now_ms() << 16, self.BLOCK)
+        # A newer block starts above every number handed out before (the store's counter only
+        # grows), so switching blocks keeps the numbers increasing.
+        self._next, self._end = max(first, self._next), first + self.BLOCK
+        self._at = clock.monotonic()
+
+    async def _refill_logged(self) -> None:
+        try:
+            await self._refill()
+        except Exception:  # noqa: BLE001 - the current block serves on; the next call retries
+            logger.exception("could not reserve fragment numbers")
+
+    def next(self) -> int:
+        left = self._end - self._next
+        stale = clock.monotonic() - self._at > self.REFRESH_SECONDS
+        if (left < self.BLOCK // 4 or stale) and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._refill_logged())
+        if left <= 0:
+            raise RuntimeError("no fragment numbers reserved (the metadata store is unreachable)")
+        number = self._next
+        self._next += 1
+        return number
 
 
 class FragmentMissing(Exception):
@@ -78,24 +135,45 @@ class FragmentStore:
         # None: every orphan goes at start (one node owns the blobs); else only older ones
         self.orphan_min_age = orphan_min_age
         self._numbers = ids.FragmentNumbers()
+        self._blocks: BlockNumbers | None = None
         self._latest: dict[int, Fragment] = {}
         # Called with every fragment made visible (metrics, events); never fails a commit.
         self.on_commit: list[Callable[[Fragment], None]] = []
 
     async def start(self) -> None:
-        self._numbers.bump(await self.meta.max_fragment_number())
+        if self.meta.shared:
+            self._blocks = BlockNumbers(self.meta.reserve_fragment_numbers)
+            await self._blocks.start()
+        else:
+            self._numbers.bump(await self.meta.max_fragment_number())
         await self.sweep_orphans()
 
     async def stop(self) -> None:
+        if self._blocks is not None:
+            await self._blocks.stop()
         self.notifier.wake_all()
 
     async def sweep_orphans(self) -> int:
         """Delete blobs that no fragment row names (left by a crash between put and commit);
-        with ``orphan_min_age``, only those written at least that many seconds ago."""
+        in a cluster only one node at a time, and only those older than ``orphan_min_age``
+        seconds (or ``ORPHAN_AGE_MS`` with a shared metadata store)."""
+        async with self.meta.exclusive("sweep-orphans") as mine:
+            if not mine:
+                return 0
+            return await self._sweep()
+
+    async def _sweep(self) -> int:
         listed = await self.meta.all_blob_keys()
         orphans = sorted((await self.blobs.keys()) - listed)
+        min_age_ms: int | None = None
         if self.orphan_min_age is not None:
-            cutoff = clock.now_ms() - int(self.orphan_min_age * 1000)
+            min_age_ms = int(self.orphan_min_age * 1000)
+        if self.meta.shared:
+            min_age_ms = max(min_age_ms or 0, ORPHAN_AGE_MS)
+        if min_age_ms is not None:
+            # Another node may be between the put and the commit of a young fragment; a key
+            # that names no fragment is left alone.
+            cutoff = clock.now_ms() - min_age_ms
             orphans = [k for k in orphans if (written_ms(k) or cutoff) < cutoff]
         if orphans:
             logger.info("removing %d orphaned fragment blobs", len(orphans))
@@ -103,6 +181,8 @@ class FragmentStore:
         return len(orphans)
 
     def next_number(self) -> int:
+        if self._blocks is not None:
+            return self._blocks.next()
         return self._numbers.next()
 
     async def append(
@@ -121,7 +201,7 @@ class FragmentStore:
         if len(data) > FRAGMENT_MAX_BYTES:
             raise ValueError(f"fragment of {len(data)} bytes exceeds {FRAGMENT_MAX_BYTES}")
         server_ts = clock.now_ms() if server_ts_ms is None else server_ts_ms
-        number = self._numbers.next() if number is None else number
+        number = self.next_number() if number is None else number
         key = blob_key(stream.id, server_ts, number)
         await self.blobs.put(key, data)
         fragment = Fragment(

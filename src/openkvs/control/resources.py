@@ -13,7 +13,8 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from typing import Any
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar
 
 from .. import clock, ids, safejson
 from ..errors import (
@@ -27,15 +28,18 @@ from ..errors import (
     VersionMismatchException,
 )
 from ..records import Channel, Stream
-from ..store.base import BlobStore, MetadataStore
+from ..store.base import BlobStore, LimitReached, MetadataStore, StaleRecord
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_TAGS = 50
 MAX_CHANNELS = 10_000
 MAX_STREAMS = 10_000
 MAX_RETENTION_HOURS = 87_600
 DEFAULT_KMS_KEY = "aws/kinesisvideo"
+# A change that another node's write overtook is redone on fresh records this many times.
+STALE_ATTEMPTS = 5
 
 ChannelListener = Callable[[Channel], Awaitable[None]]
 
@@ -91,6 +95,40 @@ class ControlPlane:
     async def stop(self) -> None:
         await self.blobs.stop()
         await self.store.stop()
+
+    async def sync(self) -> None:
+        """Catch up with the channels and streams other nodes changed (before serving an API
+        request, so that what a client wrote through any node is what it reads)."""
+        await self.store.sync()
+
+    async def secret(self, name: str, candidate: str) -> str:
+        """The cluster-wide secret ``name``, created from ``candidate`` if there is none."""
+        return await self.store.secret(name, candidate)
+
+    def duty(self, name: str, every: float = 0.0) -> AbstractAsyncContextManager[bool]:
+        """Enter to run a background duty that one node of a cluster runs at a time: yields
+        whether this node runs it now (see ``MetadataStore.exclusive``)."""
+        return self.store.exclusive(name, every)
+
+    @property
+    def clustered(self) -> bool:
+        """Whether other nodes share this node's metadata store."""
+        return self.store.shared
+
+    async def _locked(self, body: Callable[[], Awaitable[T]]) -> T:
+        """Run a read-check-write under this node's lock. When another node changed or deleted
+        the record in between (the store refuses the write), catch up and run it again: the
+        checks then see the other node's write (a version mismatch, a deleted resource)."""
+        for _ in range(STALE_ATTEMPTS):
+            async with self._lock:
+                try:
+                    return await body()
+                except StaleRecord:
+                    pass
+            await self.store.sync()
+        raise ResourceInUseException(
+            "The resource is being changed by other requests at the same time; try again."
+        )
 
     async def check_store(self) -> None:
         """A real read through the metadata store's reader pool (readiness)."""
@@ -160,13 +198,14 @@ class ControlPlane:
             raise TagsPerResourceExceededLimitException(
                 f"A resource can have at most {MAX_TAGS} tags."
             )
+        too_many = AccountChannelLimitExceededException(
+            f"You have reached the maximum of {MAX_CHANNELS} signaling channels."
+        )
         async with self._lock:
             if self.store.channel_by_name(name) is not None:
                 raise ResourceInUseException(f"The signaling channel {name} already exists.")
             if len(self.store.channels()) >= MAX_CHANNELS:
-                raise AccountChannelLimitExceededException(
-                    f"You have reached the maximum of {MAX_CHANNELS} signaling channels."
-                )
+                raise too_many
             created_ms = clock.now_ms()
             channel = Channel(
                 id=0,
@@ -179,7 +218,10 @@ class ControlPlane:
                 message_ttl=message_ttl,
                 tags=tags,
             )
-            return await self.store.insert_channel(channel)
+            try:
+                return await self.store.insert_channel(channel, limit=MAX_CHANNELS)
+            except LimitReached:
+                raise too_many from None
 
     def list_channels(self, prefix: str | None = None) -> list[Channel]:
         channels = self.store.channels()
@@ -190,7 +232,7 @@ class ControlPlane:
     async def update_channel(
         self, *, arn: str, current_version: str, message_ttl: int | None
     ) -> Channel:
-        async with self._lock:
+        async def body() -> Channel:
             channel = self.get_channel(arn=arn)
             if channel.version != current_version:
                 raise VersionMismatchException(
@@ -203,15 +245,19 @@ class ControlPlane:
             await self.store.save_channel(updated)
             return updated
 
+        return await self._locked(body)
+
     async def delete_channel(self, *, arn: str, current_version: str | None) -> None:
-        async with self._lock:
+        async def body() -> Channel:
             channel = self.get_channel(arn=arn)
             if current_version is not None and channel.version != current_version:
                 raise VersionMismatchException(
                     f"The version {current_version} does not match the channel's latest version."
                 )
             await self.store.delete_channel(channel)
-        await self._channel_closed(channel)
+            return channel
+
+        await self._channel_closed(await self._locked(body))
 
     # -- media storage ------
 
@@ -230,7 +276,7 @@ class ControlPlane:
     async def update_media_storage(
         self, *, arn: str, status: str, stream_arn: str | None
     ) -> Channel:
-        async with self._lock:
+        async def body() -> tuple[Channel, Channel]:
             channel = self.get_channel(arn=arn)
             if status == "ENABLED":
                 if not stream_arn:
@@ -256,6 +302,9 @@ class ControlPlane:
             else:
                 updated = channel.replace(storage_status="DISABLED", storage_stream_arn=None)
             await self.store.save_channel(updated)
+            return channel, updated
+
+        channel, updated = await self._locked(body)
         if channel.storage_status == "ENABLED" and (
             updated.storage_status != "ENABLED"
             or updated.storage_stream_arn != channel.storage_stream_arn
@@ -299,13 +348,14 @@ class ControlPlane:
             raise InvalidArgumentException(
                 f"DataRetentionInHours must be between 0 and {MAX_RETENTION_HOURS}."
             )
+        too_many = AccountStreamLimitExceededException(
+            f"You have reached the maximum of {MAX_STREAMS} streams."
+        )
         async with self._lock:
             if self.store.stream_by_name(name) is not None:
                 raise ResourceInUseException(f"The stream {name} already exists.")
             if len(self.store.streams()) >= MAX_STREAMS:
-                raise AccountStreamLimitExceededException(
-                    f"You have reached the maximum of {MAX_STREAMS} streams."
-                )
+                raise too_many
             created_ms = clock.now_ms()
             stream = Stream(
                 id=0,
@@ -321,7 +371,10 @@ class ControlPlane:
                 tags=tags,
                 storage_tier=storage_tier,
             )
-            return await self.store.insert_stream(stream)
+            try:
+                return await self.store.insert_stream(stream, limit=MAX_STREAMS)
+            except LimitReached:
+                raise too_many from None
 
     def list_streams(self, prefix: str | None = None) -> list[Stream]:
         streams = self.store.streams()
@@ -344,7 +397,7 @@ class ControlPlane:
         device_name: str | None,
         media_type: str | None,
     ) -> Stream:
-        async with self._lock:
+        async def body() -> Stream:
             stream = self.get_stream(name=name, arn=arn)
             self._check_version(stream, current_version)
             updated = stream.replace(
@@ -355,6 +408,8 @@ class ControlPlane:
             await self.store.save_stream(updated)
             return updated
 
+        return await self._locked(body)
+
     async def update_stream_config(
         self, *, arn: str, kind: str, config: Mapping[str, Any] | None
     ) -> Stream:
@@ -362,19 +417,24 @@ class ControlPlane:
         configuration."""
         if kind not in ("image_generation", "notification"):
             raise ValueError(f"unknown stream configuration {kind!r}")
-        async with self._lock:
+
+        async def body() -> Stream:
             stream = self.get_stream(arn=arn)
             updated = stream.replace(**{kind: None if config is None else dict(config)})
             await self.store.save_stream(updated)
             return updated
 
+        return await self._locked(body)
+
     async def update_stream_tier(self, *, arn: str, current_version: str, tier: str) -> Stream:
-        async with self._lock:
+        async def body() -> Stream:
             stream = self.get_stream(arn=arn)
             self._check_version(stream, current_version)
             updated = stream.replace(version=ids.version(), storage_tier=tier)
             await self.store.save_stream(updated)
             return updated
+
+        return await self._locked(body)
 
     async def update_retention(
         self,
@@ -385,10 +445,11 @@ class ControlPlane:
         operation: str,
         change_hours: int,
     ) -> Stream:
-        async with self._lock:
+        sign = 1 if operation == "INCREASE_DATA_RETENTION" else -1
+
+        async def body() -> Stream:
             stream = self.get_stream(name=name, arn=arn)
             self._check_version(stream, current_version)
-            sign = 1 if operation == "INCREASE_DATA_RETENTION" else -1
             new = stream.retention_hours + sign * change_hours
             if not 0 <= new <= MAX_RETENTION_HOURS:
                 raise InvalidArgumentException(
@@ -402,12 +463,15 @@ class ControlPlane:
                 )
             updated = stream.replace(version=ids.version(), retention_hours=new)
             await self.store.save_stream(updated)
+            return updated
+
+        updated = await self._locked(body)
         if sign < 0:
             await self.enforce_retention(updated)
         return updated
 
     async def delete_stream(self, *, arn: str, current_version: str | None) -> None:
-        async with self._lock:
+        async def body() -> list[str]:
             stream = self.get_stream(arn=arn)
             self._check_version(stream, current_version)
             channel = self.channel_for_stream(stream)
@@ -416,8 +480,9 @@ class ControlPlane:
                     f"The stream {stream.name} is the media storage of channel {channel.name}; "
                     "disable media storage first."
                 )
-            keys = await self.store.delete_stream(stream)
-        await self.blobs.delete(keys)
+            return await self.store.delete_stream(stream)
+
+        await self.blobs.delete(await self._locked(body))
 
     async def enforce_retention(self, stream: Stream) -> int:
         """Delete the stream's fragments older than its retention; return how many went."""
@@ -440,7 +505,7 @@ class ControlPlane:
         raise ResourceNotFoundException(f"The resource {arn} is not found.")
 
     async def tag_resource(self, resource: Channel | Stream, tags: Mapping[str, str]) -> None:
-        async with self._lock:
+        async def body() -> None:
             current = self.get_resource(resource.arn)
             merged = {**current.tags, **tags}
             if len(merged) > MAX_TAGS:
@@ -449,11 +514,15 @@ class ControlPlane:
                 )
             await self._save_tags(current, merged)
 
+        await self._locked(body)
+
     async def untag_resource(self, resource: Channel | Stream, keys: Sequence[str]) -> None:
-        async with self._lock:
+        async def body() -> None:
             current = self.get_resource(resource.arn)
             remaining = {k: v for k, v in current.tags.items() if k not in set(keys)}
             await self._save_tags(current, remaining)
+
+        await self._locked(body)
 
     async def _save_tags(self, resource: Channel | Stream, tags: dict[str, str]) -> None:
         if isinstance(resource, Channel):

@@ -1,6 +1,8 @@
 """Background enforcement of each stream's DataRetentionInHours.
 
-With a duty lock (a cluster), one node per interval does the work.
+When several nodes share the metadata store, one of them runs each pass: a pass takes the
+store's ``retention`` duty, which one node holds at a time and which is due once per interval.
+With the cluster's duty lock (a Redis bus) the pass also runs under that lock.
 """
 
 from __future__ import annotations
@@ -35,7 +37,16 @@ class RetentionTask:
                 await self._task
             self._task = None
 
-    async def run_once(self) -> int:
+    async def run_once(self, every: float = 0.0) -> int:
+        """One pass over every stream, unless another node is running one (or, with ``every``,
+        ran one less than ``every`` seconds ago); the number of fragments removed."""
+        async with self._control.duty("retention", every) as mine:
+            if not mine:
+                return 0
+            return await self._pass()
+
+    async def _pass(self) -> int:
+        await self._control.sync()
         removed = 0
         for stream in self._control.list_streams():
             try:
@@ -46,13 +57,16 @@ class RetentionTask:
             logger.info("retention removed %d fragments", removed)
         return removed
 
+    async def _due_pass(self) -> int:
+        return await self.run_once(every=self._interval * 0.9)
+
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            if self._duties is None:
-                await self.run_once()
-                continue
             try:
-                await self._duties.run("retention", self._interval, self.run_once)
-            except Exception as exc:  # noqa: BLE001 - tried again at the next interval
-                logger.warning("retention duty lock failed: %s", exc or type(exc).__name__)
+                if self._duties is None:
+                    await self._due_pass()
+                else:
+                    await self._duties.run("retention", self._interval, self._due_pass)
+            except Exception:  # noqa: BLE001 - the next interval tries again
+                logger.exception("retention pass failed")

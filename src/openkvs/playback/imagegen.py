@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 from ..control.resources import ControlPlane
 from ..dataplane.events import FragmentEvent, FragmentEvents
+from ..privatefile import write_private
 from ..records import Stream
 from .codecs import H264_CODEC_IDS
 from .images import ImageOptions, pick_frames, render
@@ -57,16 +57,6 @@ def options_of(config: Mapping[str, Any]) -> ImageOptions:
         width=config.get("WidthPixels"),
         height=config.get("HeightPixels"),
     )
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ImageGenerator:
@@ -172,6 +162,6 @@ class ImageGenerator:
             if data is None:
                 continue
             path = folder / image_name(event.event.image_prefix, start + offset, options.format)
-            await asyncio.to_thread(_write_atomic, path, data)
+            await asyncio.to_thread(write_private, path, data, mode=0o644)
             written += 1
         return written

@@ -68,8 +68,8 @@ from .tokens import (
     InvalidToken,
     Session,
     TokenSigner,
-    load_or_create_key,
     new_session_id,
+    shared_key,
     stream_tag,
 )
 from .ts import ts_segment
@@ -164,7 +164,7 @@ class PlaybackService:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        key = await asyncio.to_thread(load_or_create_key, self.settings.data_dir)
+        key = await shared_key(self.control.secret)
         self._signer = TokenSigner(key)
         self._pool = ThreadPoolExecutor(
             max(1, self.settings.playback_workers), thread_name_prefix="openkvs-playback"

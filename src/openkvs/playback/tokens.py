@@ -3,9 +3,10 @@
 A token is ``base64url(payload || HMAC-SHA256(key, domain || payload))``. The payload binds the
 session to one stream (its id and a digest of its ARN, so a deleted and re-created stream does not
 inherit old URLs), the playback mode and selection, the output options and the expiry. The key is
-32 random bytes generated once into ``<data-dir>/playback-token.key`` (mode 0600), so URLs stay
-valid across restarts until they expire. Verification is constant-time (``hmac.compare_digest``)
-and rejects any altered byte.
+32 random bytes generated once and kept as the shared secret ``playback-token.key`` (by the
+embedded store in ``<data-dir>/playback-token.key``, mode 0600), so URLs stay valid across
+restarts, and on every node of a cluster, until they expire. Verification is constant-time
+(``hmac.compare_digest``) and rejects any altered byte.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import dataclasses
 import hashlib
 import hmac
 import logging
-import os
 import struct
 from pathlib import Path
 
 from .. import ids
+from ..privatefile import SecretSource, read_or_create
 
 logger = logging.getLogger(__name__)
 
@@ -99,32 +100,29 @@ def new_session_id() -> bytes:
     return ids.random_bytes(9)
 
 
+def new_key_text() -> str:
+    return ids.random_bytes(32).hex()
+
+
+def parse_key(text: str, where: str) -> bytes:
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError as exc:
+        raise ValueError(f"{where} does not hold a hex key") from exc
+    if len(key) < 32:
+        raise ValueError(f"{where} holds a key shorter than 32 bytes")
+    return key
+
+
 def load_or_create_key(data_dir: Path) -> bytes:
     """Read the token key from the data dir, creating it (mode 0600) on first use."""
     path = data_dir / KEY_FILE
-    if path.exists():
-        if path.stat().st_mode & 0o077:
-            os.chmod(path, 0o600)
-            logger.warning("tightened permissions of %s to 0600", path)
-        text = path.read_text().strip()
-        try:
-            key = bytes.fromhex(text)
-        except ValueError as exc:
-            raise ValueError(f"{path} does not hold a hex key") from exc
-        if len(key) < 32:
-            raise ValueError(f"{path} holds a key shorter than 32 bytes")
-        return key
-    data_dir.mkdir(parents=True, exist_ok=True)
-    key = ids.random_bytes(32)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key.hex())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    logger.info("generated the playback session key in %s", path)
-    return key
+    return parse_key(read_or_create(path, new_key_text()), str(path))
+
+
+async def shared_key(secrets: SecretSource) -> bytes:
+    """The token key every node shares, created on first use."""
+    return parse_key(await secrets(KEY_FILE, new_key_text()), KEY_FILE)
 
 
 class TokenSigner:

@@ -21,9 +21,16 @@ from typing import Any
 
 from .. import clock
 from ..config import Settings
+from ..privatefile import SecretSource
 from . import turn
 from .stun import StunResponder
-from .turnserver import Coturn, interface_addresses, listen_addresses, load_or_create_secret
+from .turnserver import (
+    Coturn,
+    interface_addresses,
+    listen_addresses,
+    load_or_create_secret,
+    shared_secret,
+)
 
 logger = logging.getLogger("openkvs.turn")
 
@@ -35,8 +42,10 @@ def external_turn(settings: Settings) -> turn.TurnAccess | None:
 
 
 class IceServers:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, secrets: SecretSource | None = None) -> None:
         self.settings = settings
+        # Where the embedded server's secret is kept (the cluster's store); None: the data dir.
+        self._secrets = secrets
         self.mode = "external" if external_turn(settings) else "stun"
         self.coturn: Coturn | None = None
         self.stun: StunResponder | None = None
@@ -63,7 +72,10 @@ class IceServers:
                 s.turn_binary,
             )
         if binary is not None:
-            self._secret = await asyncio.to_thread(load_or_create_secret, s.data_dir)
+            if self._secrets is not None:
+                self._secret = await shared_secret(self._secrets)
+            else:
+                self._secret = await asyncio.to_thread(load_or_create_secret, s.data_dir)
             listen = addresses or await asyncio.to_thread(
                 interface_addresses, s.host.strip("[]") == "::"
             )

@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import ids
+from ..privatefile import SecretSource, read_or_create, write_private
 from . import stun, turn
 
 logger = logging.getLogger("openkvs.turn")
@@ -88,30 +89,28 @@ def log_line(raw: str) -> tuple[int, str] | None:
     return logging.DEBUG, line
 
 
+def new_secret_text() -> str:
+    return ids.random_bytes(32).hex()
+
+
+def parse_secret(text: str, where: str) -> str:
+    secret = text.strip()
+    if len(secret) < 32 or not secret.isalnum():
+        raise ValueError(f"{where} does not hold a TURN secret (32+ letters and digits)")
+    return secret
+
+
 def load_or_create_secret(data_dir: Path) -> str:
     """The REST API shared secret from ``<data-dir>/turn-secret.key``, created (0600) if absent.
 
     Blocking: call it in a thread."""
     path = data_dir / SECRET_FILE
-    if path.exists():
-        if path.stat().st_mode & 0o077:
-            os.chmod(path, 0o600)
-            logger.warning("tightened permissions of %s to 0600", path)
-        secret = path.read_text().strip()
-        if len(secret) < 32 or not secret.isalnum():
-            raise ValueError(f"{path} does not hold a TURN secret (32+ letters and digits)")
-        return secret
-    data_dir.mkdir(parents=True, exist_ok=True)
-    secret = ids.random_bytes(32).hex()
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secret)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    logger.info("generated the TURN shared secret in %s", path)
-    return secret
+    return parse_secret(read_or_create(path, new_secret_text()), str(path))
+
+
+async def shared_secret(secrets: SecretSource) -> str:
+    """The REST API shared secret every node uses, created on first use."""
+    return parse_secret(await secrets(SECRET_FILE, new_secret_text()), SECRET_FILE)
 
 
 def listen_addresses(host: str) -> list[str]:
@@ -205,14 +204,6 @@ def coturn_config(
             "denied-peer-ip=fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
         ]
     return "\n".join(lines) + "\n"
-
-
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def free_port_pair(address: str) -> int:
@@ -365,7 +356,7 @@ class Coturn:
             secret=self._secret,
             turn_dir=self.turn_dir,
         )
-        _write_private(self.conf, text)
+        write_private(self.conf, text)
 
     async def _supervise(self) -> None:
         backoff = FIRST_BACKOFF
@@ -480,5 +471,6 @@ __all__ = [
     "is_loopback",
     "listen_addresses",
     "load_or_create_secret",
+    "shared_secret",
     "stun_answers",
 ]

@@ -204,6 +204,7 @@ class SignalingEndpoint:
         services.health.refuse_if_draining()
 
         principal = self._authenticate(request)
+        await services.control.sync()  # a channel just created through another node is known
         channel = services.control.channel_by_arn(channel_arn)
         if channel is None:
             raise ResourceNotFoundException(

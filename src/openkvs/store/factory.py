@@ -2,25 +2,25 @@
 
 ``database_url`` names the metadata store and ``media_url`` the blob store; both default to the
 embedded backends under the data directory (``sqlite:///<data-dir>/openkvs.db`` and
-``file://<data-dir>/media``). ``media_url = s3://bucket[/prefix]`` keeps media in an
-S3-compatible object store instead (``s3_endpoint_url`` names one other than AWS). The server and
-its storage worker processes both open their backends here, from the same settings.
+``file://<data-dir>/media``). ``database_url`` may instead name a PostgreSQL database
+(``postgresql://user@host:port/db``) that several nodes share, and ``media_url =
+s3://bucket[/prefix]`` keeps media in an S3-compatible object store (``s3_endpoint_url``
+names one other than AWS). The server and its storage worker processes both open their
+backends here, from the same settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..config import ConfigError, Settings
 from .base import BlobStore, MetadataStore
 from .fs import FsBlobStore
 from .sqlite import SqliteMetadataStore
 
-CLUSTER_SCHEMES = {
-    "postgresql": "database_url",
-    "postgres": "database_url",
-}
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,11 +41,10 @@ def _path(url: str, prefix: str, setting: str) -> Path:
     """The local path of ``<prefix><path>`` (taken literally: ``sqlite:///data/openkvs.db`` is
     relative, ``sqlite:////data/openkvs.db`` and ``file:///data/media`` absolute)."""
     if not url.startswith(prefix):
-        scheme = url.partition(":")[0].lower()
-        if scheme in CLUSTER_SCHEMES:
+        if setting == "database_url":
             raise ConfigError(
-                f"{setting} {scheme}:// needs the cluster backends, which are not available in "
-                f"this build; use {prefix}<path>"
+                f"database_url must be sqlite:///<path> or postgresql://user@host:port/db, "
+                f"got {url.partition(':')[0][:20]!r}://..."
             )
         raise ConfigError(f"{setting} must be {prefix}<path>, got {url[:200]!r}")
     path = url[len(prefix) :]
@@ -72,9 +71,22 @@ def blob_store(settings: Settings) -> BlobStore:
     return FsBlobStore(media_root(settings))
 
 
+def metadata_store(settings: Settings) -> MetadataStore:
+    """The metadata store alone (not started)."""
+    url = database_url(settings)
+    if url.lower().startswith(POSTGRES_SCHEMES):
+        from .postgres import PostgresMetadataStore, describe_url
+
+        if not urlsplit(url).path.strip("/"):
+            raise ConfigError(f"database_url names no database: {describe_url(url)}")
+        return PostgresMetadataStore(url)
+    return SqliteMetadataStore(
+        _path(url, "sqlite:///", "database_url"), secrets_dir=settings.data_dir
+    )
+
+
 def open_backends(settings: Settings) -> Backends:
     """The metadata and blob stores the settings name (not started); ConfigError for a URL that
     this build cannot serve."""
     blobs = blob_store(settings)
-    meta = SqliteMetadataStore(_path(database_url(settings), "sqlite:///", "database_url"))
-    return Backends(meta=meta, blobs=blobs)
+    return Backends(meta=metadata_store(settings), blobs=blobs)

@@ -4,22 +4,29 @@ One writer thread owns the write connection; a small pool of reader threads has 
 each (WAL lets them read while the writer writes). Channels and streams are also kept in memory,
 loaded at start and updated after each committed write, so control-plane reads never leave the
 event loop.
+
+One process owns the store: ``sync`` has nothing to do, fragment numbers are handed out by the
+process itself, and secrets are files (mode 0600) in the data directory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import ResourceInUseException
+from ..privatefile import read_or_create
 from ..records import Channel, Fragment, Stream
+from .base import LimitReached
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -121,9 +128,22 @@ def _fragment(row: tuple[Any, ...]) -> Fragment:
     return Fragment(*row)
 
 
+def _check_limit(conn: sqlite3.Connection, table: str, limit: int | None) -> None:
+    if limit is not None:
+        (count,) = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+        if count >= limit:
+            raise LimitReached(table)
+
+
 class SqliteMetadataStore:
-    def __init__(self, path: Path, readers: int = 2) -> None:
+    shared = False
+
+    def __init__(self, path: Path, readers: int = 2, secrets_dir: Path | None = None) -> None:
         self._path = path
+        self._secrets_dir = secrets_dir if secrets_dir is not None else path.parent
+        self._duties: dict[str, asyncio.Lock] = {}
+        self._duty_ran: dict[str, float] = {}
+        self._next_number = 0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="openkvs-sqlite-w")
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="openkvs-sqlite-r")
         self._local = threading.local()
@@ -174,6 +194,9 @@ class SqliteMetadataStore:
                 conn.close()
             self._reader_conns.clear()
 
+    async def sync(self) -> None:
+        return None
+
     # -- thread plumbing ------
 
     async def _write(self, fn: Callable[[], T]) -> T:
@@ -211,8 +234,9 @@ class SqliteMetadataStore:
     def channels(self) -> list[Channel]:
         return sorted(self._channels.values(), key=lambda c: c.name)
 
-    async def insert_channel(self, channel: Channel) -> Channel:
+    async def insert_channel(self, channel: Channel, *, limit: int | None = None) -> Channel:
         def run() -> int:
+            _check_limit(self._wc(), "channels", limit)
             try:
                 cur = self._wc().execute(
                     "INSERT INTO channels (arn, name, channel_type, status, created, version,"
@@ -289,8 +313,9 @@ class SqliteMetadataStore:
     def streams(self) -> list[Stream]:
         return sorted(self._streams.values(), key=lambda s: s.name)
 
-    async def insert_stream(self, stream: Stream) -> Stream:
+    async def insert_stream(self, stream: Stream, *, limit: int | None = None) -> Stream:
         def run() -> int:
+            _check_limit(self._wc(), "streams", limit)
             try:
                 cur = self._wc().execute(
                     "INSERT INTO streams (arn, name, device_name, media_type, kms_key_id, version,"
@@ -493,3 +518,30 @@ class SqliteMetadataStore:
         return await self._read(
             lambda conn: {r[0] for r in conn.execute("SELECT blob_key FROM fragments")}
         )
+
+    async def reserve_fragment_numbers(self, floor: int, count: int) -> int:
+        if not self._next_number:
+            self._next_number = await self.max_fragment_number() + 1
+        first = max(self._next_number, floor + 1)
+        self._next_number = first + count
+        return first
+
+    # -- secrets and duties ------
+
+    async def secret(self, name: str, candidate: str) -> str:
+        """Kept in ``<data-dir>/<name>`` (0600), where earlier versions kept them."""
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"invalid secret name {name!r}")
+        return await asyncio.to_thread(read_or_create, self._secrets_dir / name, candidate)
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str, every: float = 0.0) -> AsyncIterator[bool]:
+        lock = self._duties.setdefault(name, asyncio.Lock())
+        now = time.monotonic()
+        if lock.locked() or (every > 0 and now - self._duty_ran.get(name, -every) < every):
+            yield False
+            return
+        async with lock:
+            if every > 0:
+                self._duty_ran[name] = now
+            yield True
