@@ -170,7 +170,7 @@ class CountingRetention(RetentionTask):
         super().__init__(None, interval, duties)  # type: ignore[arg-type]
         self.runs = runs
 
-    async def run_once(self) -> int:
+    async def run_once(self, every: float = 0.0) -> int:
         self.runs.append(asyncio.get_running_loop().time())
         return 0
 
