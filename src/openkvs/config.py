@@ -58,6 +58,8 @@ class Settings:
     # Storage backends: None means sqlite:///<data_dir>/openkvs.db and file://<data_dir>/media
     database_url: str | None = None
     media_url: str | None = None
+    # Coordination between nodes: "local:" (one node) or redis://host:port/db?prefix=<key prefix>
+    bus_url: str = "local:"
     region: str = "us-east-1"
     account_id: str = "000000000000"
     public_url: str | None = None
@@ -222,6 +224,8 @@ class Settings:
             raise ConfigError("webhook_queue and webhook_max_attempts must be at least 1")
         if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
             raise ConfigError("public_url must start with http:// or https://")
+        if self.bus_url != "local:" and not self.bus_url.startswith(("redis://", "rediss://")):
+            raise ConfigError("bus_url must be local: or redis://host:port/db?prefix=<key prefix>")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -17,6 +17,7 @@ from .ops.health import Health
 from .ops.metrics import Metrics
 from .playback.imagegen import ImageGenerator
 from .playback.service import PlaybackService
+from .signaling.cluster import JoinRouter, make_bus
 from .signaling.hub import SignalingHub
 from .signaling.ice import IceServers
 
@@ -45,6 +46,9 @@ class Services:
     events: Events = dataclasses.field(default=None)  # type: ignore[assignment]
     # ICE servers for GetIceServerConfig and the storage peer (runs coturn); built when not given.
     ice: IceServers = dataclasses.field(default=None)  # type: ignore[assignment]
+    # Runs storage-session joins on the node that runs the channel's sessions; built when not
+    # given.
+    joins: JoinRouter = dataclasses.field(default=None)  # type: ignore[assignment]
     # Images of fragments whose producer asked for them (IMAGE_GENERATION events); built when
     # not given.
     imagegen: ImageGenerator = dataclasses.field(default=None)  # type: ignore[assignment]
@@ -53,7 +57,9 @@ class Services:
 
     def __post_init__(self) -> None:
         if self.hub is None:
-            self.hub = SignalingHub(self.settings, self.control)
+            self.hub = SignalingHub(self.settings, self.control, make_bus(self.settings.bus_url))
+        if self.joins is None:
+            self.joins = JoinRouter(self.hub.bus, self.control, lambda: self.sessions)
         if self.dataplane is None:
             self.dataplane = DataPlane(self.settings, self.control, self.fragments)
         if self.metrics is None:

@@ -1,0 +1,124 @@
+"""Signaling across nodes: the bus named by ``bus_url``, and where storage-session joins run.
+
+A channel's storage sessions (its master session and the viewer sessions attached to it) run on
+one node. JoinStorageSession / JoinStorageSessionAsViewer called on any node are carried there
+(:class:`JoinRouter`): to the node that already runs the channel's sessions if it is alive, else
+to the node holding the master's signaling socket (its answers and candidates then stay on that
+node), else to the node that took the call. That node claims the channel and creates the
+session; the offer reaches the master through the bus wherever its socket is. With one node
+(``bus_url = local:``) all of this is a direct call.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+from ..control.resources import ControlPlane
+from ..control.sessions import StorageSessions
+from ..errors import InvalidArgumentException, ResourceNotFoundException
+from ..records import Channel, Stream
+from .bus import Bus, LocalBus, NodeUnreachable
+
+logger = logging.getLogger(__name__)
+
+JOIN_TIMEOUT = 10.0
+JOIN_MASTER = "storage.join_master"
+JOIN_VIEWER = "storage.join_viewer"
+DEFAULT_PREFIX = "openkvs:"
+
+
+def parse_bus_url(url: str) -> tuple[str, str] | None:
+    """``local:`` → None; ``redis://host:port/db?prefix=p`` → (the Redis URL without
+    ``prefix``, the key prefix, ``openkvs:`` by default)."""
+    if url == "local:":
+        return None
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"bus_url must be local: or redis://...; got scheme {parts.scheme!r}")
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [v for k, v in query if k == "prefix"]
+    rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "prefix"])
+    prefix = prefixes[-1] if prefixes else DEFAULT_PREFIX
+    return urllib.parse.urlunsplit(parts._replace(query=rest)), prefix
+
+
+def make_bus(bus_url: str) -> Bus:
+    parsed = parse_bus_url(bus_url)
+    if parsed is None:
+        return LocalBus()
+    from .redisbus import RedisBus
+
+    return RedisBus(parsed[0], prefix=parsed[1])
+
+
+class JoinRouter:
+    """Runs each storage-session join on the node that runs (or will run) the channel's
+    sessions."""
+
+    def __init__(
+        self, bus: Bus, control: ControlPlane, sessions: Callable[[], StorageSessions]
+    ) -> None:
+        self.bus = bus
+        self.control = control
+        self._sessions = sessions
+        bus.serve(JOIN_MASTER, self._serve_master)
+        bus.serve(JOIN_VIEWER, self._serve_viewer)
+
+    async def target(self, channel_arn: str) -> str:
+        node = await self.bus.storage_node(channel_arn)
+        if node is not None:
+            return node
+        where = await self.bus.locate((channel_arn, None))
+        return where.node if where is not None else self.bus.node_id
+
+    async def join_master(self, channel: Channel, stream: Stream) -> None:
+        await self._join(channel, stream, None)
+
+    async def join_viewer(self, channel: Channel, stream: Stream, client_id: str) -> None:
+        await self._join(channel, stream, client_id)
+
+    async def _join(self, channel: Channel, stream: Stream, client_id: str | None) -> None:
+        node = await self.target(channel.arn)
+        if node != self.bus.node_id:
+            args: dict[str, Any] = {"channel_arn": channel.arn, "client_id": client_id}
+            method = JOIN_MASTER if client_id is None else JOIN_VIEWER
+            try:
+                await self.bus.call(node, method, args, timeout=JOIN_TIMEOUT)
+                return
+            except NodeUnreachable:
+                logger.info("[%s] node %s is gone: the join runs here", channel.name, node)
+        await self._local(channel, stream, client_id)
+
+    async def _local(self, channel: Channel, stream: Stream, client_id: str | None) -> None:
+        await self.bus.claim_storage(channel.arn)
+        sessions = self._sessions()
+        if client_id is None:
+            await sessions.join_master(channel, stream)
+        else:
+            await sessions.join_viewer(channel, stream, client_id)
+
+    async def _serve_master(self, args: dict[str, Any]) -> None:
+        channel, stream = self._resolve(str(args["channel_arn"]))
+        await self._local(channel, stream, None)
+
+    async def _serve_viewer(self, args: dict[str, Any]) -> None:
+        channel, stream = self._resolve(str(args["channel_arn"]))
+        await self._local(channel, stream, str(args["client_id"]))
+
+    def _resolve(self, channel_arn: str) -> tuple[Channel, Stream]:
+        # The calling node checked the request; the channel may have changed since.
+        channel = self.control.channel_by_arn(channel_arn)
+        if channel is None:
+            raise ResourceNotFoundException(f"The channel {channel_arn} does not exist.")
+        stream = self.control.storage_stream(channel)
+        if channel.storage_status != "ENABLED" or stream is None:
+            raise InvalidArgumentException(
+                f"Media storage is not ENABLED for channel {channel.name}."
+            )
+        return channel, stream
+
+
+__all__ = ["JoinRouter", "make_bus", "parse_bus_url"]
