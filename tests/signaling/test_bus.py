@@ -180,9 +180,7 @@ async def test_kept_for_an_absent_participant_and_flushed_on_another_node(
     assert viewer.got == ["one", "two", "three"]
     assert await pending_count(a, (ARN, "v")) == 0 and await pending_bytes(a) == 0
     # Events without a TTL reach connected participants only.
-    assert await a.deliver((ARN, "w"), "x", ttl=0, origin="m", is_offer=False) is (
-        Delivery.DROPPED
-    )
+    assert await a.deliver((ARN, "w"), "x", ttl=0, origin="m", is_offer=False) is (Delivery.DROPPED)
 
 
 async def test_a_message_for_a_socket_that_cannot_take_it_is_kept(make_bus: MakeBus) -> None:
@@ -274,14 +272,14 @@ async def test_calls_between_nodes(make_bus: MakeBus) -> None:
         return {"echo": args["x"], "node": b.node_id}
 
     b.serve("test.echo", echo)
-    assert await a.call(b.node_id, "test.echo", {"x": 1}, timeout=3) == {
+    assert await a.call(b.node_id, "test.echo", {"x": 1}, limit=3) == {
         "echo": 1,
         "node": b.node_id,
     }
     with pytest.raises(InvalidArgumentException, match="no such thing"):
-        await a.call(b.node_id, "test.echo", {"fail": True}, timeout=3)
+        await a.call(b.node_id, "test.echo", {"fail": True}, limit=3)
     with pytest.raises(NodeUnreachable):
-        await a.call("no-such-node", "test.echo", {"x": 1}, timeout=3)
+        await a.call("no-such-node", "test.echo", {"x": 1}, limit=3)
 
 
 async def test_storage_registry(make_bus: MakeBus) -> None:

@@ -154,9 +154,7 @@ class Bus(Protocol):
         """Answer ``call(self.node_id, method, ...)`` from any node with ``handler``."""
         ...
 
-    async def call(
-        self, node: str, method: str, args: dict[str, Any], *, timeout: float
-    ) -> Any:
+    async def call(self, node: str, method: str, args: dict[str, Any], *, limit: float) -> Any:
         """Run ``method`` on ``node`` and return its result; a ServiceError it raises is raised
         here. :class:`NodeUnreachable` if that node is gone, InternalFailure on timeout."""
         ...
@@ -325,13 +323,11 @@ class LocalBus:
     def serve(self, method: str, handler: Handler) -> None:
         self._handlers[method] = handler
 
-    async def call(
-        self, node: str, method: str, args: dict[str, Any], *, timeout: float
-    ) -> Any:
+    async def call(self, node: str, method: str, args: dict[str, Any], *, limit: float) -> Any:
         handler = self._handlers.get(method)
         if node != self.node_id or handler is None:
             raise NodeUnreachable(node)
-        return await asyncio.wait_for(handler(args), timeout)
+        return await asyncio.wait_for(handler(args), limit)
 
     async def storage_node(self, channel_arn: str) -> str | None:
         return self.node_id

@@ -86,7 +86,7 @@ class JoinRouter:
             args: dict[str, Any] = {"channel_arn": channel.arn, "client_id": client_id}
             method = JOIN_MASTER if client_id is None else JOIN_VIEWER
             try:
-                await self.bus.call(node, method, args, timeout=JOIN_TIMEOUT)
+                await self.bus.call(node, method, args, limit=JOIN_TIMEOUT)
                 return
             except NodeUnreachable:
                 logger.info("[%s] node %s is gone: the join runs here", channel.name, node)

@@ -224,7 +224,7 @@ class SignalingHub:
                 node,
                 STORAGE_DISCONNECT,
                 {"channel_arn": key[0], "client_id": key[1]},
-                timeout=DISCONNECT_NOTICE_TIMEOUT,
+                limit=DISCONNECT_NOTICE_TIMEOUT,
             )
         except NodeUnreachable:
             logger.info("[%s] the node of its storage session is gone", channel_label(key[0]))
@@ -371,7 +371,7 @@ class SignalingHub:
                     "type": msg.action,
                     "payload": msg.payload,
                 },
-                timeout=STORAGE_CALL_TIMEOUT,
+                limit=STORAGE_CALL_TIMEOUT,
             )
         except NodeUnreachable:
             raise InvalidArgumentException(

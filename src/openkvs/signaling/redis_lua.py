@@ -176,8 +176,9 @@ if cur then
   local node, conn = split(cur)
   if conn ~= skip and alive(node) then
     if node == ME then return {'local', conn} end
-    local n = redis.call('PUBLISH', K .. 'to:' .. node, cjson.encode(
-      {op = 'deliver', arn = ARGV[12], p = field, conn = conn, t = text, o = origin, f = ARGV[6], x = exp}))
+    local body = {op = 'deliver', arn = ARGV[12], p = field, conn = conn, t = text, o = origin,
+      f = ARGV[6], x = exp}
+    local n = redis.call('PUBLISH', K .. 'to:' .. node, cjson.encode(body))
     if n > 0 then return {'sent'} end
   end
 end

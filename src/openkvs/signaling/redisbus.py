@@ -13,7 +13,8 @@ channels.
 
 Pub/sub messages (JSON):
 
-- ``{"op": "deliver", "arn", "p": "m"|"v:<ClientId>", "conn", "t": text, "o": origin, "f": "1"|"0" (offer), "x": expiry}``
+- ``{"op": "deliver", "arn", "p": "m"|"v:<ClientId>", "conn", "t": text, "o": origin,
+  "f": "1"|"0" (an offer), "x": expiry ms}``
 - ``{"op": "go_away", "arn", "conn"}``
 - ``{"op": "close_channel", "arn"}`` (on the all-nodes channel)
 - ``{"op": "call", "rid", "from": node, "m": method, "a": args}`` →
@@ -364,12 +365,12 @@ class RedisBus:
     def serve(self, method: str, handler: Handler) -> None:
         self._handlers[method] = handler
 
-    async def call(self, node: str, method: str, args: dict[str, Any], *, timeout: float) -> Any:
+    async def call(self, node: str, method: str, args: dict[str, Any], *, limit: float) -> Any:
         if node == self._node:
             handler = self._handlers.get(method)
             if handler is None:
                 raise NodeUnreachable(node)
-            return await asyncio.wait_for(handler(args), timeout)
+            return await asyncio.wait_for(handler(args), limit)
         if len(self._calls) >= MAX_CALLS:
             raise ClientLimitExceededException("Too many calls between nodes are waiting.")
         rid = ids.token(12)
@@ -380,10 +381,10 @@ class RedisBus:
             if not await self._require().publish(self._to(node), json.dumps(body)):
                 raise NodeUnreachable(node)
             try:
-                return await asyncio.wait_for(fut, timeout)
+                return await asyncio.wait_for(fut, limit)
             except TimeoutError:
                 raise InternalFailure(
-                    f"Node {node} did not answer {method} within {timeout:g} seconds."
+                    f"Node {node} did not answer {method} within {limit:g} seconds."
                 ) from None
         finally:
             self._calls.pop(rid, None)
@@ -397,9 +398,7 @@ class RedisBus:
         return str(res) if res else None
 
     async def claim_storage(self, channel_arn: str) -> None:
-        await self._require().set(
-            f"{self._k}storage:{channel_arn}", self._node, px=STORAGE_TTL_MS
-        )
+        await self._require().set(f"{self._k}storage:{channel_arn}", self._node, px=STORAGE_TTL_MS)
 
     # -- background ------
 
