@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
+from openkvs.config import ConfigError, Settings
 from openkvs.errors import ClientLimitExceededException, InvalidArgumentException
+from openkvs.signaling import cluster
 from openkvs.signaling.bus import (
     Bus,
     Delivery,
@@ -20,6 +22,7 @@ from openkvs.signaling.bus import (
     NodeUnreachable,
     ViewerLimitReached,
 )
+from openkvs.signaling.cluster import parse_bus_url
 from openkvs.signaling.redisbus import RedisBus
 
 from .conftest import REDIS_URL, FakeMonotonic
@@ -324,3 +327,51 @@ async def test_local_bus_expiry_follows_the_clock(monotonic: FakeMonotonic) -> N
     monotonic.advance(6)
     await bus.prune()
     assert bus.pending_bytes == 0 and bus.pending_count((ARN, None)) == 0
+
+
+async def test_a_lapsed_heartbeat_puts_this_nodes_connections_back(redis_prefix: str) -> None:
+    import redis.asyncio as aioredis
+
+    bus = RedisBus(REDIS_URL, prefix=redis_prefix, heartbeat=0.1, node_ttl=5)
+    other = RedisBus(REDIS_URL, prefix=redis_prefix)
+    await bus.start()
+    await other.start()
+    r = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        master = ListPeer(None)
+        await bus.attach(master)
+        # As if this node had stalled past its TTL and another node had cleaned up after it.
+        await r.delete(f"{bus.prefix}node:{bus.node_id}", f"{bus.prefix}ch:{ARN}")
+        assert await other.locate((ARN, None)) is None
+        for _ in range(100):
+            if await other.locate((ARN, None)) is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert await other.locate((ARN, None)) == Location(bus.node_id, master.connection_id)
+        assert await other.deliver((ARN, None), "x", ttl=5, origin="v", is_offer=False) is (
+            Delivery.DELIVERED
+        )
+        await eventually(lambda: master.got == ["x"])
+    finally:
+        await r.aclose()
+        await bus.stop()
+        await other.stop()
+
+
+def test_bus_url() -> None:
+    assert parse_bus_url("local:") is None
+    assert parse_bus_url("redis://h:6380/2?prefix=kvs1:") == ("redis://h:6380/2", "kvs1:")
+    assert parse_bus_url("rediss://:pw@h/0?prefix=a:&ssl_cert_reqs=none") == (
+        "rediss://:pw@h/0?ssl_cert_reqs=none",
+        "a:",
+    )
+    assert parse_bus_url("redis://h") == ("redis://h", "openkvs:")
+    with pytest.raises(ValueError, match="bus_url"):
+        parse_bus_url("memcached://h")
+    assert isinstance(cluster.make_bus("local:"), LocalBus)
+    assert isinstance(cluster.make_bus("redis://127.0.0.1:1/0?prefix=x:"), RedisBus)
+    assert Settings.load({}, None, {"bus_url": "redis://h:1/0?prefix=p:"}).bus_url.startswith(
+        "redis://"
+    )
+    with pytest.raises(ConfigError, match="bus_url"):
+        Settings.load({}, None, {"bus_url": "postgres://h/db"})
