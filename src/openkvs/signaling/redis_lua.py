@@ -183,11 +183,17 @@ if cur then
   end
 end
 if exp <= now then return {'dropped'} end
-local items = load(KEYS[2], now)
-if is_offer then
-  local kept = {}
-  for _, it in ipairs(items) do if it.o ~= origin then kept[#kept + 1] = it end end
-  items = kept
+local raw = redis.call('LRANGE', KEYS[2], 0, -1)
+local items, changed, latest = {}, false, exp
+for _, r in ipairs(raw) do
+  local it = cjson.decode(r)
+  -- Expired, or superseded by this newer offer from the same sender.
+  if it.x <= now or (is_offer and it.o == origin) then
+    changed = true
+  else
+    items[#items + 1] = it
+    if it.x > latest then latest = it.x end
+  end
 end
 local old = tonumber(redis.call('HGET', K .. 'qbytes', KEYS[2]) or '0')
 local bytes = 0
@@ -199,9 +205,19 @@ if total + #text > max_bytes then
   old = tonumber(redis.call('HGET', K .. 'qbytes', KEYS[2]) or '0')
   if total - old + bytes + #text > max_bytes then return {'full'} end
 end
-items[#items + 1] = {x = exp, o = origin, t = text}
-while #items > max_per do table.remove(items, 1) end
-store(KEYS[2], items)
+local item = {x = exp, o = origin, t = text}
+if changed or #items >= max_per then
+  items[#items + 1] = item
+  while #items > max_per do table.remove(items, 1) end
+  store(KEYS[2], items)
+  return {'buffered'}
+end
+-- Nothing to drop: append, and account for it.
+redis.call('RPUSH', KEYS[2], cjson.encode(item))
+redis.call('HSET', K .. 'qbytes', KEYS[2], old + #text)
+redis.call('ZADD', K .. 'qexp', latest, KEYS[2])
+redis.call('INCRBY', K .. 'qtotal', #text)
+redis.call('PEXPIREAT', KEYS[2], latest + 60000)
 return {'buffered'}
 """
 )
