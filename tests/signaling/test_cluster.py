@@ -206,3 +206,34 @@ async def test_one_offer_when_the_join_comes_through_another_node(
             await master.close()
     finally:
         await stop_nodes(a, b)
+
+
+async def test_alexa_offer_through_another_node(nodes: tuple[Node, Node]) -> None:
+    a, b = nodes
+    channel = await make_channel(a, "alexa")
+    master = await Client.connect(a, channel.arn)  # type: ignore[arg-type]
+    sig = b.client("kinesis-video-signaling")
+    try:
+        call = asyncio.to_thread(
+            sig.send_alexa_offer_to_master,
+            ChannelARN=channel.arn,
+            SenderClientId="alexa-1",
+            MessagePayload=b64json(OFFER),
+        )
+
+        async def answer() -> None:
+            event = await master.recv(timeout=10)
+            assert event["senderClientId"] == "alexa-1" and event["messageType"] == "SDP_OFFER"
+            await master.send("ICE_CANDIDATE", cand(1), recipient="alexa-1")
+            await master.send("SDP_ANSWER", ANSWER, recipient="alexa-1")
+
+        result, _ = await asyncio.gather(call, answer())
+        assert unb64json(result["Answer"]) == ANSWER
+        await master.expect_nothing(0.3)
+        # Nothing was kept for the caller: a viewer taking its ClientId later gets nothing.
+        late = await Client.connect(b, channel.arn, "alexa-1")  # type: ignore[arg-type]
+        await late.expect_nothing(0.3)
+        await late.close()
+    finally:
+        sig.close()
+        await master.close()

@@ -144,6 +144,14 @@ class Bus(Protocol):
         """GO_AWAY to the channel's connections on every node; forget its kept messages."""
         ...
 
+    async def hold(self, key: ParticipantKey, stand_in: Peer, *, ttl: float) -> None:
+        """Until ``release`` (or ``ttl`` seconds), messages for the participant that find no
+        connection of it go to ``stand_in`` on this node instead of being kept: an HTTPS caller
+        waiting for its answer (SendAlexaOfferToMaster) while the master is on another node."""
+        ...
+
+    async def release(self, key: ParticipantKey, stand_in: Peer) -> None: ...
+
     async def prune(self) -> None:
         """Forget expired kept messages."""
         ...
@@ -305,6 +313,13 @@ class LocalBus:
 
     async def prune(self) -> None:
         self._prune()
+
+    async def hold(self, key: ParticipantKey, stand_in: Peer, *, ttl: float) -> None:
+        # One node: the hub hands such messages to its waiter before they reach the bus.
+        return None
+
+    async def release(self, key: ParticipantKey, stand_in: Peer) -> None:
+        return None
 
     def _prune(self) -> None:
         now = clock.monotonic()

@@ -29,10 +29,12 @@ endpoint there through a bus call when its socket is on another node.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from .. import ids
 from ..config import Settings
 from ..control.ratelimit import RateLimiter
 from ..control.resources import ControlPlane
@@ -89,6 +91,34 @@ class StorageEndpoint(Protocol):
     async def on_disconnect(self, channel_arn: str, client_id: str | None) -> None:
         """That participant's signaling connection closed or was replaced by a newer one."""
         ...
+
+
+class _AnswerWaiter:
+    """Stands in for a SendAlexaOfferToMaster caller (no socket): takes the master's SDP_ANSWER
+    and drops anything else, as the local waiter does."""
+
+    def __init__(self, channel_arn: str, client_id: str, waiter: asyncio.Future[str]) -> None:
+        self.channel_arn = channel_arn
+        self.client_id: str | None = client_id
+        self.connection_id = f"alexa-{ids.token(9)}"
+        self._waiter = waiter
+
+    def deliver(self, text: str) -> bool:
+        try:
+            event = json.loads(text)
+        except ValueError:
+            return True
+        payload = event.get("messagePayload")
+        if event.get("messageType") == SDP_ANSWER and isinstance(payload, str):
+            if not self._waiter.done():
+                self._waiter.set_result(payload)
+        return True
+
+    def go_away(self, grace: float | None = None) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
 
 
 class SignalingHub:
@@ -209,7 +239,17 @@ class SignalingHub:
 
     async def detach(self, peer: Peer) -> None:
         """A connection ended; tell the storage endpoint if it was the participant's current one."""
-        if await self.bus.detach(peer):
+        try:
+            was_current = await self.bus.detach(peer)
+        except Exception:  # noqa: BLE001 - the connection ends anyway; its entry expires
+            logger.exception(
+                "[%s %s] could not forget connection %s",
+                channel_label(peer.channel_arn),
+                peer.client_id or "master",
+                peer.connection_id,
+            )
+            return
+        if was_current:
             await self._notify_disconnect((peer.channel_arn, peer.client_id))
 
     async def _notify_disconnect(self, key: ParticipantKey) -> None:
@@ -437,7 +477,12 @@ class SignalingHub:
         ttl = float(channel.message_ttl)
         waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._alexa[key] = waiter
+        # The master may be connected to another node: its answer comes back to this one.
+        stand_in = _AnswerWaiter(channel.arn, sender_client_id, waiter)
+        held = False
         try:
+            await self.bus.hold(key, stand_in, ttl=ttl + 1.0)
+            held = True
             await self.bus.deliver(
                 (channel.arn, None),
                 messages.event(SDP_OFFER, payload, sender=sender_client_id),
@@ -457,6 +502,11 @@ class SignalingHub:
                 del self._alexa[key]
             if not waiter.done():
                 waiter.cancel()
+            if held:
+                try:
+                    await self.bus.release(key, stand_in)
+                except Exception:  # noqa: BLE001 - it expires on its own
+                    logger.warning("[%s] could not release a waiting offer", channel.name)
 
     # -- introspection ------
 

@@ -15,6 +15,8 @@ Keys (``K`` = ``<prefix>sig:``):
 - ``K qbytes`` (hash list key → bytes), ``K qexp`` (sorted set list key → latest expiry),
   ``K qtotal`` (bytes kept in all): the accounting behind the byte budget and pruning.
 - ``K storage:<channel ARN>``: the node running the channel's storage sessions.
+- ``K hold:<channel ARN>|<field>``: ``<node>|<id>`` of a stand-in that takes the messages for a
+  participant with no connection (a SendAlexaOfferToMaster call waiting for its answer).
 - pub/sub ``K to:<node>``: messages for one node; ``K all``: for every node.
 """
 
@@ -158,7 +160,7 @@ return n
 """
 )
 
-# KEYS: presence hash, pending list. ARGV: K, ME, field, text, origin, is offer ('1'/'0'),
+# KEYS: presence hash, pending list, stand-in. ARGV: K, ME, field, text, origin, is offer,
 # TTL ms, absolute expiry ms (0: now + TTL), connection id to skip ('' for none), max kept per
 # participant, max kept bytes in all, channel ARN.
 # -> {'local', connection} (current here: deliver it yourself), {'sent'} (published to the node
@@ -180,6 +182,16 @@ if cur then
       f = ARGV[6], x = exp}
     local n = redis.call('PUBLISH', K .. 'to:' .. node, cjson.encode(body))
     if n > 0 then return {'sent'} end
+  end
+end
+local w = redis.call('GET', KEYS[3])
+if w then
+  local node, conn = split(w)
+  if conn ~= skip and alive(node) then
+    if node == ME then return {'local', conn} end
+    local body = {op = 'deliver', arn = ARGV[12], p = field, conn = conn, t = text, o = origin,
+      f = ARGV[6], x = 0}
+    if redis.call('PUBLISH', K .. 'to:' .. node, cjson.encode(body)) > 0 then return {'sent'} end
   end
 end
 if exp <= now then return {'dropped'} end
@@ -222,6 +234,15 @@ return {'buffered'}
 """
 )
 
+# KEYS: stand-in key. ARGV: K, ME, '<node>|<connection>'. Deletes it if it is still that one.
+RELEASE = (
+    _COMMON
+    + """
+if redis.call('GET', KEYS[1]) == ARGV[3] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+)
+
 # ARGV: K, ME, limit. -> lists forgotten
 PRUNE = (
     _COMMON
@@ -249,4 +270,14 @@ return false
 """
 )
 
-__all__ = ["ATTACH", "DELIVER", "DETACH", "FORGET", "LOCATE", "PRUNE", "STORAGE_NODE", "VIEWERS"]
+__all__ = [
+    "ATTACH",
+    "DELIVER",
+    "DETACH",
+    "FORGET",
+    "LOCATE",
+    "PRUNE",
+    "RELEASE",
+    "STORAGE_NODE",
+    "VIEWERS",
+]

@@ -96,6 +96,8 @@ class RedisBus:
         self._scripts: dict[str, Any] = {}
         # The connections this node holds: channel ARN → connection id → peer.
         self._local: dict[str, dict[str, Peer]] = {}
+        # Stand-ins (``hold``) on this node: connection id → peer.
+        self._stand_ins: dict[str, Peer] = {}
         # Messages that arrived for a connection while its attach was running.
         self._held: dict[str, list[str]] = {}
         self._handlers: dict[str, Handler] = {}
@@ -119,9 +121,8 @@ class RedisBus:
     async def start(self) -> None:
         r = aioredis.Redis.from_url(self._url, decode_responses=True)
         self._redis = r
-        for name in ("ATTACH", "DETACH", "LOCATE", "VIEWERS", "DELIVER", "PRUNE", "FORGET"):
+        for name in redis_lua.__all__:
             self._scripts[name] = r.register_script(getattr(redis_lua, name))
-        self._scripts["STORAGE_NODE"] = r.register_script(redis_lua.STORAGE_NODE)
         await r.set(self._node_key(self._node), "1", px=self._node_ttl_ms)
         pubsub = r.pubsub()
         self._pubsub = pubsub
@@ -151,12 +152,17 @@ class RedisBus:
         assert r is not None
         with contextlib.suppress(RedisError, OSError):
             # Forget this node's connections now rather than when its heartbeat runs out.
-            for arn, members in self._local.items():
-                for conn, peer in members.items():
-                    await self._scripts["DETACH"](
-                        keys=[self._chan(arn)],
-                        args=[self._k, self._node, field(peer.client_id), conn],
+            held = [(arn, conn, p) for arn, m in self._local.items() for conn, p in m.items()]
+            for i in range(0, len(held), 100):
+                await asyncio.gather(
+                    *(
+                        self._scripts["DETACH"](
+                            keys=[self._chan(arn)],
+                            args=[self._k, self._node, field(peer.client_id), conn],
+                        )
+                        for arn, conn, peer in held[i : i + 100]
                     )
+                )
             await r.delete(self._node_key(self._node))
         for fut in self._calls.values():
             if not fut.done():
@@ -191,6 +197,9 @@ class RedisBus:
 
     def _queue(self, key: ParticipantKey) -> str:
         return f"{self._k}q:{key[0]}|{field(key[1])}"
+
+    def _hold(self, key: ParticipantKey) -> str:
+        return f"{self._k}hold:{key[0]}|{field(key[1])}"
 
     def _to(self, node: str) -> str:
         return f"{self._k}to:{node}"
@@ -300,7 +309,7 @@ class RedisBus:
     ) -> Delivery:
         for _ in range(3):
             res = await self._scripts["DELIVER"](
-                keys=[self._chan(key[0]), self._queue(key)],
+                keys=[self._chan(key[0]), self._queue(key), self._hold(key)],
                 args=[
                     self._k,
                     self._node,
@@ -339,8 +348,22 @@ class RedisBus:
         if held is not None:
             held.append(text)
             return True
-        peer = self._local.get(arn, {}).get(conn)
+        peer = self._local.get(arn, {}).get(conn) or self._stand_ins.get(conn)
         return peer is not None and peer.deliver(text)
+
+    async def hold(self, key: ParticipantKey, stand_in: Peer, *, ttl: float) -> None:
+        self._stand_ins[stand_in.connection_id] = stand_in
+        await self._require().set(
+            self._hold(key), f"{self._node}|{stand_in.connection_id}", px=max(1, int(ttl * 1000))
+        )
+
+    async def release(self, key: ParticipantKey, stand_in: Peer) -> None:
+        self._stand_ins.pop(stand_in.connection_id, None)
+        if not self._stopped:
+            await self._scripts["RELEASE"](
+                keys=[self._hold(key)],
+                args=[self._k, self._node, f"{self._node}|{stand_in.connection_id}"],
+            )
 
     async def close_channel(self, channel_arn: str) -> None:
         for peer in self.peers(channel_arn):
