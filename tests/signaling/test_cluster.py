@@ -237,3 +237,45 @@ async def test_alexa_offer_through_another_node(nodes: tuple[Node, Node]) -> Non
     finally:
         sig.close()
         await master.close()
+
+
+async def test_replacing_a_master_through_another_node_tells_the_session(
+    nodes: tuple[Node, Node],
+) -> None:
+    a, b = nodes
+    channel = await make_channel(a, "moved", storage=True)
+    ep = RecordingEndpoint()
+    a.services.hub.set_storage_endpoint(ep)
+    b.services.hub.set_storage_endpoint(None)
+    await a.services.hub.bus.claim_storage(channel.arn)
+    first = await Client.connect(a, channel.arn)  # type: ignore[arg-type]
+    second = await Client.connect(b, channel.arn)  # type: ignore[arg-type]
+    try:
+        assert await ep.next() == ("disconnect", channel.arn, None)
+        assert await first.recv() == {"messageType": "GO_AWAY"}
+        await first.wait_closed()
+        await asyncio.sleep(0.2)
+        assert ep.empty()  # the replaced socket's close is not a second disconnect
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_deleting_a_channel_on_one_node_ends_its_sessions_on_another(
+    nodes: tuple[Node, Node],
+) -> None:
+    a, b = nodes
+    channel = await make_channel(a, "deleted", storage=True)
+    master = await Client.connect(a, channel.arn)  # type: ignore[arg-type]
+    viewer = await Client.connect(b, channel.arn, "v")  # type: ignore[arg-type]
+    try:
+        await b.join(channel.arn)  # runs on A, where the master is
+        await b.services.control.delete_channel(arn=channel.arn, current_version=None)
+        sessions_a = a.services.sessions
+        assert isinstance(sessions_a, RecordingSessions)
+        assert sessions_a.closed == [channel.arn]
+        assert await master.recv() == {"messageType": "GO_AWAY"}
+        assert await viewer.recv() == {"messageType": "GO_AWAY"}
+    finally:
+        await master.close()
+        await viewer.close()

@@ -6,11 +6,13 @@ one node. JoinStorageSession / JoinStorageSessionAsViewer called on any node are
 to the node holding the master's signaling socket (its answers and candidates then stay on that
 node), else to the node that took the call. That node claims the channel and creates the
 session; the offer reaches the master through the bus wherever its socket is. With one node
-(``bus_url = local:``) all of this is a direct call.
+(``bus_url = local:``) all of this is a direct call. A channel that is deleted or stops storing
+media ends its sessions on the node that runs them, wherever the API call came in.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import urllib.parse
 from collections.abc import Callable
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 JOIN_TIMEOUT = 10.0
 JOIN_MASTER = "storage.join_master"
 JOIN_VIEWER = "storage.join_viewer"
+CHANNEL_CLOSED = "storage.channel_closed"
 DEFAULT_PREFIX = "openkvs:"
 
 
@@ -66,6 +69,7 @@ class JoinRouter:
         self._sessions = sessions
         bus.serve(JOIN_MASTER, self._serve_master)
         bus.serve(JOIN_VIEWER, self._serve_viewer)
+        bus.serve(CHANNEL_CLOSED, self._serve_closed)
 
     async def target(self, channel_arn: str) -> str:
         node = await self.bus.storage_node(channel_arn)
@@ -108,6 +112,24 @@ class JoinRouter:
         channel, stream = self._resolve(str(args["channel_arn"]))
         await self._local(channel, stream, str(args["client_id"]))
 
+    async def channel_closed(self, channel: Channel) -> None:
+        """The channel was deleted or its media storage disabled: its sessions end, here and on
+        the node that runs them."""
+        await self._sessions().channel_closed(channel)
+        node = await self.bus.storage_node(channel.arn)
+        if node is not None and node != self.bus.node_id:
+            try:
+                await self.bus.call(
+                    node, CHANNEL_CLOSED, {"channel": _plain(channel)}, limit=JOIN_TIMEOUT
+                )
+            except NodeUnreachable:
+                pass
+
+    async def _serve_closed(self, args: dict[str, Any]) -> None:
+        channel = dict(args["channel"])
+        channel["tags"] = dict(channel.get("tags") or {})
+        await self._sessions().channel_closed(Channel(**channel))
+
     def _resolve(self, channel_arn: str) -> tuple[Channel, Stream]:
         # The calling node checked the request; the channel may have changed since.
         channel = self.control.channel_by_arn(channel_arn)
@@ -119,6 +141,12 @@ class JoinRouter:
                 f"Media storage is not ENABLED for channel {channel.name}."
             )
         return channel, stream
+
+
+def _plain(channel: Channel) -> dict[str, Any]:
+    out = dataclasses.asdict(channel)
+    out["tags"] = dict(channel.tags)
+    return out
 
 
 __all__ = ["JoinRouter", "make_bus", "parse_bus_url"]
