@@ -291,8 +291,13 @@ async def test_storage_registry(make_bus: MakeBus) -> None:
         assert await a.storage_node(ARN) == a.node_id  # one node runs everything
         return
     assert await a.storage_node(ARN) is None
-    await b.claim_storage(ARN)
+    assert await b.claim_storage(ARN) == b.node_id
     assert await a.storage_node(ARN) == b.node_id
+    # Claims are atomic: a live owner keeps the channel, unless found unreachable.
+    assert await a.claim_storage(ARN) == b.node_id
+    assert await a.claim_storage(ARN, instead_of=b.node_id) == a.node_id
+    assert await b.claim_storage(ARN) == a.node_id
+    assert await b.claim_storage(ARN, instead_of=a.node_id) == b.node_id
     await b.stop()  # a stopped node runs nothing
     assert await a.storage_node(ARN) is None
 

@@ -279,3 +279,17 @@ async def test_deleting_a_channel_on_one_node_ends_its_sessions_on_another(
     finally:
         await master.close()
         await viewer.close()
+
+
+async def test_concurrent_joins_on_two_nodes_run_on_one(nodes: tuple[Node, Node]) -> None:
+    a, b = nodes
+    channel = await make_channel(a, "race", storage=True)  # no master connected yet
+    await asyncio.gather(a.join(channel.arn), b.join(channel.arn), b.join(channel.arn, "v"))
+    ran = []
+    for node in (a, b):
+        sessions = node.services.sessions
+        assert isinstance(sessions, RecordingSessions)
+        if sessions.joins:
+            ran.append((node.services.hub.bus.node_id, len(sessions.joins)))
+    owner = await a.services.hub.bus.storage_node(channel.arn)
+    assert ran == [(owner, 3)]

@@ -173,8 +173,10 @@ class Bus(Protocol):
         """The live node that runs the channel's storage sessions, if one claimed them."""
         ...
 
-    async def claim_storage(self, channel_arn: str) -> None:
-        """This node runs the channel's storage sessions from now on."""
+    async def claim_storage(self, channel_arn: str, *, instead_of: str | None = None) -> str:
+        """Claim the channel's storage sessions for this node, atomically: unless another live
+        node (other than ``instead_of``, found unreachable) holds them. Return the node that
+        runs them."""
         ...
 
 
@@ -347,8 +349,8 @@ class LocalBus:
     async def storage_node(self, channel_arn: str) -> str | None:
         return self.node_id
 
-    async def claim_storage(self, channel_arn: str) -> None:
-        return None
+    async def claim_storage(self, channel_arn: str, *, instead_of: str | None = None) -> str:
+        return self.node_id
 
 
 __all__ = [

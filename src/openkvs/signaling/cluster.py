@@ -20,13 +20,15 @@ from typing import Any
 
 from ..control.resources import ControlPlane
 from ..control.sessions import StorageSessions
-from ..errors import InvalidArgumentException, ResourceNotFoundException
+from ..errors import InternalFailure, InvalidArgumentException, ResourceNotFoundException
 from ..records import Channel, Stream
 from .bus import Bus, LocalBus, NodeUnreachable
 
 logger = logging.getLogger(__name__)
 
 JOIN_TIMEOUT = 10.0
+# A join handed from node to node (the channel's owner changing meanwhile) gives up after this.
+MAX_HOPS = 3
 JOIN_MASTER = "storage.join_master"
 JOIN_VIEWER = "storage.join_viewer"
 CHANNEL_CLOSED = "storage.channel_closed"
@@ -85,32 +87,53 @@ class JoinRouter:
         await self._join(channel, stream, client_id)
 
     async def _join(self, channel: Channel, stream: Stream, client_id: str | None) -> None:
-        node = await self.target(channel.arn)
-        if node != self.bus.node_id:
+        await self._run(channel, stream, client_id, await self.target(channel.arn), 0)
+
+    async def _run(
+        self, channel: Channel, stream: Stream, client_id: str | None, node: str, hops: int
+    ) -> None:
+        """Run the join on ``node``; on this one only after claiming the channel (two nodes
+        joining at once: one claims, the other hands its join over)."""
+        me = self.bus.node_id
+        gone: str | None = None
+        while True:
+            if node == me:
+                node = await self.bus.claim_storage(channel.arn, instead_of=gone)
+                if node == me:
+                    sessions = self._sessions()
+                    if client_id is None:
+                        await sessions.join_master(channel, stream)
+                    else:
+                        await sessions.join_viewer(channel, stream, client_id)
+                    return
+            if hops >= MAX_HOPS:
+                raise InternalFailure(
+                    f"Could not reach the node running the storage sessions of channel "
+                    f"{channel.name}; try again."
+                )
+            hops += 1
             args: dict[str, Any] = {"channel_arn": channel.arn, "client_id": client_id}
-            method = JOIN_MASTER if client_id is None else JOIN_VIEWER
+            args["hops"] = hops
             try:
-                await self.bus.call(node, method, args, limit=JOIN_TIMEOUT)
+                await self.bus.call(
+                    node,
+                    JOIN_MASTER if client_id is None else JOIN_VIEWER,
+                    args,
+                    limit=JOIN_TIMEOUT,
+                )
                 return
             except NodeUnreachable:
                 logger.info("[%s] node %s is gone: the join runs here", channel.name, node)
-        await self._local(channel, stream, client_id)
-
-    async def _local(self, channel: Channel, stream: Stream, client_id: str | None) -> None:
-        await self.bus.claim_storage(channel.arn)
-        sessions = self._sessions()
-        if client_id is None:
-            await sessions.join_master(channel, stream)
-        else:
-            await sessions.join_viewer(channel, stream, client_id)
+                node, gone = me, node
 
     async def _serve_master(self, args: dict[str, Any]) -> None:
         channel, stream = self._resolve(str(args["channel_arn"]))
-        await self._local(channel, stream, None)
+        await self._run(channel, stream, None, self.bus.node_id, int(args.get("hops") or 0))
 
     async def _serve_viewer(self, args: dict[str, Any]) -> None:
         channel, stream = self._resolve(str(args["channel_arn"]))
-        await self._local(channel, stream, str(args["client_id"]))
+        hops = int(args.get("hops") or 0)
+        await self._run(channel, stream, str(args["client_id"]), self.bus.node_id, hops)
 
     async def channel_closed(self, channel: Channel) -> None:
         """The channel was deleted or its media storage disabled: its sessions end, here and on

@@ -234,6 +234,18 @@ return {'buffered'}
 """
 )
 
+# KEYS: storage registry key. ARGV: K, ME, node to replace even if alive ('' for none), TTL ms.
+# -> the node that runs the channel's sessions (ME unless another live node holds them)
+CLAIM = (
+    _COMMON
+    + """
+local v = redis.call('GET', KEYS[1])
+if v and v ~= ME and v ~= ARGV[3] and alive(v) then return v end
+redis.call('SET', KEYS[1], ME, 'PX', tonumber(ARGV[4]))
+return ME
+"""
+)
+
 # KEYS: stand-in key. ARGV: K, ME, '<node>|<connection>'. Deletes it if it is still that one.
 RELEASE = (
     _COMMON
@@ -272,6 +284,7 @@ return false
 
 __all__ = [
     "ATTACH",
+    "CLAIM",
     "DELIVER",
     "DETACH",
     "FORGET",

@@ -420,8 +420,12 @@ class RedisBus:
         )
         return str(res) if res else None
 
-    async def claim_storage(self, channel_arn: str) -> None:
-        await self._require().set(f"{self._k}storage:{channel_arn}", self._node, px=STORAGE_TTL_MS)
+    async def claim_storage(self, channel_arn: str, *, instead_of: str | None = None) -> str:
+        res = await self._scripts["CLAIM"](
+            keys=[f"{self._k}storage:{channel_arn}"],
+            args=[self._k, self._node, instead_of or "", STORAGE_TTL_MS],
+        )
+        return str(res)
 
     # -- background ------
 
