@@ -380,3 +380,36 @@ def test_bus_url() -> None:
     )
     with pytest.raises(ConfigError, match="bus_url"):
         Settings.load({}, None, {"bus_url": "postgres://h/db"})
+
+
+async def test_a_node_whose_subscription_dropped_gets_what_was_kept_meanwhile(
+    redis_prefix: str,
+) -> None:
+    import redis.asyncio as aioredis
+
+    a = RedisBus(REDIS_URL, prefix=redis_prefix)
+    b = RedisBus(REDIS_URL, prefix=redis_prefix)
+    await a.start()
+    await b.start()
+    r = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        viewer = ListPeer("v")
+        await b.attach(viewer)
+        # Cut B's subscription (as a network blip would); A's message finds nobody listening.
+        clients = await r.client_list()
+        ours = [c for c in clients if c["name"] == f"openkvs-signaling-{b.node_id}"]
+        subscribed = [c for c in ours if int(c.get("sub", 0)) > 0]
+        assert len(subscribed) == 1
+        await r.client_kill_filter(_id=subscribed[0]["id"])
+        sent = await a.deliver((ARN, "v"), "during", ttl=30, origin="m", is_offer=False)
+        assert sent in (Delivery.BUFFERED, Delivery.DELIVERED)
+        await eventually(lambda: viewer.got == ["during"], timeout=5)
+        # And B listens again.
+        assert await a.deliver((ARN, "v"), "after", ttl=30, origin="m", is_offer=False) is (
+            Delivery.DELIVERED
+        )
+        await eventually(lambda: viewer.got == ["during", "after"])
+    finally:
+        await r.aclose()
+        await a.stop()
+        await b.stop()

@@ -125,6 +125,19 @@ return out
 """
 )
 
+# KEYS: presence hash, pending list. ARGV: K, ME, field, connection id.
+# -> the kept texts, taken, if that connection is current (else nothing)
+TAKE = (
+    _COMMON
+    + """
+if redis.call('HGET', KEYS[1], ARGV[3]) ~= ME .. '|' .. ARGV[4] then return {} end
+local out = {}
+for _, it in ipairs(load(KEYS[2], now_ms())) do out[#out + 1] = it.t end
+forget(KEYS[2])
+return out
+"""
+)
+
 # KEYS: presence hash. ARGV: K, ME, field, connection id. -> 1 if it was current (and is gone)
 DETACH = (
     _COMMON
@@ -292,5 +305,6 @@ __all__ = [
     "PRUNE",
     "RELEASE",
     "STORAGE_NODE",
+    "TAKE",
     "VIEWERS",
 ]

@@ -119,22 +119,14 @@ class RedisBus:
     # -- lifecycle ------
 
     async def start(self) -> None:
-        r = aioredis.Redis.from_url(self._url, decode_responses=True)
+        r = aioredis.Redis.from_url(
+            self._url, decode_responses=True, client_name=f"openkvs-signaling-{self._node}"
+        )
         self._redis = r
         for name in redis_lua.__all__:
             self._scripts[name] = r.register_script(getattr(redis_lua, name))
         await r.set(self._node_key(self._node), "1", px=self._node_ttl_ms)
-        pubsub = r.pubsub()
-        self._pubsub = pubsub
-        await pubsub.subscribe(self._to(self._node), self._k + "all")
-        # Wait until Redis confirms both subscriptions: from then on nothing sent to this node
-        # can be missed.
-        confirmed = 0
-        async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
-            while confirmed < 2:
-                msg = await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT)
-                if msg is not None and msg.get("type") == "subscribe":
-                    confirmed += 1
+        await self._subscribe()
         self._stopped = False
         self._listener = asyncio.create_task(self._listen(), name=f"signaling bus {self._node}")
         self._beater = asyncio.create_task(self._beat(), name=f"signaling heartbeat {self._node}")
@@ -462,19 +454,52 @@ class RedisBus:
                                 )
                                 pipe.pexpire(self._chan(arn), self._node_ttl_ms * 2)
                         await pipe.execute()
+                    await self._resync()
             except (RedisError, OSError) as exc:
                 logger.warning("signaling bus heartbeat failed: %r", exc)
 
+    async def _subscribe(self) -> None:
+        """(Re)subscribe to this node's channels and wait until Redis confirms both: from then
+        on nothing sent to this node can be missed."""
+        if self._pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.aclose()
+        pubsub = self._require().pubsub()
+        self._pubsub = pubsub
+        await pubsub.subscribe(self._to(self._node), self._k + "all")
+        confirmed = 0
+        async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
+            while confirmed < 2:
+                msg = await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT)
+                if msg is not None and msg.get("type") == "subscribe":
+                    confirmed += 1
+
+    async def _resync(self) -> None:
+        """After a gap in this node's subscription: messages sent meanwhile to its participants
+        were kept in Redis (nobody was listening); hand them over now."""
+        for arn, members in list(self._local.items()):
+            for conn, peer in list(members.items()):
+                res = await self._scripts["TAKE"](
+                    keys=[self._chan(arn), self._queue((arn, peer.client_id))],
+                    args=[self._k, self._node, field(peer.client_id), conn],
+                )
+                for text in res:
+                    peer.deliver(str(text))
+
     async def _listen(self) -> None:
-        pubsub = self._pubsub
         while True:
             try:
-                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
-                logger.warning("signaling bus subscription failed (%r); retrying", exc)
-                await asyncio.sleep(0.5)
+            except (RedisError, OSError, TimeoutError) as exc:
+                logger.warning("signaling bus subscription lost (%r); subscribing again", exc)
+                await asyncio.sleep(0.2)
+                try:
+                    await self._subscribe()
+                    await self._resync()
+                except (RedisError, OSError, TimeoutError) as again:
+                    logger.warning("signaling bus: subscribing again failed (%r)", again)
                 continue
             if msg is None or msg.get("type") != "message":
                 continue
