@@ -24,7 +24,7 @@ from openkvs.services import Services
 from openkvs.webrtc.manager import StorageSessionManager
 
 from ..support import bound_socket, make_settings
-from .conftest import REDIS_URL
+from .conftest import redis_url
 
 
 class SharedControl(ControlPlane):
@@ -90,7 +90,7 @@ class Node:
 
 def node_settings(data_dir: Path, prefix: str, **overrides: Any) -> Settings:
     return make_settings(
-        data_dir, bus_url=f"{REDIS_URL}?prefix={prefix}", signaling_ping_interval=0, **overrides
+        data_dir, bus_url=f"{redis_url()}?prefix={prefix}", signaling_ping_interval=0, **overrides
     )
 
 

@@ -25,7 +25,7 @@ from openkvs.signaling.bus import (
 from openkvs.signaling.cluster import parse_bus_url
 from openkvs.signaling.redisbus import RedisBus
 
-from .conftest import REDIS_URL, FakeMonotonic
+from .conftest import FakeMonotonic, redis_url
 
 ARN = "arn:aws:kinesisvideo:us-east-1:000000000000:channel/c/1"
 OTHER = "arn:aws:kinesisvideo:us-east-1:000000000000:channel/d/2"
@@ -74,7 +74,7 @@ async def make_bus(request: pytest.FixtureRequest) -> AsyncIterator[MakeBus]:
                 await local[0].start()
             return local[0]
         prefix = request.getfixturevalue("redis_prefix")
-        bus = RedisBus(REDIS_URL, prefix=prefix, **options)
+        bus = RedisBus(redis_url(), prefix=prefix, **options)
         await bus.start()
         started.append(bus)
         return bus
@@ -304,8 +304,8 @@ async def test_storage_registry(make_bus: MakeBus) -> None:
 
 async def test_presence_does_not_outlive_a_dead_node(redis_prefix: str) -> None:
     # A node whose heartbeat lapses (it died without stopping) counts as gone.
-    dead = RedisBus(REDIS_URL, prefix=redis_prefix, heartbeat=60, node_ttl=0.3)
-    live = RedisBus(REDIS_URL, prefix=redis_prefix)
+    dead = RedisBus(redis_url(), prefix=redis_prefix, heartbeat=60, node_ttl=0.3)
+    live = RedisBus(redis_url(), prefix=redis_prefix)
     await dead.start()
     await live.start()
     try:
@@ -337,11 +337,11 @@ async def test_local_bus_expiry_follows_the_clock(monotonic: FakeMonotonic) -> N
 async def test_a_lapsed_heartbeat_puts_this_nodes_connections_back(redis_prefix: str) -> None:
     import redis.asyncio as aioredis
 
-    bus = RedisBus(REDIS_URL, prefix=redis_prefix, heartbeat=0.1, node_ttl=5)
-    other = RedisBus(REDIS_URL, prefix=redis_prefix)
+    bus = RedisBus(redis_url(), prefix=redis_prefix, heartbeat=0.1, node_ttl=5)
+    other = RedisBus(redis_url(), prefix=redis_prefix)
     await bus.start()
     await other.start()
-    r = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    r = aioredis.Redis.from_url(redis_url(), decode_responses=True)
     try:
         master = ListPeer(None)
         await bus.attach(master)
@@ -387,11 +387,11 @@ async def test_a_node_whose_subscription_dropped_gets_what_was_kept_meanwhile(
 ) -> None:
     import redis.asyncio as aioredis
 
-    a = RedisBus(REDIS_URL, prefix=redis_prefix)
-    b = RedisBus(REDIS_URL, prefix=redis_prefix)
+    a = RedisBus(redis_url(), prefix=redis_prefix)
+    b = RedisBus(redis_url(), prefix=redis_prefix)
     await a.start()
     await b.start()
-    r = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    r = aioredis.Redis.from_url(redis_url(), decode_responses=True)
     try:
         viewer = ListPeer("v")
         await b.attach(viewer)
