@@ -317,7 +317,7 @@ def _lifecycle(services: Services) -> Callable[[web.Application], AsyncIterator[
         # Before the storage sessions: they allocate on the embedded TURN server.
         await services.ice.start()
         await services.sessions.start()
-        control.on_channel_closed(services.sessions.channel_closed)
+        control.on_channel_closed(services.joins.channel_closed)
         await services.hub.start()
         control.on_channel_closed(services.hub.channel_closed)
         await retention.start()

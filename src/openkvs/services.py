@@ -19,6 +19,7 @@ from .ops.health import Health
 from .ops.metrics import Metrics
 from .playback.imagegen import ImageGenerator
 from .playback.service import PlaybackService
+from .signaling.cluster import JoinRouter, make_bus
 from .signaling.hub import SignalingHub
 from .signaling.ice import IceServers
 
@@ -49,6 +50,9 @@ class Services:
     events: Events = dataclasses.field(default=None)  # type: ignore[assignment]
     # ICE servers for GetIceServerConfig and the storage peer (runs coturn); built when not given.
     ice: IceServers = dataclasses.field(default=None)  # type: ignore[assignment]
+    # Runs storage-session joins on the node that runs the channel's sessions; built when not
+    # given.
+    joins: JoinRouter = dataclasses.field(default=None)  # type: ignore[assignment]
     # Images of fragments whose producer asked for them (IMAGE_GENERATION events); built when
     # not given.
     imagegen: ImageGenerator = dataclasses.field(default=None)  # type: ignore[assignment]
@@ -59,7 +63,9 @@ class Services:
         if self.cluster is None:
             self.cluster = LocalCluster()
         if self.hub is None:
-            self.hub = SignalingHub(self.settings, self.control)
+            self.hub = SignalingHub(self.settings, self.control, make_bus(self.settings.bus_url))
+        if self.joins is None:
+            self.joins = JoinRouter(self.hub.bus, self.control, lambda: self.sessions)
         if self.dataplane is None:
             leases = self.cluster.leases if self.cluster.distributed else None
             self.dataplane = DataPlane(self.settings, self.control, self.fragments, leases)

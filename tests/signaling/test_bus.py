@@ -1,26 +1,46 @@
-"""LocalBus on its own: presence, replacement, and the bounds on what it keeps."""
+"""The Bus contract, for LocalBus and for RedisBus (two instances on one key prefix standing for
+two nodes): presence and replacement, the viewer cap, delivery, TTL buffering and its bounds,
+calls between nodes. With LocalBus both "nodes" are the same bus."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
 import pytest
 
-from openkvs.errors import ClientLimitExceededException
-from openkvs.signaling.bus import Delivery, LocalBus
+from openkvs.config import ConfigError, Settings
+from openkvs.errors import ClientLimitExceededException, InvalidArgumentException
+from openkvs.signaling import cluster
+from openkvs.signaling.bus import (
+    Bus,
+    Delivery,
+    LocalBus,
+    Location,
+    NodeUnreachable,
+    ViewerLimitReached,
+)
+from openkvs.signaling.redisbus import RedisBus
 
-from .conftest import FakeMonotonic
+from .conftest import FakeMonotonic, redis_url
 
 ARN = "arn:aws:kinesisvideo:us-east-1:000000000000:channel/c/1"
+OTHER = "arn:aws:kinesisvideo:us-east-1:000000000000:channel/d/2"
+_conns = itertools.count(1)
 
 
 class ListPeer:
     """A Peer that keeps what it is given, up to ``room`` events."""
 
-    def __init__(self, client_id: str | None, room: int = 1000) -> None:
-        self.channel_arn = ARN
+    def __init__(self, client_id: str | None, room: int = 1000, arn: str = ARN) -> None:
+        self.channel_arn = arn
         self.client_id = client_id
-        self.connection_id = f"conn-{client_id}"
+        self.connection_id = f"conn-{client_id}-{next(_conns)}"
         self.room = room
         self.got: list[str] = []
+        self.gone_away = False
 
     def deliver(self, text: str) -> bool:
         if len(self.got) >= self.room:
@@ -29,49 +49,357 @@ class ListPeer:
         return True
 
     def go_away(self, grace: float | None = None) -> None:
-        return None
+        self.gone_away = True
 
     def close(self) -> None:
         return None
 
 
-async def test_presence_and_replacement() -> None:
-    bus = LocalBus()
-    first, second, viewer = ListPeer(None), ListPeer(None), ListPeer("v")
-    assert bus.attach(first) is None
-    assert bus.attach(viewer) is None
-    assert bus.attach(second) is first
-    assert bus.current((ARN, None)) is second and bus.viewer_count(ARN) == 1
-    assert not bus.detach(first)  # no longer current: nothing to forget
-    assert bus.detach(second) and bus.current((ARN, None)) is None
-    assert await bus.deliver((ARN, "v"), "x", ttl=5, origin="m", is_offer=False) is (
+MakeBus = Callable[..., Awaitable[Bus]]
+
+
+@pytest.fixture(params=["local", "redis"])
+async def make_bus(request: pytest.FixtureRequest) -> AsyncIterator[MakeBus]:
+    """``await make_bus(**options)``: a started bus; each call is another node of the same
+    deployment (for LocalBus: the same bus, whatever the options)."""
+    started: list[Bus] = []
+    local: list[LocalBus] = []
+
+    async def make(**options: Any) -> Bus:
+        if request.param == "local":
+            if not local:
+                local.append(LocalBus(**options))
+                started.append(local[0])
+                await local[0].start()
+            return local[0]
+        prefix = request.getfixturevalue("redis_prefix")
+        bus = RedisBus(redis_url(), prefix=prefix, **options)
+        await bus.start()
+        started.append(bus)
+        return bus
+
+    yield make
+    for bus in started:
+        await bus.stop()
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 3.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+async def pending_count(bus: Bus, key: tuple[str, str | None]) -> int:
+    if isinstance(bus, LocalBus):
+        return bus.pending_count(key)
+    assert isinstance(bus, RedisBus)
+    return await bus.pending_count(key)
+
+
+async def pending_bytes(bus: Bus) -> int:
+    if isinstance(bus, LocalBus):
+        return bus.pending_bytes
+    assert isinstance(bus, RedisBus)
+    return await bus.pending_bytes()
+
+
+async def test_attach_replaces_and_the_old_connection_learns_it(make_bus: MakeBus) -> None:
+    a, b = await make_bus(), await make_bus()
+    first, second = ListPeer(None), ListPeer(None)
+    assert (await a.attach(first)).replaced is None
+    assert await b.locate((ARN, None)) == Location(a.node_id, first.connection_id)
+    assert a.is_current(first)
+    attached = await b.attach(second)
+    assert attached.replaced == Location(a.node_id, first.connection_id)
+    await eventually(lambda: first.gone_away)
+    await eventually(lambda: not a.is_current(first))
+    assert b.is_current(second) and not second.gone_away
+    assert await a.locate((ARN, None)) == Location(b.node_id, second.connection_id)
+    assert second in b.peers(ARN) and first not in a.peers(ARN)
+
+
+async def test_detach_only_if_current(make_bus: MakeBus) -> None:
+    a, b = await make_bus(), await make_bus()
+    first, second = ListPeer("v"), ListPeer("v")
+    await a.attach(first)
+    await b.attach(second)
+    assert not await a.detach(first)  # replaced: nothing to forget
+    assert await a.locate((ARN, "v")) == Location(b.node_id, second.connection_id)
+    assert await b.detach(second)
+    assert await a.locate((ARN, "v")) is None
+    assert not await b.detach(second)
+    assert await a.viewer_count(ARN) == 0
+
+
+async def test_viewer_cap_is_atomic_across_nodes(make_bus: MakeBus) -> None:
+    a, b = await make_bus(), await make_bus()
+    viewers = [ListPeer(f"v{i}") for i in range(12)]
+    results = await asyncio.gather(
+        *((a if i % 2 else b).attach(p, max_viewers=3) for i, p in enumerate(viewers)),
+        return_exceptions=True,
+    )
+    admitted = [p for p, r in zip(viewers, results, strict=True) if not isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, Exception)]
+    assert len(admitted) == 3 and all(isinstance(r, ViewerLimitReached) for r in refused)
+    assert await a.viewer_count(ARN) == await b.viewer_count(ARN) == 3
+    # A viewer replacing its own connection is not a new viewer; the master never counts.
+    again = ListPeer(admitted[0].client_id)
+    assert (await a.attach(again, max_viewers=3)).replaced is not None
+    await b.attach(ListPeer(None), max_viewers=3)
+    with pytest.raises(ViewerLimitReached):
+        await a.attach(ListPeer("late"), max_viewers=3)
+    assert await b.viewer_count(ARN) == 3
+
+
+async def test_delivery_local_and_to_another_node(make_bus: MakeBus) -> None:
+    a, b = await make_bus(), await make_bus()
+    master, viewer = ListPeer(None), ListPeer("v")
+    await a.attach(master)
+    await b.attach(viewer)
+    assert await a.deliver((ARN, None), "to-master", ttl=5, origin="v", is_offer=False) is (
         Delivery.DELIVERED
     )
-    assert viewer.got == ["x"]
+    assert master.got == ["to-master"]
+    for i in range(5):
+        assert await a.deliver((ARN, "v"), f"m{i}", ttl=5, origin="m", is_offer=False) is (
+            Delivery.DELIVERED
+        )
+    await eventually(lambda: len(viewer.got) == 5)
+    assert viewer.got == [f"m{i}" for i in range(5)]  # in order
 
 
-async def test_bounds(monotonic: FakeMonotonic) -> None:
-    bus = LocalBus(max_per_participant=3, max_bytes=10)
-    for text in ("a", "b", "c", "d"):
-        assert await bus.deliver((ARN, None), text, ttl=5, origin="v", is_offer=False) is (
+async def test_kept_for_an_absent_participant_and_flushed_on_another_node(
+    make_bus: MakeBus,
+) -> None:
+    a, b = await make_bus(), await make_bus()
+    for text in ("one", "two", "three"):
+        assert await a.deliver((ARN, "v"), text, ttl=30, origin="m", is_offer=False) is (
             Delivery.BUFFERED
         )
-    assert bus.pending_count((ARN, None)) == 3 and bus.pending_bytes == 3  # "a" went first
-    with pytest.raises(ClientLimitExceededException):
-        await bus.deliver((ARN, "w"), "x" * 8, ttl=5, origin="m", is_offer=False)
-    assert await bus.deliver((ARN, "w"), "y", ttl=0, origin="m", is_offer=False) is (
-        Delivery.DROPPED
-    )
-    monotonic.advance(6)
-    bus.prune()
-    assert bus.pending_bytes == 0 and bus.pending_count((ARN, None)) == 0
-    # A peer that cannot take more leaves the rest of its messages for its next connection.
+    assert await pending_count(b, (ARN, "v")) == 3
+    viewer = ListPeer("v")
+    assert (await b.attach(viewer)).flushed == 3
+    assert viewer.got == ["one", "two", "three"]
+    assert await pending_count(a, (ARN, "v")) == 0 and await pending_bytes(a) == 0
+    # Events without a TTL reach connected participants only.
+    assert await a.deliver((ARN, "w"), "x", ttl=0, origin="m", is_offer=False) is (Delivery.DROPPED)
+
+
+async def test_a_message_for_a_socket_that_cannot_take_it_is_kept(make_bus: MakeBus) -> None:
+    a, b = await make_bus(), await make_bus()
     full = ListPeer(None, room=0)
-    bus.attach(full)
-    assert await bus.deliver((ARN, None), "z", ttl=5, origin="v", is_offer=False) is (
+    await b.attach(full)
+    delivered = await a.deliver((ARN, None), "z", ttl=30, origin="v", is_offer=False)
+    # Handed to the node that holds the socket, which keeps it when the socket refuses it.
+    assert delivered in (Delivery.BUFFERED, Delivery.DELIVERED)
+    await b.detach(full)
+    fresh = ListPeer(None)
+    for _ in range(300):
+        if await pending_count(a, (ARN, None)) == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert (await a.attach(fresh)).flushed == 1 and fresh.got == ["z"]
+
+
+async def test_kept_messages_expire(make_bus: MakeBus) -> None:
+    a, b = await make_bus(), await make_bus()
+    await a.deliver((ARN, "v"), "short", ttl=0.3, origin="m", is_offer=False)
+    await a.deliver((ARN, "v"), "long", ttl=30, origin="m", is_offer=False)
+    await a.deliver((ARN, "w"), "gone", ttl=0.3, origin="m", is_offer=False)
+    await asyncio.sleep(0.5)
+    await a.prune()
+    assert await pending_count(a, (ARN, "w")) == 0
+    # LocalBus trims "v" now, RedisBus when "v" is next used: "long" is kept either way.
+    assert len("long") <= await pending_bytes(a) <= len("short") + len("long")
+    viewer = ListPeer("v")
+    assert (await b.attach(viewer)).flushed == 1 and viewer.got == ["long"]
+    assert await pending_bytes(a) == 0
+
+
+async def test_a_newer_offer_supersedes_the_same_senders_pending_messages(
+    make_bus: MakeBus,
+) -> None:
+    a, b = await make_bus(), await make_bus()
+    key = (ARN, None)
+    await a.deliver(key, "offer-1", ttl=30, origin="viewer:x", is_offer=True)
+    await a.deliver(key, "cand-1", ttl=30, origin="viewer:x", is_offer=False)
+    await b.deliver(key, "offer-y", ttl=30, origin="viewer:y", is_offer=True)
+    await b.deliver(key, "offer-2", ttl=30, origin="viewer:x", is_offer=True)
+    assert await pending_count(a, key) == 2
+    assert await pending_bytes(a) == len("offer-y") + len("offer-2")
+    master = ListPeer(None)
+    await a.attach(master)
+    assert master.got == ["offer-y", "offer-2"]
+
+
+async def test_bounds(make_bus: MakeBus) -> None:
+    a = await make_bus(max_per_participant=3, max_bytes=10)
+    b = await make_bus(max_per_participant=3, max_bytes=10)
+    for text in ("a", "b", "c", "d"):
+        assert await a.deliver((ARN, None), text, ttl=0.4, origin="v", is_offer=False) is (
+            Delivery.BUFFERED
+        )
+    # "a" went first.
+    assert await pending_count(a, (ARN, None)) == 3 and await pending_bytes(a) == 3
+    with pytest.raises(ClientLimitExceededException):
+        await b.deliver((ARN, "w"), "x" * 8, ttl=5, origin="m", is_offer=False)
+    await asyncio.sleep(0.6)
+    # The budget is spent by expired messages only: they make room.
+    assert await b.deliver((ARN, "w"), "x" * 8, ttl=5, origin="m", is_offer=False) is (
         Delivery.BUFFERED
     )
-    bus.detach(full)
-    fresh = ListPeer(None)
-    bus.attach(fresh)
-    assert bus.flush(fresh) == 1 and fresh.got == ["z"] and bus.pending_bytes == 0
+    assert await pending_bytes(a) == 8 and await pending_count(a, (ARN, None)) == 0
+
+
+async def test_close_channel_reaches_every_node(make_bus: MakeBus) -> None:
+    a, b = await make_bus(), await make_bus()
+    master, viewer, elsewhere = ListPeer(None), ListPeer("v"), ListPeer("v", arn=OTHER)
+    await a.attach(master)
+    await b.attach(viewer)
+    await b.attach(elsewhere)
+    await a.deliver((ARN, "w"), "kept", ttl=30, origin="m", is_offer=False)
+    await a.deliver((OTHER, "w"), "other", ttl=30, origin="m", is_offer=False)
+    await a.close_channel(ARN)
+    await eventually(lambda: master.gone_away and viewer.gone_away)
+    assert not elsewhere.gone_away
+    assert await pending_count(b, (ARN, "w")) == 0 and await pending_count(b, (OTHER, "w")) == 1
+
+
+async def test_calls_between_nodes(make_bus: MakeBus) -> None:
+    a, b = await make_bus(), await make_bus()
+
+    async def echo(args: dict[str, Any]) -> Any:
+        if args.get("fail"):
+            raise InvalidArgumentException("no such thing")
+        return {"echo": args["x"], "node": b.node_id}
+
+    b.serve("test.echo", echo)
+    assert await a.call(b.node_id, "test.echo", {"x": 1}, limit=3) == {
+        "echo": 1,
+        "node": b.node_id,
+    }
+    with pytest.raises(InvalidArgumentException, match="no such thing"):
+        await a.call(b.node_id, "test.echo", {"fail": True}, limit=3)
+    with pytest.raises(NodeUnreachable):
+        await a.call("no-such-node", "test.echo", {"x": 1}, limit=3)
+
+
+async def test_storage_registry(make_bus: MakeBus) -> None:
+    a, b = await make_bus(), await make_bus()
+    if isinstance(a, LocalBus):
+        assert await a.storage_node(ARN) == a.node_id  # one node runs everything
+        return
+    assert await a.storage_node(ARN) is None
+    assert await b.claim_storage(ARN) == b.node_id
+    assert await a.storage_node(ARN) == b.node_id
+    # Claims are atomic: a live owner keeps the channel, unless found unreachable.
+    assert await a.claim_storage(ARN) == b.node_id
+    assert await a.claim_storage(ARN, instead_of=b.node_id) == a.node_id
+    assert await b.claim_storage(ARN) == a.node_id
+    assert await b.claim_storage(ARN, instead_of=a.node_id) == b.node_id
+    await b.stop()  # a stopped node runs nothing
+    assert await a.storage_node(ARN) is None
+
+
+async def test_presence_does_not_outlive_a_dead_node(redis_prefix: str) -> None:
+    # A node whose heartbeat lapses (it died without stopping) counts as gone.
+    dead = RedisBus(redis_url(), prefix=redis_prefix, heartbeat=60, node_ttl=0.3)
+    live = RedisBus(redis_url(), prefix=redis_prefix)
+    await dead.start()
+    await live.start()
+    try:
+        await dead.attach(ListPeer(None))
+        await dead.attach(ListPeer("v1"), max_viewers=1)
+        assert await live.locate((ARN, None)) is not None
+        await asyncio.sleep(0.5)
+        assert await live.locate((ARN, None)) is None
+        assert await live.viewer_count(ARN) == 0
+        master = ListPeer(None)
+        assert (await live.attach(master)).replaced is None
+        await live.attach(ListPeer("v2"), max_viewers=1)  # the dead node's viewer is not counted
+        assert await live.deliver((ARN, None), "x", ttl=5, origin="v", is_offer=False) is (
+            Delivery.DELIVERED
+        )
+    finally:
+        await dead.stop()
+        await live.stop()
+
+
+async def test_local_bus_expiry_follows_the_clock(monotonic: FakeMonotonic) -> None:
+    bus = LocalBus(max_per_participant=3, max_bytes=10)
+    await bus.deliver((ARN, None), "a", ttl=5, origin="v", is_offer=False)
+    monotonic.advance(6)
+    await bus.prune()
+    assert bus.pending_bytes == 0 and bus.pending_count((ARN, None)) == 0
+
+
+async def test_a_lapsed_heartbeat_puts_this_nodes_connections_back(redis_prefix: str) -> None:
+    import redis.asyncio as aioredis
+
+    bus = RedisBus(redis_url(), prefix=redis_prefix, heartbeat=0.1, node_ttl=5)
+    other = RedisBus(redis_url(), prefix=redis_prefix)
+    await bus.start()
+    await other.start()
+    r = aioredis.Redis.from_url(redis_url(), decode_responses=True)
+    try:
+        master = ListPeer(None)
+        await bus.attach(master)
+        # As if this node had stalled past its TTL and another node had cleaned up after it.
+        await r.delete(f"{bus.prefix}node:{bus.node_id}", f"{bus.prefix}ch:{ARN}")
+        assert await other.locate((ARN, None)) is None
+        for _ in range(100):
+            if await other.locate((ARN, None)) is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert await other.locate((ARN, None)) == Location(bus.node_id, master.connection_id)
+        assert await other.deliver((ARN, None), "x", ttl=5, origin="v", is_offer=False) is (
+            Delivery.DELIVERED
+        )
+        await eventually(lambda: master.got == ["x"])
+    finally:
+        await r.aclose()
+        await bus.stop()
+        await other.stop()
+
+
+def test_bus_url() -> None:
+    assert isinstance(cluster.make_bus("local:"), LocalBus)
+    assert isinstance(cluster.make_bus("redis://127.0.0.1:1/0?prefix=x"), RedisBus)
+    assert Settings.load({}, None, {"bus_url": "redis://h:1/0?prefix=p"}).bus_url.startswith(
+        "redis://"
+    )
+    with pytest.raises(ConfigError, match="bus_url"):
+        Settings.load({}, None, {"bus_url": "postgres://h/db"})
+
+
+async def test_a_node_whose_subscription_dropped_gets_what_was_kept_meanwhile(
+    redis_prefix: str,
+) -> None:
+    import redis.asyncio as aioredis
+
+    a = RedisBus(redis_url(), prefix=redis_prefix)
+    b = RedisBus(redis_url(), prefix=redis_prefix)
+    await a.start()
+    await b.start()
+    r = aioredis.Redis.from_url(redis_url(), decode_responses=True)
+    try:
+        viewer = ListPeer("v")
+        await b.attach(viewer)
+        # Cut B's subscription (as a network blip would); A's message finds nobody listening.
+        clients = await r.client_list()
+        ours = [c for c in clients if c["name"] == f"openkvs-signaling-{b.node_id}"]
+        subscribed = [c for c in ours if int(c.get("sub", 0)) > 0]
+        assert len(subscribed) == 1
+        await r.client_kill_filter(_id=subscribed[0]["id"])
+        sent = await a.deliver((ARN, "v"), "during", ttl=30, origin="m", is_offer=False)
+        assert sent in (Delivery.BUFFERED, Delivery.DELIVERED)
+        await eventually(lambda: viewer.got == ["during"], timeout=5)
+        # And B listens again.
+        assert await a.deliver((ARN, "v"), "after", ttl=30, origin="m", is_offer=False) is (
+            Delivery.DELIVERED
+        )
+        await eventually(lambda: viewer.got == ["during", "after"])
+    finally:
+        await r.aclose()
+        await a.stop()
+        await b.stop()

@@ -7,7 +7,7 @@ import asyncio
 import base64
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -20,9 +20,9 @@ from .kvs import Client, b64json, presigned_url, setup_channel, unb64json
 OFFER = {"type": "offer", "sdp": "v=0\r\n"}
 
 
-async def on_server(server: ServerThread, fn: Callable[[], object]) -> object:
+async def on_server(server: ServerThread, fn: Callable[[], Awaitable[object]]) -> object:
     async def run() -> object:
-        return fn()
+        return await fn()
 
     return await asyncio.wrap_future(server.submit(run()))
 
@@ -159,7 +159,7 @@ async def test_a_client_that_does_not_read_is_dropped(
     async def flood() -> tuple[int, int]:
         sent_while_connected = 0
         for _ in range(3000):
-            if not hub.is_connected(arn, None):
+            if not await hub.is_connected(arn, None):
                 break
             await hub.send(arn, None, "ICE_CANDIDATE", payload)
             sent_while_connected += 1

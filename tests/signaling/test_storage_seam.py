@@ -195,7 +195,7 @@ async def test_disconnects_and_connection_ids(server: ServerThread) -> None:
     h = hub(server)
 
     async def state(client_id: str | None) -> tuple[bool, str | None]:
-        return h.is_connected(arn, client_id), h.connection_id(arn, client_id)
+        return await h.is_connected(arn, client_id), await h.connection_id(arn, client_id)
 
     assert await on_server(server, state(None)) == (False, None)
     first = await Client.connect(server, arn)

@@ -2,7 +2,8 @@
 
 Status codes follow the seed contract (480–483) unless ``--aws-error-codes`` is set; see
 ``protocol.SEED_STATUS``. The call answers 200 with an empty body as soon as the join is
-accepted; the storage session then offers to the participant over its signaling connection.
+accepted; the storage session then offers to the participant over its signaling connection. With
+several nodes the join runs on the node that runs the channel's sessions (``signaling/cluster.py``).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def _resolve(ctx: RequestContext, channel_arn: str) -> tuple[Channel, Stream]:
 @handlers.operation("JoinStorageSession")
 async def join_storage_session(ctx: RequestContext, p: dict[str, Any]) -> None:
     channel, stream = _resolve(ctx, p["channelArn"])
-    await ctx.services.sessions.join_master(channel, stream)
+    await ctx.services.joins.join_master(channel, stream)
     ctx.services.events.publish(
         STORAGE_SESSION_STARTED, ChannelARN=channel.arn, StreamARN=stream.arn, role="master"
     )
@@ -60,7 +61,7 @@ async def join_storage_session_as_viewer(ctx: RequestContext, p: dict[str, Any])
     if client_id.upper().startswith("AWS_"):
         raise InvalidArgumentException("clientId must not start with AWS_.")
     channel, stream = _resolve(ctx, p["channelArn"])
-    await ctx.services.sessions.join_viewer(channel, stream, client_id)
+    await ctx.services.joins.join_viewer(channel, stream, client_id)
     ctx.services.events.publish(
         STORAGE_SESSION_STARTED,
         ChannelARN=channel.arn,

@@ -1,17 +1,20 @@
 """Who is connected where, delivery, and TTL buffering of signaling messages.
 
 The :class:`Bus` is the routing core's seam: :class:`LocalBus` keeps everything in this process;
-a bus for several nodes (Redis or PostgreSQL) implements the same calls with presence in a shared
-map, delivery over pub/sub to the node that holds the socket, and pending messages in TTL'd
-lists (keeping a local cache so that ``current`` stays synchronous).
+``RedisBus`` (``redisbus.py``) serves several nodes with presence in a shared map, delivery over
+pub/sub to the node that holds the socket, and pending messages in TTL'd lists. Calls between
+nodes (``call``/``serve``) carry the storage-session traffic to the node that runs a channel's
+sessions.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import enum
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from .. import clock
 from ..errors import ClientLimitExceededException
@@ -23,6 +26,7 @@ ParticipantKey = tuple[str, str | None]
 # first) and this many bytes in all (further messages are refused with ClientLimitExceeded).
 MAX_PENDING_PER_PARTICIPANT = 64
 MAX_PENDING_BYTES = 16 * 1024 * 1024
+PENDING_FULL_MESSAGE = "Too many undelivered signaling messages are waiting; try again later."
 
 
 def channel_label(arn: str) -> str:
@@ -60,36 +64,124 @@ class Delivery(enum.Enum):
     DROPPED = "dropped"
 
 
+class ViewerLimitReached(Exception):
+    """``attach`` refused a new viewer: the channel has ``max_viewers`` already."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+    """Where a participant's connection is: the node holding its socket, and its id there."""
+
+    node: str
+    connection_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Attached:
+    # The connection this one replaced (it has been told to go away), if any.
+    replaced: Location | None
+    # How many kept messages were handed to the new connection.
+    flushed: int
+
+
+# A call from another node: handler(args) -> JSON-able result; ServiceErrors travel back.
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
 class Bus(Protocol):
-    """Presence, delivery and TTL buffering for one signaling deployment."""
+    """Presence, delivery and TTL buffering for one signaling deployment (one node or many).
+
+    Presence is shared: ``attach``/``detach``/``locate`` see every node's connections, and the
+    viewer cap is checked in the same atomic step as the attach. The connections this node holds
+    are also kept locally (``peers``, ``is_current``), so that routing a frame from a local
+    socket needs no round trip.
+    """
+
+    @property
+    def node_id(self) -> str: ...
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
 
-    def attach(self, peer: Peer) -> Peer | None:
-        """Make ``peer`` the current connection of its participant; return the one it replaces."""
+    async def attach(self, peer: Peer, *, max_viewers: int = 0) -> Attached:
+        """Make ``peer`` (held by this node) the current connection of its participant.
+
+        The connection it replaces, on whichever node, gets GO_AWAY. A new viewer is refused
+        with :class:`ViewerLimitReached` when ``max_viewers`` (> 0) viewers are connected; a
+        viewer replacing its own previous connection is not. The messages kept for the
+        participant are handed to ``peer`` before anything newer."""
         ...
 
-    def detach(self, peer: Peer) -> bool:
+    async def detach(self, peer: Peer) -> bool:
         """Forget ``peer`` if it is still current; True if it was."""
         ...
 
-    def current(self, key: ParticipantKey) -> Peer | None: ...
-    def viewer_count(self, channel_arn: str) -> int: ...
-    def peers(self, channel_arn: str | None = None) -> list[Peer]: ...
+    def is_current(self, peer: Peer) -> bool:
+        """Whether ``peer`` (held by this node) is still its participant's current connection,
+        as far as this node knows (a replacement on another node is learnt shortly after)."""
+        ...
+
+    async def locate(self, key: ParticipantKey) -> Location | None:
+        """Where the participant is connected, on any node; None if it is not."""
+        ...
+
+    async def viewer_count(self, channel_arn: str) -> int: ...
+
+    def peers(self, channel_arn: str | None = None) -> list[Peer]:
+        """The connections held by this node (of one channel, or all)."""
+        ...
 
     async def deliver(
         self, key: ParticipantKey, text: str, *, ttl: float, origin: str, is_offer: bool
     ) -> Delivery:
-        """Send ``text`` to the participant, or keep it for ``ttl`` seconds until it connects."""
+        """Send ``text`` to the participant, or keep it for ``ttl`` seconds until it connects
+        (on any node). Keeping a newer offer (``is_offer``) drops what the same ``origin`` had
+        pending for the participant. Raises ClientLimitExceededException when the budget for
+        kept messages is spent."""
         ...
 
-    def flush(self, peer: Peer) -> int:
-        """Deliver the messages kept for ``peer``'s participant; return how many went out."""
+    async def close_channel(self, channel_arn: str) -> None:
+        """GO_AWAY to the channel's connections on every node; forget its kept messages."""
         ...
 
-    def drop_channel(self, channel_arn: str) -> None: ...
-    def prune(self) -> None: ...
+    async def hold(self, key: ParticipantKey, stand_in: Peer, *, ttl: float) -> None:
+        """Until ``release`` (or ``ttl`` seconds), messages for the participant that find no
+        connection of it go to ``stand_in`` on this node instead of being kept: an HTTPS caller
+        waiting for its answer (SendAlexaOfferToMaster) while the master is on another node."""
+        ...
+
+    async def release(self, key: ParticipantKey, stand_in: Peer) -> None: ...
+
+    async def prune(self) -> None:
+        """Forget expired kept messages."""
+        ...
+
+    # -- calls between nodes ------
+
+    def serve(self, method: str, handler: Handler) -> None:
+        """Answer ``call(self.node_id, method, ...)`` from any node with ``handler``."""
+        ...
+
+    async def call(self, node: str, method: str, args: dict[str, Any], *, limit: float) -> Any:
+        """Run ``method`` on ``node`` and return its result; a ServiceError it raises is raised
+        here. :class:`NodeUnreachable` if that node is gone, InternalFailure on timeout."""
+        ...
+
+    # -- which node runs a channel's storage sessions ------
+
+    async def storage_node(self, channel_arn: str) -> str | None:
+        """The live node that runs the channel's storage sessions, if one claimed them."""
+        ...
+
+    async def claim_storage(self, channel_arn: str, *, instead_of: str | None = None) -> str:
+        """Claim the channel's storage sessions for this node, atomically: unless another live
+        node (other than ``instead_of``, found unreachable) holds them. Return the node that
+        runs them."""
+        ...
+
+
+class NodeUnreachable(Exception):
+    """A call went to a node that is not listening (stopped or dead)."""
 
 
 @dataclasses.dataclass
@@ -100,7 +192,9 @@ class _Pending:
 
 
 class LocalBus:
-    """The in-process :class:`Bus`."""
+    """The in-process :class:`Bus`: one node, everything in memory."""
+
+    node_id = "local"
 
     def __init__(
         self,
@@ -113,6 +207,7 @@ class LocalBus:
         self._pending_bytes = 0
         self._max_per_participant = max_per_participant
         self._max_bytes = max_bytes
+        self._handlers: dict[str, Handler] = {}
 
     async def start(self) -> None:
         return None
@@ -121,13 +216,22 @@ class LocalBus:
         self._pending.clear()
         self._pending_bytes = 0
 
-    def attach(self, peer: Peer) -> Peer | None:
+    async def attach(self, peer: Peer, *, max_viewers: int = 0) -> Attached:
         members = self._channels.setdefault(peer.channel_arn, {})
         old = members.get(peer.client_id)
+        if old is None and peer.client_id is not None and max_viewers > 0:
+            if sum(1 for c in members if c is not None) >= max_viewers:
+                if not members:
+                    del self._channels[peer.channel_arn]
+                raise ViewerLimitReached(peer.channel_arn)
         members[peer.client_id] = peer
-        return old
+        replaced = None
+        if old is not None and old is not peer:
+            old.go_away()
+            replaced = Location(self.node_id, old.connection_id)
+        return Attached(replaced, self._flush(peer))
 
-    def detach(self, peer: Peer) -> bool:
+    async def detach(self, peer: Peer) -> bool:
         members = self._channels.get(peer.channel_arn)
         if members is None or members.get(peer.client_id) is not peer:
             return False
@@ -140,7 +244,14 @@ class LocalBus:
         members = self._channels.get(key[0])
         return None if members is None else members.get(key[1])
 
-    def viewer_count(self, channel_arn: str) -> int:
+    def is_current(self, peer: Peer) -> bool:
+        return self.current((peer.channel_arn, peer.client_id)) is peer
+
+    async def locate(self, key: ParticipantKey) -> Location | None:
+        peer = self.current(key)
+        return None if peer is None else Location(self.node_id, peer.connection_id)
+
+    async def viewer_count(self, channel_arn: str) -> int:
         members = self._channels.get(channel_arn, {})
         return sum(1 for client_id in members if client_id is not None)
 
@@ -173,11 +284,9 @@ class LocalBus:
             self._pending_bytes -= sum(len(p.text) for p in queue) - sum(len(p.text) for p in kept)
             queue = self._pending[key] = kept
         if self._pending_bytes + len(text) > self._max_bytes:
-            self.prune()
+            self._prune()
             if self._pending_bytes + len(text) > self._max_bytes:
-                raise ClientLimitExceededException(
-                    "Too many undelivered signaling messages are waiting; try again later."
-                )
+                raise ClientLimitExceededException(PENDING_FULL_MESSAGE)
         if queue is None:
             queue = self._pending[key] = collections.deque()
         queue.append(_Pending(clock.monotonic() + ttl, origin, text))
@@ -186,7 +295,7 @@ class LocalBus:
             self._pending_bytes -= len(queue.popleft().text)
         return Delivery.BUFFERED
 
-    def flush(self, peer: Peer) -> int:
+    def _flush(self, peer: Peer) -> int:
         queue = self._pending.pop((peer.channel_arn, peer.client_id), None)
         if not queue:
             return 0
@@ -198,11 +307,23 @@ class LocalBus:
                 sent += 1
         return sent
 
-    def drop_channel(self, channel_arn: str) -> None:
+    async def close_channel(self, channel_arn: str) -> None:
+        for peer in self.peers(channel_arn):
+            peer.go_away()
         for key in [k for k in self._pending if k[0] == channel_arn]:
             self._pending_bytes -= sum(len(p.text) for p in self._pending.pop(key))
 
-    def prune(self) -> None:
+    async def prune(self) -> None:
+        self._prune()
+
+    async def hold(self, key: ParticipantKey, stand_in: Peer, *, ttl: float) -> None:
+        # One node: the hub hands such messages to its waiter before they reach the bus.
+        return None
+
+    async def release(self, key: ParticipantKey, stand_in: Peer) -> None:
+        return None
+
+    def _prune(self) -> None:
         now = clock.monotonic()
         for key in list(self._pending):
             queue = self._pending[key]
@@ -216,14 +337,34 @@ class LocalBus:
             if not queue:
                 del self._pending[key]
 
+    def serve(self, method: str, handler: Handler) -> None:
+        self._handlers[method] = handler
+
+    async def call(self, node: str, method: str, args: dict[str, Any], *, limit: float) -> Any:
+        handler = self._handlers.get(method)
+        if node != self.node_id or handler is None:
+            raise NodeUnreachable(node)
+        return await asyncio.wait_for(handler(args), limit)
+
+    async def storage_node(self, channel_arn: str) -> str | None:
+        return self.node_id
+
+    async def claim_storage(self, channel_arn: str, *, instead_of: str | None = None) -> str:
+        return self.node_id
+
 
 __all__ = [
     "MAX_PENDING_BYTES",
     "MAX_PENDING_PER_PARTICIPANT",
+    "Attached",
     "Bus",
     "Delivery",
+    "Handler",
     "LocalBus",
+    "Location",
+    "NodeUnreachable",
     "ParticipantKey",
     "Peer",
+    "ViewerLimitReached",
     "channel_label",
 ]

@@ -3,9 +3,9 @@
 A channel has at most one master and up to ``signaling_max_viewers`` viewers, each holding a
 signaling connection (a :class:`Peer`; the WebSocket implementation is in ``ws.py``). The hub
 decides where a client's message goes; the :class:`Bus` knows who is connected where, delivers
-and buffers. ``LocalBus`` keeps all of that in this process; a bus for several nodes (Redis or
-PostgreSQL) implements the same calls with presence in a shared map, delivery over pub/sub to
-the node that holds the socket and pending messages in TTL'd lists.
+and buffers. ``LocalBus`` keeps all of that in this process; ``RedisBus`` implements the same
+calls for several nodes, with presence in a shared map, delivery over pub/sub to the node that
+holds the socket and pending messages in TTL'd lists.
 
 Routing, peer-to-peer mode (media storage not ENABLED), as documented for SendSdpOffer and
 friends:
@@ -21,16 +21,20 @@ friends:
   superseded offer).
 
 Storage mode (media storage ENABLED): participants talk to the storage session only (reference
-§5.2, §7.2). See :meth:`SignalingHub._route_storage`.
+§5.2, §7.2). See :meth:`SignalingHub._route_storage`. A channel's storage sessions run on one
+node (``bus.storage_node``); a participant's answers, candidates and disconnects reach the storage
+endpoint there through a bus call when its socket is on another node.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
+from .. import ids
 from ..config import Settings
 from ..control.ratelimit import RateLimiter
 from ..control.resources import ControlPlane
@@ -47,8 +51,10 @@ from .bus import (
     Bus,
     Delivery,
     LocalBus,
+    NodeUnreachable,
     ParticipantKey,
     Peer,
+    ViewerLimitReached,
     channel_label,
 )
 from .messages import ICE_CANDIDATE, SDP_ANSWER, SDP_OFFER, ClientMessage, FrameError
@@ -61,6 +67,10 @@ ALEXA_RATE = 5.0
 MAX_ALEXA_WAITS = 1000
 # How long the hub waits for the storage endpoint to take note of a disconnect.
 DISCONNECT_NOTICE_TIMEOUT = 5.0
+# How long a participant's message waits for the node running the channel's storage session.
+STORAGE_CALL_TIMEOUT = 5.0
+STORAGE_MESSAGE = "storage.message"
+STORAGE_DISCONNECT = "storage.disconnect"
 
 STORAGE_ORIGIN = "storage"
 MASTER_ORIGIN = "master"
@@ -83,6 +93,34 @@ class StorageEndpoint(Protocol):
         ...
 
 
+class _AnswerWaiter:
+    """Stands in for a SendAlexaOfferToMaster caller (no socket): takes the master's SDP_ANSWER
+    and drops anything else, as the local waiter does."""
+
+    def __init__(self, channel_arn: str, client_id: str, waiter: asyncio.Future[str]) -> None:
+        self.channel_arn = channel_arn
+        self.client_id: str | None = client_id
+        self.connection_id = f"alexa-{ids.token(9)}"
+        self._waiter = waiter
+
+    def deliver(self, text: str) -> bool:
+        try:
+            event = json.loads(text)
+        except ValueError:
+            return True
+        payload = event.get("messagePayload")
+        if event.get("messageType") == SDP_ANSWER and isinstance(payload, str):
+            if not self._waiter.done():
+                self._waiter.set_result(payload)
+        return True
+
+    def go_away(self, grace: float | None = None) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 class SignalingHub:
     """Routes signaling messages between a channel's master, its viewers and storage sessions."""
 
@@ -101,6 +139,8 @@ class SignalingHub:
     # -- lifecycle ------
 
     async def start(self) -> None:
+        self.bus.serve(STORAGE_MESSAGE, self._serve_storage_message)
+        self.bus.serve(STORAGE_DISCONNECT, self._serve_storage_disconnect)
         await self.bus.start()
         self._pruner = asyncio.create_task(self._prune_loop(), name="signaling-prune")
 
@@ -125,7 +165,10 @@ class SignalingHub:
     async def _prune_loop(self) -> None:
         while True:
             await asyncio.sleep(PRUNE_INTERVAL)
-            self.bus.prune()
+            try:
+                await self.bus.prune()
+            except Exception:  # noqa: BLE001 - the next round tries again
+                logger.exception("pruning kept signaling messages failed")
 
     # -- the storage-session seam ------
 
@@ -160,13 +203,14 @@ class SignalingHub:
             key, text, ttl=ttl, origin=STORAGE_ORIGIN, is_offer=message_type == SDP_OFFER
         )
 
-    def is_connected(self, channel_arn: str, client_id: str | None) -> bool:
-        return self.bus.current((channel_arn, client_id)) is not None
+    async def is_connected(self, channel_arn: str, client_id: str | None) -> bool:
+        return await self.bus.locate((channel_arn, client_id)) is not None
 
-    def connection_id(self, channel_arn: str, client_id: str | None) -> str | None:
-        """An id that changes each time that participant (re)connects; None if not connected."""
-        peer = self.bus.current((channel_arn, client_id))
-        return None if peer is None else peer.connection_id
+    async def connection_id(self, channel_arn: str, client_id: str | None) -> str | None:
+        """An id that changes each time that participant (re)connects (on any node); None if
+        not connected."""
+        where = await self.bus.locate((channel_arn, client_id))
+        return None if where is None else where.connection_id
 
     # -- connections ------
 
@@ -175,48 +219,103 @@ class SignalingHub:
         GO_AWAY), enforce the viewer cap, then hand over the messages kept for it."""
         key = (peer.channel_arn, peer.client_id)
         cap = self.settings.signaling_max_viewers
-        if (
-            peer.client_id is not None
-            and cap > 0
-            and self.bus.current(key) is None
-            and self.bus.viewer_count(peer.channel_arn) >= cap
-        ):
+        try:
+            attached = await self.bus.attach(peer, max_viewers=cap)
+        except ViewerLimitReached:
             raise ClientLimitExceededException(
                 f"The maximum number of viewers ({cap}) are already connected to channel "
                 f"{channel_label(peer.channel_arn)}."
-            )
-        replaced = self.bus.attach(peer)
+            ) from None
+        replaced = attached.replaced
         if replaced is not None:
             logger.info(
-                "[%s %s] new connection replaces %s",
+                "[%s %s] new connection replaces %s (on node %s)",
                 channel_label(peer.channel_arn),
                 peer.client_id or "master",
                 replaced.connection_id,
+                replaced.node,
             )
-            replaced.go_away()
             await self._notify_disconnect(key)
-        self.bus.flush(peer)
 
     async def detach(self, peer: Peer) -> None:
         """A connection ended; tell the storage endpoint if it was the participant's current one."""
-        if self.bus.detach(peer):
+        try:
+            was_current = await self.bus.detach(peer)
+        except Exception:  # noqa: BLE001 - the connection ends anyway; its entry expires
+            logger.exception(
+                "[%s %s] could not forget connection %s",
+                channel_label(peer.channel_arn),
+                peer.client_id or "master",
+                peer.connection_id,
+            )
+            return
+        if was_current:
             await self._notify_disconnect((peer.channel_arn, peer.client_id))
 
     async def _notify_disconnect(self, key: ParticipantKey) -> None:
-        ep = self._storage
-        if ep is None:
-            return
         try:
-            await asyncio.wait_for(ep.on_disconnect(*key), DISCONNECT_NOTICE_TIMEOUT)
+            node = await self._storage_node(key[0])
+            if node is None:
+                return
+            if node == self.bus.node_id:
+                await self._local_disconnect(key[0], key[1])
+                return
+            await self.bus.call(
+                node,
+                STORAGE_DISCONNECT,
+                {"channel_arn": key[0], "client_id": key[1]},
+                limit=DISCONNECT_NOTICE_TIMEOUT,
+            )
+        except NodeUnreachable:
+            logger.info("[%s] the node of its storage session is gone", channel_label(key[0]))
         except Exception:  # noqa: BLE001 - the storage side must not break signaling
             logger.exception("[%s %s] storage on_disconnect failed", channel_label(key[0]), key[1])
+
+    async def _local_disconnect(self, channel_arn: str, client_id: str | None) -> None:
+        ep = self._storage
+        if ep is not None:
+            await asyncio.wait_for(
+                ep.on_disconnect(channel_arn, client_id), DISCONNECT_NOTICE_TIMEOUT
+            )
+
+    async def _storage_node(self, channel_arn: str) -> str | None:
+        """The node whose storage endpoint takes the channel's participants' traffic: the one
+        that claimed the channel's sessions, else this one if it has an endpoint."""
+        node = await self.bus.storage_node(channel_arn)
+        if node is not None:
+            return node
+        return self.bus.node_id if self._storage is not None else None
+
+    async def _serve_storage_message(self, args: dict[str, Any]) -> None:
+        channel_arn, client_id = str(args["channel_arn"]), args.get("client_id")
+        await self._local_message(
+            channel_arn,
+            None if client_id is None else str(client_id),
+            str(args["type"]),
+            str(args["payload"]),
+        )
+
+    async def _serve_storage_disconnect(self, args: dict[str, Any]) -> None:
+        client_id = args.get("client_id")
+        await self._local_disconnect(
+            str(args["channel_arn"]), None if client_id is None else str(client_id)
+        )
+
+    async def _local_message(
+        self, channel_arn: str, client_id: str | None, message_type: str, payload: str
+    ) -> None:
+        ep = self._storage
+        if ep is None:
+            raise InvalidArgumentException(
+                f"No storage session is running for channel {channel_label(channel_arn)}; call "
+                "JoinStorageSession first."
+            )
+        await ep.on_message(channel_arn, client_id, message_type, payload)
 
     async def channel_closed(self, channel: Channel) -> None:
         """The channel was deleted or its media storage disabled: GO_AWAY to all of its
         connections (closed after the grace period) and forget what was kept for them."""
-        for peer in self.bus.peers(channel.arn):
-            peer.go_away()
-        self.bus.drop_channel(channel.arn)
+        await self.bus.close_channel(channel.arn)
         for key, fut in list(self._alexa.items()):
             if key[0] == channel.arn and not fut.done():
                 fut.set_exception(
@@ -257,9 +356,7 @@ class SignalingHub:
             peer.deliver(messages.status_response(correlation_id, err))
 
     async def _route(self, peer: Peer, msg: ClientMessage) -> None:
-        key = (peer.channel_arn, peer.client_id)
-        current = self.bus.current(key)
-        if current is None or current.connection_id != peer.connection_id:
+        if not self.bus.is_current(peer):
             raise InvalidArgumentException(
                 "This connection was replaced by a newer connection of the same client."
             )
@@ -300,13 +397,27 @@ class SignalingHub:
                 f"Media storage is enabled for channel {channel.name}: peers connect to the "
                 "storage session (JoinStorageSession), not to each other."
             )
-        ep = self._storage
-        if ep is None:
+        node = await self._storage_node(channel.arn)
+        if node is None or node == self.bus.node_id:
+            await self._local_message(channel.arn, peer.client_id, msg.action, msg.payload)
+            return
+        try:
+            await self.bus.call(
+                node,
+                STORAGE_MESSAGE,
+                {
+                    "channel_arn": channel.arn,
+                    "client_id": peer.client_id,
+                    "type": msg.action,
+                    "payload": msg.payload,
+                },
+                limit=STORAGE_CALL_TIMEOUT,
+            )
+        except NodeUnreachable:
             raise InvalidArgumentException(
                 f"No storage session is running for channel {channel.name}; call "
                 "JoinStorageSession first."
-            )
-        await ep.on_message(channel.arn, peer.client_id, msg.action, msg.payload)
+            ) from None
 
     async def _route_peer_to_peer(self, peer: Peer, channel: Channel, msg: ClientMessage) -> None:
         ttl = float(channel.message_ttl)
@@ -366,7 +477,12 @@ class SignalingHub:
         ttl = float(channel.message_ttl)
         waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._alexa[key] = waiter
+        # The master may be connected to another node: its answer comes back to this one.
+        stand_in = _AnswerWaiter(channel.arn, sender_client_id, waiter)
+        held = False
         try:
+            await self.bus.hold(key, stand_in, ttl=ttl + 1.0)
+            held = True
             await self.bus.deliver(
                 (channel.arn, None),
                 messages.event(SDP_OFFER, payload, sender=sender_client_id),
@@ -386,6 +502,11 @@ class SignalingHub:
                 del self._alexa[key]
             if not waiter.done():
                 waiter.cancel()
+            if held:
+                try:
+                    await self.bus.release(key, stand_in)
+                except Exception:  # noqa: BLE001 - it expires on its own
+                    logger.warning("[%s] could not release a waiting offer", channel.name)
 
     # -- introspection ------
 
