@@ -90,7 +90,10 @@ class Node:
 
 def node_settings(data_dir: Path, prefix: str, **overrides: Any) -> Settings:
     return make_settings(
-        data_dir, bus_url=f"{redis_url()}?prefix={prefix.rstrip(':')}", signaling_ping_interval=0, **overrides
+        data_dir,
+        bus_url=f"{redis_url()}?prefix={prefix.rstrip(':')}",
+        signaling_ping_interval=0,
+        **overrides,
     )
 
 
@@ -120,7 +123,7 @@ async def start_nodes(
     services_b = Services(
         settings=settings_b,
         control=control_b,
-        credentials=CredentialStore.load(settings_a.data_dir, settings_b.credentials),
+        credentials=CredentialStore.load(settings_b.credentials),
         sessions=RecordingSessions(),
         fragments=FragmentStore(a_control.store, a_control.blobs),
         account_limiter=RateLimiter(settings_b.rate_limit_account),
