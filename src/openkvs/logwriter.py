@@ -28,6 +28,11 @@ class _BoundedQueueHandler(logging.handlers.QueueHandler):
         self._records.put(record)  # blocks only while the writer is QUEUE_LINES behind
 
 
+class _Writer(logging.handlers.QueueListener):
+    def enqueue_sentinel(self) -> None:
+        self.queue.put(self._sentinel)  # type: ignore[attr-defined]  # waits for room, as lines do
+
+
 _listener: logging.handlers.QueueListener | None = None
 
 
@@ -43,7 +48,7 @@ def setup(level: int, fmt: str = FORMAT, lines: int = QUEUE_LINES) -> None:
     root = logging.getLogger()
     root.setLevel(level)
     root.addHandler(_BoundedQueueHandler(records))
-    _listener = logging.handlers.QueueListener(records, stream, respect_handler_level=True)
+    _listener = _Writer(records, stream, respect_handler_level=True)
     _listener.start()
     atexit.register(stop)
 
