@@ -105,6 +105,27 @@ def test_host_addresses_cached_for_a_few_seconds(monkeypatch: pytest.MonkeyPatch
     assert aioice.ice.get_host_addresses(True, True) == real
 
 
+def test_ice_random_strings_uniform_letters_and_digits() -> None:
+    import string
+    from collections import Counter
+
+    import aioice.ice
+
+    tap.install_setup_shortcuts()
+    assert aioice.ice.random_string is tap._random_string
+    alphabet = set(string.ascii_letters + string.digits)
+    drawn = [aioice.ice.random_string(n) for n in (0, 1, 4, 22, 300) for _ in range(50)]
+    assert [len(x) for x in drawn] == [n for n in (0, 1, 4, 22, 300) for _ in range(50)]
+    assert set("".join(drawn)) <= alphabet
+    passwords = {aioice.ice.random_string(22) for _ in range(1000)}
+    assert len(passwords) == 1000
+    # Uniform: 124,000 characters, 2,000 expected of each; a biased mapping (the 256 % 62
+    # leftover bytes folded onto the first 8 characters) would give those about 2,420.
+    counts = Counter("".join(aioice.ice.random_string(124) for _ in range(1000)))
+    assert set(counts) == alphabet
+    assert max(counts.values()) < 2200 and min(counts.values()) > 1800
+
+
 async def test_video_bitrate_estimator_built_on_first_packet() -> None:
     from aiortc.rate import RemoteBitrateEstimator
 

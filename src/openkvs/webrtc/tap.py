@@ -36,6 +36,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import secrets
+import string
 import threading
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -693,6 +695,10 @@ def selected_pair(gatherer: Any) -> tuple[tuple[str, int], tuple[str, int]] | No
 # - a video receiver builds aiortc's ``RemoteBitrateEstimator`` with the receiver: 1000 rate
 #   buckets, allocated objects that also wake the garbage collector. It is built on the first
 #   packet that feeds it instead, with the same behaviour from then on.
+# - aioice draws each character of a connection's ICE username fragment and password (and of
+#   each candidate foundation) with its own ``secrets.choice``: a getrandom() system call per
+#   character. :func:`_random_string` draws the same uniform characters from the same CSPRNG,
+#   one ``secrets.token_bytes`` call per string.
 
 HOST_ADDRESSES_TTL = 5.0
 _PC_CERTIFICATES = "_RTCPeerConnection__certificates"
@@ -739,6 +745,18 @@ class _LazyBitrateEstimator:
         return self._inner.add(**kw)
 
 
+_ALPHABET = string.ascii_letters + string.digits  # aioice's
+_UNBIASED = 256 - 256 % len(_ALPHABET)  # bytes below this map uniformly onto the alphabet
+
+
+def _random_string(length: int) -> str:
+    """``length`` characters drawn uniformly from letters and digits with the OS's CSPRNG."""
+    out: list[str] = []
+    while len(out) < length:
+        out += [_ALPHABET[b % len(_ALPHABET)] for b in secrets.token_bytes(length) if b < _UNBIASED]
+    return "".join(out[:length])
+
+
 _REAL_ESTIMATOR: list[Any] = []
 _REAL_HOST_ADDRESSES: list[Callable[[bool, bool], list[str]]] = []
 _host_addresses: dict[tuple[bool, bool], tuple[float, list[str]]] = {}
@@ -755,8 +773,9 @@ def _cached_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
 
 
 def install_setup_shortcuts() -> None:
-    """Cache the host's addresses for aioice and build video bitrate estimators on first use,
-    for every connection in this process (idempotent)."""
+    """Cache the host's addresses for aioice, draw its random strings in one call each, and
+    build video bitrate estimators on first use, for every connection in this process
+    (idempotent)."""
     import aioice.ice as ice
     import aiortc.rtcrtpreceiver as rr
 
@@ -766,6 +785,7 @@ def install_setup_shortcuts() -> None:
     if not _REAL_HOST_ADDRESSES:
         _REAL_HOST_ADDRESSES.append(ice.get_host_addresses)
         ice.get_host_addresses = _cached_host_addresses
+    setattr(ice, "random_string", _random_string)  # noqa: B010
 
 
 def _check_setup_internals() -> None:
@@ -787,3 +807,7 @@ def _check_setup_internals() -> None:
         raise RuntimeError("aiortc RTCRtpReceiver no longer builds a RemoteBitrateEstimator")
     if "get_host_addresses" not in ice.Connection.gather_candidates.__code__.co_names:
         raise RuntimeError("aioice Connection.gather_candidates no longer calls get_host_addresses")
+    if "random_string" not in ice.Connection.__init__.__code__.co_names or not callable(
+        vars(ice).get("random_string")
+    ):
+        raise RuntimeError("aioice Connection no longer draws its credentials with random_string")
