@@ -34,28 +34,36 @@ class _Writer(logging.handlers.QueueListener):
 
 
 _listener: logging.handlers.QueueListener | None = None
+_handlers: tuple[logging.Handler, logging.Handler] | None = None  # (queue's, stream)
 
 
 def setup(level: int, fmt: str = FORMAT, lines: int = QUEUE_LINES) -> None:
     """Route the root logger through the writer thread (idempotent; stopped at exit, after
     writing what is queued)."""
-    global _listener
+    global _listener, _handlers
     if _listener is not None:
         return
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(logging.Formatter(fmt))
     records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=lines)
+    handler = _BoundedQueueHandler(records)
     root = logging.getLogger()
     root.setLevel(level)
-    root.addHandler(_BoundedQueueHandler(records))
+    root.addHandler(handler)
+    _handlers = (handler, stream)
     _listener = _Writer(records, stream, respect_handler_level=True)
     _listener.start()
     atexit.register(stop)
 
 
 def stop() -> None:
-    """Write what is queued and end the writer thread."""
-    global _listener
+    """Write what is queued and end the writer thread; later lines are written directly."""
+    global _listener, _handlers
     listener, _listener = _listener, None
+    handlers, _handlers = _handlers, None
+    if handlers is not None:
+        root = logging.getLogger()
+        root.addHandler(handlers[1])
+        root.removeHandler(handlers[0])
     if listener is not None:
         listener.stop()

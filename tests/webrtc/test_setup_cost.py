@@ -307,9 +307,10 @@ def test_log_lines_written_by_a_thread_in_order(capfd: pytest.CaptureFixture[str
         for i in range(200):
             log.info("line %d", i)
         logwriter.stop()
+        log.info("line %d", 200)  # after the writer stopped: written directly
         err = capfd.readouterr().err
         lines = [line for line in err.splitlines() if "openkvs.test: line" in line]
-        assert [int(line.rsplit(" ", 1)[1]) for line in lines] == list(range(200))
+        assert [int(line.rsplit(" ", 1)[1]) for line in lines] == list(range(201))
         assert " INFO openkvs.test: line 0" in lines[0]
     finally:
         logwriter.stop()

@@ -22,10 +22,11 @@ are decoded in batches by ``opus_in`` instead of in aiortc's decoder thread.
 It also holds the two ICE adjustments KVS cameras need, which reach into aioice's
 ``Connection`` (see the ICE section below): host candidates first with server-reflexive and relay
 candidates trickled afterwards, and regular nomination of a single candidate pair.
-And three shortcuts in setting up a peer connection, which a burst of joins multiplies (see the
+And four shortcuts in setting up a peer connection, which a burst of joins multiplies (see the
 set-up section below): a certificate passed in rather than generated per connection, the host's
-addresses enumerated once a few seconds rather than per gatherer, and a video receiver's bitrate
-estimator built on its first packet rather than with the receiver.
+addresses enumerated once a few seconds rather than per gatherer, a video receiver's bitrate
+estimator built on its first packet rather than with the receiver, and ICE credentials drawn
+with one CSPRNG call per string rather than per character.
 ``check_internals()`` fails loudly if a new aiortc or aioice release moves any of this; a test
 calls it.
 """
@@ -682,7 +683,7 @@ def selected_pair(gatherer: Any) -> tuple[tuple[str, int], tuple[str, int]] | No
 # -- Peer-connection set-up ------------------------------------------------------------------------
 #
 # What a storage session costs before its offer goes out, multiplied by a burst of joins (200 on
-# 20 channels in ``bench/join_burst.py``), had three items that do not depend on the session:
+# 20 channels in ``bench/join_burst.py``), had four items that do not depend on the session:
 #
 # - aiortc's ``RTCPeerConnection()`` generates a DTLS key and self-signed certificate, and every
 #   offer hashes it three ways per transport. :func:`new_peer_connection` hands the connection a
