@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__, heap
+from . import __version__, heap, logwriter
 from .config import ENDPOINT_ENV, HTTP_ENDPOINT_ENV, ConfigError, Settings
 from .tls import local_ca
 
@@ -101,11 +101,7 @@ def _settings(args: argparse.Namespace, fields: list[tuple[str, str, dict[str, A
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logwriter.setup(getattr(logging, level.upper(), logging.INFO))
     if level.lower() != "debug":
         for noisy in ("aioice", "aiortc"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -28,6 +28,7 @@ from ..signaling.ice import external_turn
 from ..signaling.turn import TurnAccess
 from . import net, tap
 from .audio import ChannelAudio
+from .certificates import CertificateRotation
 from .diagnostics import recent_diagnostics
 from .master import MasterSession
 from .seams import FragmentSink, SignalingSink
@@ -36,6 +37,11 @@ from .viewer import ViewerSession
 logger = logging.getLogger(__name__)
 
 MAX_VIEWERS_MESSAGE = "The maximum number of viewers connected to the session has been reached."
+# How long the session creator waits for one master session's offer before it creates the next.
+# Offers prepared side by side all go out late (each one's steps interleave with all the others');
+# one after another, the first goes out after one offer's work, the median after half the burst's.
+# A stuck offer holds the next channel back by this much at most.
+OFFER_TURN = 0.1
 
 
 class StorageSessionManager:
@@ -68,12 +74,15 @@ class StorageSessionManager:
         self._creator: asyncio.Task[None] | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._ports: net.PortRange | None = None
+        # One DTLS certificate for the sessions of this process, replaced daily.
+        self.certificates = CertificateRotation()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
         tap.check_internals()
         tap.register_h264_profiles()
+        tap.install_setup_shortcuts()
         net.configure_sockets()
         self._pool = ThreadPoolExecutor(
             max(2, os.cpu_count() or 2), thread_name_prefix="openkvs-media"
@@ -102,11 +111,12 @@ class StorageSessionManager:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def ice_servers(self) -> list[Any]:
         s = self.settings
@@ -144,12 +154,16 @@ class StorageSessionManager:
             arn = next(iter(self._pending))
             channel, stream = self._pending.pop(arn)
             try:
-                self._create_master(channel, stream)
+                offering = self._create_master(channel, stream)
             except Exception:  # noqa: BLE001 - one channel's failure must not stop the others
                 logger.exception("[%s] could not create the storage session", channel.name)
+            else:
+                # One offer at a time (see OFFER_TURN). Joins that come in meanwhile wait in
+                # _pending and coalesce; one that replaces this session ends the wait at once.
+                await asyncio.wait({offering}, timeout=OFFER_TURN)
             await asyncio.sleep(0)  # joins that came in meanwhile are seen before the next one
 
-    def _create_master(self, channel: Channel, stream: Stream) -> None:
+    def _create_master(self, channel: Channel, stream: Stream) -> asyncio.Task[Any]:
         assert self._pool is not None
         arn = channel.arn
 
@@ -171,6 +185,7 @@ class StorageSessionManager:
             number=next(self._numbers),
             is_current=is_current,
             audio=self.audio.setdefault(arn, ChannelAudio()),
+            certificate=self.certificates.current(),
         )
         previous = self.masters.get(arn)
         self.masters[arn] = session
@@ -178,7 +193,7 @@ class StorageSessionManager:
             viewer.attach_master(session)
         if previous is not None:
             previous.stop("replaced by a newer JoinStorageSession")
-        self._spawn(session.start(), f"offer {channel.name}")
+        return self._spawn(session.start(), f"offer {channel.name}")
 
     async def join_viewer(self, channel: Channel, stream: Stream, client_id: str) -> None:
         assert self._pool is not None, "storage sessions not started"
@@ -205,6 +220,7 @@ class StorageSessionManager:
             audio=self.audio.setdefault(arn, ChannelAudio()),
             pool=self._pool,
             is_current=is_current,
+            certificate=self.certificates.current(),
         )
         viewers[client_id] = session
         if previous is not None:
@@ -229,7 +245,10 @@ class StorageSessionManager:
             self.on_session_end({**stats, "current": current, "channel_arn": stats["channel_arn"]})
 
     async def _master_ended(self, session: MasterSession, reason: str) -> None:
-        current = self.masters.get(session.channel.arn) is session
+        # A session replaced by a join that is still pending is not the channel's current one
+        # (the server routes the channel's messages by this, in worker mode).
+        arn = session.channel.arn
+        current = self.masters.get(arn) is session and arn not in self._pending
         self._report({**session.stats(), "diagnostics": session.timeline.as_dict()}, current)
         if self.masters.get(session.channel.arn) is session:
             del self.masters[session.channel.arn]
@@ -248,7 +267,7 @@ class StorageSessionManager:
         self._forget_audio(session.channel.arn)
 
     def _forget_audio(self, arn: str) -> None:
-        if arn not in self.masters and not self.viewers.get(arn):
+        if arn not in self.masters and arn not in self._pending and not self.viewers.get(arn):
             self.audio.pop(arn, None)
 
     # -- StorageEndpoint (the signaling side) ----------------------------------------------------

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import av
+from aiortc import RTCCertificate
 
 from ..config import Settings
 from ..records import Channel, Stream
@@ -43,6 +44,7 @@ class MasterSession(StorageSession):
         number: int,
         is_current: Callable[[], bool] | None = None,
         audio: ChannelAudio | None = None,
+        certificate: RTCCertificate | None = None,
     ) -> None:
         super().__init__(
             channel=channel,
@@ -53,6 +55,7 @@ class MasterSession(StorageSession):
             number=number,
             label="master",
             is_current=is_current,
+            certificate=certificate,
         )
         self.stream = stream
         self.audio_mix = audio or ChannelAudio()

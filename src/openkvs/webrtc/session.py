@@ -8,14 +8,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiortc import RTCPeerConnection
+from aiortc import RTCCertificate
 from aiortc.sdp import SessionDescription
 
 from .. import clock
 from ..config import Settings
 from ..errors import InvalidArgumentException
 from ..records import Channel
-from . import net, offer_tags, signaling_io
+from . import net, offer_tags, signaling_io, tap
 from .diagnostics import Timeline, dtls_state, selected_pair
 from .peer import OfferingPeer, Send
 
@@ -72,6 +72,7 @@ class StorageSession:
         number: int,
         label: str,
         is_current: Callable[[], bool] | None = None,
+        certificate: RTCCertificate | None = None,
     ) -> None:
         self.channel = channel
         self.settings = settings
@@ -88,7 +89,8 @@ class StorageSession:
         self._is_current = is_current or (lambda: True)
         self.tag = offer_tags.session_tag(number)
         self.offer_sent = False
-        self.pc = RTCPeerConnection(net.configuration(ice_servers))
+        # The process's shared DTLS certificate (certificates.py); None: one of its own.
+        self.pc = tap.new_peer_connection(net.configuration(ice_servers), certificate)
         self.timeline = Timeline(self.role, channel.arn, number)
         self.peer = CodecCheckingPeer(
             self.pc,

@@ -25,6 +25,11 @@ It also holds the two ICE adjustments KVS cameras need, which reach into aioice'
 ``Connection`` (see the ICE section below): host candidates first with server-reflexive and relay
 candidates trickled afterwards, and regular nomination of a single candidate pair; and it reports
 the candidate pairs' check states (:func:`observe_pairs`) for the session's diagnostics.
+And four shortcuts in setting up a peer connection, which a burst of joins multiplies (see the
+set-up section below): a certificate passed in rather than generated per connection, the host's
+addresses enumerated once a few seconds rather than per gatherer, a video receiver's bitrate
+estimator built on its first packet rather than with the receiver, and ICE credentials drawn
+with one CSPRNG call per string rather than per character.
 ``check_internals()`` fails loudly if a new aiortc or aioice release moves any of this; a test
 calls it.
 """
@@ -36,6 +41,8 @@ import contextlib
 import dataclasses
 import dis
 import logging
+import secrets
+import string
 import threading
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -223,6 +230,7 @@ def check_internals() -> None:
     if "video" not in aiortc.codecs.CODECS:
         raise RuntimeError("aiortc.codecs.CODECS changed shape")
     _check_ice_internals()
+    _check_setup_internals()
 
 
 SUPPORTED_AIOICE = ("0.13",)
@@ -791,3 +799,137 @@ def selected_pair(gatherer: Any) -> tuple[tuple[str, int], tuple[str, int]] | No
     """(local address, remote address) of the pair carrying the media, if one is selected."""
     pair = _ice_connection(gatherer)._nominated.get(1)
     return None if pair is None else (pair.local_addr, pair.remote_addr)
+
+
+# -- Peer-connection set-up ------------------------------------------------------------------------
+#
+# What a storage session costs before its offer goes out, multiplied by a burst of joins (200 on
+# 20 channels in ``bench/join_burst.py``), had four items that do not depend on the session:
+#
+# - aiortc's ``RTCPeerConnection()`` generates a DTLS key and self-signed certificate, and every
+#   offer hashes it three ways per transport. :func:`new_peer_connection` hands the connection a
+#   certificate instead (the storage peer's, shared and rotated: ``certificates.py``), by giving
+#   the constructor a stand-in for ``RTCCertificate`` while it runs (synchronously, on the
+#   caller's thread). DTLS still runs a fresh ECDHE handshake per session, so every session has
+#   its own SRTP keys; ICE credentials are aioice's, random per connection.
+# - aioice enumerates the host's interfaces (ifaddr: a netlink dump) in every gatherer's
+#   ``gather_candidates``; the list is kept for ``HOST_ADDRESSES_TTL`` seconds.
+# - a video receiver builds aiortc's ``RemoteBitrateEstimator`` with the receiver: 1000 rate
+#   buckets, allocated objects that also wake the garbage collector. It is built on the first
+#   packet that feeds it instead, with the same behaviour from then on.
+# - aioice draws each character of a connection's ICE username fragment and password (and of
+#   each candidate foundation) with its own ``secrets.choice``: a getrandom() system call per
+#   character. :func:`_random_string` draws the same uniform characters from the same CSPRNG,
+#   one ``secrets.token_bytes`` call per string.
+
+HOST_ADDRESSES_TTL = 5.0
+_PC_CERTIFICATES = "_RTCPeerConnection__certificates"
+
+
+class _GivenCertificate:
+    """Stands in for ``RTCCertificate`` in aiortc.rtcpeerconnection while a connection is built."""
+
+    def __init__(self, certificate: aiortc.RTCCertificate) -> None:
+        self._certificate = certificate
+
+    def generateCertificate(self) -> aiortc.RTCCertificate:  # noqa: N802 - aiortc's name
+        return self._certificate
+
+
+def new_peer_connection(
+    configuration: aiortc.RTCConfiguration, certificate: aiortc.RTCCertificate | None
+) -> aiortc.RTCPeerConnection:
+    """An RTCPeerConnection using ``certificate`` for DTLS (None: aiortc generates its own)."""
+    import aiortc.rtcpeerconnection as rpc
+
+    if certificate is None:
+        return aiortc.RTCPeerConnection(configuration)
+    original = vars(rpc)["RTCCertificate"]
+    setattr(rpc, "RTCCertificate", _GivenCertificate(certificate))  # noqa: B010
+    try:
+        pc = rpc.RTCPeerConnection(configuration)
+    finally:
+        setattr(rpc, "RTCCertificate", original)  # noqa: B010
+    if getattr(pc, _PC_CERTIFICATES) != [certificate]:
+        raise RuntimeError("aiortc RTCPeerConnection did not take the given certificate")
+    return pc
+
+
+class _LazyBitrateEstimator:
+    """aiortc's RemoteBitrateEstimator, built when the first packet feeds it."""
+
+    def __init__(self) -> None:
+        self._inner: Any = None
+
+    def add(self, **kw: Any) -> Any:
+        if self._inner is None:
+            self._inner = _REAL_ESTIMATOR[0]()
+        return self._inner.add(**kw)
+
+
+_ALPHABET = string.ascii_letters + string.digits  # aioice's
+_UNBIASED = 256 - 256 % len(_ALPHABET)  # bytes below this map uniformly onto the alphabet
+
+
+def _random_string(length: int) -> str:
+    """``length`` characters drawn uniformly from letters and digits with the OS's CSPRNG."""
+    out: list[str] = []
+    while len(out) < length:
+        out += [_ALPHABET[b % len(_ALPHABET)] for b in secrets.token_bytes(length) if b < _UNBIASED]
+    return "".join(out[:length])
+
+
+_REAL_ESTIMATOR: list[Any] = []
+_REAL_HOST_ADDRESSES: list[Callable[[bool, bool], list[str]]] = []
+_host_addresses: dict[tuple[bool, bool], tuple[float, list[str]]] = {}
+
+
+def _cached_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    key = (use_ipv4, use_ipv6)
+    now = clock.monotonic()
+    hit = _host_addresses.get(key)
+    if hit is None or now - hit[0] >= HOST_ADDRESSES_TTL or now < hit[0]:
+        hit = (now, list(_REAL_HOST_ADDRESSES[0](use_ipv4, use_ipv6)))
+        _host_addresses[key] = hit
+    return list(hit[1])
+
+
+def install_setup_shortcuts() -> None:
+    """Cache the host's addresses for aioice, draw its random strings in one call each, and
+    build video bitrate estimators on first use, for every connection in this process
+    (idempotent)."""
+    import aioice.ice as ice
+    import aiortc.rtcrtpreceiver as rr
+
+    if not _REAL_ESTIMATOR:
+        _REAL_ESTIMATOR.append(vars(rr)["RemoteBitrateEstimator"])
+        setattr(rr, "RemoteBitrateEstimator", _LazyBitrateEstimator)  # noqa: B010
+    if not _REAL_HOST_ADDRESSES:
+        _REAL_HOST_ADDRESSES.append(ice.get_host_addresses)
+        ice.get_host_addresses = _cached_host_addresses
+    setattr(ice, "random_string", _random_string)  # noqa: B010
+
+
+def _check_setup_internals() -> None:
+    import aioice.ice as ice
+    import aiortc.rtcpeerconnection as rpc
+    import aiortc.rtcrtpreceiver as rr
+
+    init = rpc.RTCPeerConnection.__init__.__code__
+    if vars(rpc).get("RTCCertificate") is not aiortc.RTCCertificate or not {
+        "RTCCertificate",
+        "generateCertificate",
+        _PC_CERTIFICATES,
+    } <= set(init.co_names):
+        raise RuntimeError("aiortc RTCPeerConnection no longer generates its certificate")
+    estimator = _REAL_ESTIMATOR[0] if _REAL_ESTIMATOR else vars(rr).get("RemoteBitrateEstimator")
+    if "RemoteBitrateEstimator" not in rr.RTCRtpReceiver.__init__.__code__.co_names or not (
+        callable(getattr(estimator, "add", None))
+    ):
+        raise RuntimeError("aiortc RTCRtpReceiver no longer builds a RemoteBitrateEstimator")
+    if "get_host_addresses" not in ice.Connection.gather_candidates.__code__.co_names:
+        raise RuntimeError("aioice Connection.gather_candidates no longer calls get_host_addresses")
+    if "random_string" not in ice.Connection.__init__.__code__.co_names or not callable(
+        vars(ice).get("random_string")
+    ):
+        raise RuntimeError("aioice Connection no longer draws its credentials with random_string")

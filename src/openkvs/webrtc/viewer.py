@@ -9,6 +9,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 import av
+from aiortc import RTCCertificate
 
 from .. import clock
 from ..config import Settings
@@ -38,6 +39,7 @@ class ViewerSession(StorageSession):
         audio: ChannelAudio,
         pool: Executor,
         is_current: Callable[[], bool] | None = None,
+        certificate: RTCCertificate | None = None,
     ) -> None:
         super().__init__(
             channel=channel,
@@ -48,6 +50,7 @@ class ViewerSession(StorageSession):
             number=number,
             label=f"viewer {client_id}",
             is_current=is_current,
+            certificate=certificate,
         )
         self.client_id = client_id
         self.audio_mix = audio

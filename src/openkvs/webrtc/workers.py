@@ -34,7 +34,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .. import errors, heap
+from .. import errors, heap, logwriter
 from ..config import Settings
 from ..control.fragments import FragmentStore, blob_key
 from ..records import Channel, Fragment, Stream
@@ -435,9 +435,9 @@ def worker_main(
     settings: Settings, sock: socket.socket, index: int, turn: TurnAccess | None = None
 ) -> None:
     """Entry point of a storage worker process."""
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level.upper(), logging.INFO),
-        format=f"%(asctime)s %(levelname)s %(name)s[w{index}]: %(message)s",
+    logwriter.setup(
+        getattr(logging, settings.log_level.upper(), logging.INFO),
+        fmt=f"%(asctime)s %(levelname)s %(name)s[w{index}]: %(message)s",
     )
     for noisy in ("aioice", "aiortc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -447,8 +447,11 @@ def worker_main(
         uvloop.install()
     except ImportError:
         pass
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_worker(settings, sock, index, turn))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_worker(settings, sock, index, turn))
+    finally:
+        logwriter.stop()
 
 
 async def _worker(
