@@ -7,7 +7,6 @@ the accessible names of its controls (``js/console.js``). Screenshots of each pa
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import re
 import ssl
@@ -291,12 +290,6 @@ def test_console_live_sessions_and_settings(
     assert readouts["latency"].endswith(")") and "ms" in readouts["latency"], readouts
     assert steps["talkBackDefault"] is False
     assert "server → screen" in steps["latencyExplained"]
-    # The console's viewer was a storage-session viewer, as the server sees it.
-    described = getattr(server.services.sessions, "describe")(channel_arn)
-    if inspect.isawaitable(described):
-        described = server.call(described)
-    roles = [s["Role"] for s in described]
-    assert "VIEWER" in roles and "MASTER" in roles, roles
     # Talk-back on while watching: the microphone's track goes out (outbound audio RTP).
     assert steps["talkBackPackets"] > 0, steps["talkBackPackets"]
 
@@ -306,6 +299,13 @@ def test_console_live_sessions_and_settings(
     assert re.fullmatch(r"\S+:\d+ -> \S+:\d+", master["pair"]), master
     assert master["verdict"] == "no problem seen", master
     assert steps["connected"].startswith("Connected: master (connected)"), steps["connected"]
+    # While the console watched, its viewer was listed as connected, by its client id.
+    assert re.fullmatch(
+        r"Connected: master \(connected\), 1 viewer \(console-[0-9a-f]{12}\)\.",
+        steps["connectedWhileWatching"],
+    ), steps["connectedWhileWatching"]
+    # The console's own viewer session (stopped before): a VIEWER with the console's client id.
+    assert re.fullmatch(r"Viewer console-[0-9a-f]{12} #\d+", steps["viewerRow"]), steps["viewerRow"]
 
     # Settings: a bad TTL shows the service's validation error; a good one is saved.
     assert steps["badTtl"].startswith(("InvalidArgumentException", "ValidationException")), steps[

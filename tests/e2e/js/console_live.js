@@ -25,6 +25,12 @@ async function shoot(page, name) {
     await page.setViewportSize({ width: 1280, height: 900 });
 }
 
+async function signIn(page) {
+    await page.getByLabel('Access key ID').fill(cfg.keys[0]);
+    await page.getByLabel('Secret access key').fill(cfg.keys[1]);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+}
+
 async function alertText(locator) {
     await locator.waitFor({ state: 'visible', timeout: 15000 });
     return (await locator.textContent()).trim();
@@ -66,9 +72,7 @@ async function main() {
     const steps = result.steps;
     try {
         await page.goto(cfg.url);
-        await page.getByLabel('Access key ID').fill(cfg.keys[0]);
-        await page.getByLabel('Secret access key').fill(cfg.keys[1]);
-        await page.getByRole('button', { name: 'Sign in' }).click();
+        await signIn(page);
         await page.getByRole('heading', { name: 'Signaling channels' }).waitFor();
 
         // Live, reached from the channel's row; talk-back is off until asked for.
@@ -124,6 +128,15 @@ async function main() {
         }, null, { timeout: 20000 });
         steps.talkBackPackets = Number(/^on: (\d+)/.exec((await readouts(page)).talk)[1]);
         await talk.uncheck();
+        // While watching, the channel's Sessions page (another tab) lists this viewer.
+        const other = await context.newPage();
+        other.on('pageerror', (e) => result.pageErrors.push(String(e).slice(0, 300)));
+        await other.goto(`${cfg.url}#/sessions/${encodeURIComponent(cfg.channel)}`);
+        await signIn(other);
+        await other.getByRole('heading', { name: 'Sessions' }).waitFor();
+        await other.waitForFunction(() => /1 viewer \(console-/.test(document.querySelector('.connected')?.textContent || ''), null, { timeout: 15000 });
+        steps.connectedWhileWatching = (await other.locator('.connected').textContent()).trim();
+        await other.close();
         await page.getByRole('button', { name: 'Stop' }).click();
 
         // Sessions: the master's session, connected, with its selected pair.
@@ -140,6 +153,9 @@ async function main() {
             };
         });
         steps.connected = (await page.locator('.connected').textContent()).trim();
+        const viewer = page.locator('tr[data-role="VIEWER"] th').first();
+        await viewer.waitFor({ timeout: 15000 });
+        steps.viewerRow = (await viewer.textContent()).trim();
         await shoot(page, 'sessions');
 
         // The channel's settings: a TTL the service refuses, then one it takes; a tag round trip.
