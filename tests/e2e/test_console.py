@@ -1,8 +1,10 @@
 """The web console at /console/: built with esbuild from the repository's sources and the npm
 packages of the lockfile (into a temporary directory here, as `make run` does into
 src/openkvs/web/console/dist), served by openkvs on both ports, driven in headless Chromium by
-the accessible names of its controls (``js/console.js``). Screenshots of each page at 1280 and
-375 px are written under the test's temporary directory (``screenshots/``)."""
+the accessible names of its controls (``js/console.js``; the Live, Sessions and settings pages,
+with the synthetic camera of ``openkvs demo`` as a channel's master: ``js/console_live.js``).
+Screenshots of each page at 1280 and 375 px are written under each test's temporary directory
+(``screenshots/``)."""
 
 from __future__ import annotations
 
