@@ -37,6 +37,11 @@ PACKAGES = (
     "hls.js",
     "@aws-sdk/client-kinesis-video",
     "@aws-sdk/client-kinesis-video-archived-media",
+    "@aws-sdk/client-kinesis-video-signaling",
+    "@aws-sdk/client-kinesis-video-webrtc-storage",
+    "@aws-crypto/sha256-js",
+    "@smithy/signature-v4",
+    "amazon-kinesis-video-streams-webrtc",
 )
 LIMITED = ("AKIANODELETE00000001", "no-delete-secret")
 
@@ -291,6 +296,8 @@ def test_console_live_sessions_and_settings(
     assert float(readouts["fps"].split()[0]) > 5, readouts
     assert readouts["latency"].endswith(")") and "ms" in readouts["latency"], readouts
     assert steps["talkBackDefault"] is False
+    # Keyboard: Channel, Talk back, Watch in Tab order; Enter on Watch started it.
+    assert steps["liveTabStops"] == ["Talk back (send my microphone)", "Watch"]
     assert "server → screen" in steps["latencyExplained"]
     # Talk-back on while watching: the microphone's track goes out (outbound audio RTP).
     assert steps["talkBackPackets"] > 0, steps["talkBackPackets"]

@@ -82,7 +82,19 @@ async function main() {
         await talk.waitFor();
         steps.talkBackDefault = await talk.isChecked();
         steps.latencyExplained = await page.locator('.hint').first().textContent();
-        await page.getByRole('button', { name: 'Watch' }).click();
+        // By keyboard: from the channel list, Tab to the talk-back box and to Watch, then Enter.
+        await page.getByLabel('Channel', { exact: true }).focus();
+        steps.liveTabStops = [];
+        for (let i = 0; i < 2; i++) {
+            await page.keyboard.press('Tab');
+            steps.liveTabStops.push(
+                await page.evaluate(() => {
+                    const el = document.activeElement;
+                    return el.labels && el.labels.length && el.type === 'checkbox' ? el.labels[0].textContent : el.textContent.trim();
+                }),
+            );
+        }
+        await page.keyboard.press('Enter');
         await page.waitForFunction(() => {
             const v = document.querySelector('video');
             return v && v.videoWidth > 0 && v.currentTime > 0.5;
