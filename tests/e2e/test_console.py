@@ -254,7 +254,26 @@ def test_console_live_sessions_and_settings(
 ) -> None:
     """Live, Sessions and a channel's and a stream's settings and tags, in Chromium, with the
     demo's synthetic camera recording into a channel with media storage."""
-    server: ServerThread = make_server(console_dir=console_dir)
+    no_sessions = ("AKIANOSESSIONS000001", "no-sessions-secret")
+    server: ServerThread = make_server(
+        console_dir=console_dir,
+        credentials=[
+            {
+                "access_key_id": no_sessions[0],
+                "secret_access_key": no_sessions[1],
+                "policy": {
+                    "Statement": [
+                        {"Effect": "Allow", "Action": "kinesisvideo:*", "Resource": "*"},
+                        {
+                            "Effect": "Deny",
+                            "Action": "kinesisvideo:DescribeStorageSessions",
+                            "Resource": "*",
+                        },
+                    ]
+                },
+            }
+        ],
+    )
     channel_arn = setup_channel(server, "porch")
     enable_storage(server, channel_arn, "porch-rec")
     camera = Camera(server, channel_arn, tmp_path / "pattern")
@@ -267,6 +286,7 @@ def test_console_live_sessions_and_settings(
         "url": f"{server.endpoint}/console/",
         "shots": str(shots),
         "keys": [akid, secret],
+        "limited": list(no_sessions),
         "channel": "porch",
         "stream": "porch-rec",
     }
@@ -315,6 +335,11 @@ def test_console_live_sessions_and_settings(
     ), steps["connectedWhileWatching"]
     # The console's own viewer session (stopped before): a VIEWER with the console's client id.
     assert re.fullmatch(r"Viewer console-[0-9a-f]{12} #\d+", steps["viewerRow"]), steps["viewerRow"]
+
+    # A key whose policy denies DescribeStorageSessions: the service's refusal, on the page.
+    denied = steps["sessionsDenied"]
+    assert denied.startswith("Access denied. AccessDeniedException: "), denied
+    assert "kinesisvideo:DescribeStorageSessions" in denied, denied
 
     # Settings: a bad TTL shows the service's validation error; a good one is saved.
     assert steps["badTtl"].startswith(("InvalidArgumentException", "ValidationException")), steps[

@@ -2,7 +2,8 @@
 // names of their controls, while a synthetic camera is the channel's master. Prints one JSON
 // object with what each step saw; screenshots of each page at 1280 and 375 px go to cfg.shots.
 //
-// Usage: node console_live.js '<json config>'   {url, shots, keys: [akid, secret], channel, stream}
+// Usage: node console_live.js '<json config>'
+//   {url, shots, keys: [akid, secret], limited: [akid, secret], channel, stream}
 'use strict';
 
 const path = require('node:path');
@@ -25,9 +26,9 @@ async function shoot(page, name) {
     await page.setViewportSize({ width: 1280, height: 900 });
 }
 
-async function signIn(page) {
-    await page.getByLabel('Access key ID').fill(cfg.keys[0]);
-    await page.getByLabel('Secret access key').fill(cfg.keys[1]);
+async function signIn(page, keys = cfg.keys) {
+    await page.getByLabel('Access key ID').fill(keys[0]);
+    await page.getByLabel('Secret access key').fill(keys[1]);
     await page.getByRole('button', { name: 'Sign in' }).click();
 }
 
@@ -213,6 +214,14 @@ async function main() {
         await page.getByRole('button', { name: 'Remove tag owner' }).waitFor({ timeout: 15000 });
         steps.streamTagsAfterAdd = await tagRows(page);
         await shoot(page, 'stream-settings');
+
+        // A key whose policy denies DescribeStorageSessions sees the refusal on the Sessions page.
+        await page.getByRole('button', { name: 'Sign out' }).click();
+        await signIn(page, cfg.limited);
+        await page.getByRole('heading', { name: 'Signaling channels' }).waitFor();
+        await page.goto(`${cfg.url}#/sessions/${encodeURIComponent(cfg.channel)}`);
+        await page.getByRole('heading', { name: 'Sessions' }).waitFor();
+        steps.sessionsDenied = await alertText(page.getByRole('form', { name: 'Choose a channel' }).getByRole('alert'));
     } catch (e) {
         result.fatal = String((e && e.stack) || e).slice(0, 3000);
         try {

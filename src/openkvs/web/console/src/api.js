@@ -349,7 +349,8 @@ export class Api {
         if (!r.ok) {
             const err = new Error((data && (data.message || data.Message)) || `HTTP ${r.status}`);
             const type = (data && (data.__type || data.code)) || r.headers.get('x-amzn-ErrorType') || '';
-            err.name = String(type).split(/[#:]/).filter(Boolean).pop() || 'Error';
+            // "Code", "namespace#Code" or "Code:http://..." (as the SDKs read x-amzn-ErrorType)
+            err.name = String(type).split(':')[0].split('#').pop() || 'Error';
             err.$metadata = { httpStatusCode: r.status };
             throw err;
         }
