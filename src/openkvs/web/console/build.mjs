@@ -21,7 +21,13 @@ try {
 }
 
 // The KVS WebRTC SDK reads its version from process.env (its own webpack build defines it).
-const webrtcSdk = JSON.parse(await readFile(path.join(root, 'node_modules', 'amazon-kinesis-video-streams-webrtc', 'package.json'), 'utf8'));
+let webrtcSdk;
+try {
+    webrtcSdk = JSON.parse(await readFile(require.resolve('amazon-kinesis-video-streams-webrtc/package.json'), 'utf8'));
+} catch (e) {
+    console.error(`the KVS WebRTC SDK is not installed: run \`npm ci\` in ${root} first (${e.message})`);
+    process.exit(1);
+}
 
 await mkdir(out, { recursive: true });
 await esbuild.build({
