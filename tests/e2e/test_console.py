@@ -1,23 +1,32 @@
 """The web console at /console/: built with esbuild from the repository's sources and the npm
 packages of the lockfile (into a temporary directory here, as `make run` does into
 src/openkvs/web/console/dist), served by openkvs on both ports, driven in headless Chromium by
-the accessible names of its controls (``js/console.js``). Screenshots of each page at 1280 and
-375 px are written under the test's temporary directory (``screenshots/``)."""
+the accessible names of its controls (``js/console.js``; the Live, Sessions and settings pages,
+with the synthetic camera of ``openkvs demo`` as a channel's master: ``js/console_live.js``).
+Screenshots of each page at 1280 and 375 px are written under each test's temporary directory
+(``screenshots/``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import ssl
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from openkvs import clock
+from openkvs import clock, demo, testpattern
+from openkvs.auth.credentials import Principal
 
 from ..playback.media import append, recorded
 from ..playback.support import create_stream, ffprobe_json
+from ..signaling.kvs import enable_storage, setup_channel
 from ..support import ServerThread, need_tool
 from .browser import ROOT, browser_missing
 
@@ -28,6 +37,11 @@ PACKAGES = (
     "hls.js",
     "@aws-sdk/client-kinesis-video",
     "@aws-sdk/client-kinesis-video-archived-media",
+    "@aws-sdk/client-kinesis-video-signaling",
+    "@aws-sdk/client-kinesis-video-webrtc-storage",
+    "@aws-crypto/sha256-js",
+    "@smithy/signature-v4",
+    "amazon-kinesis-video-streams-webrtc",
 )
 LIMITED = ("AKIANODELETE00000001", "no-delete-secret")
 
@@ -183,5 +197,172 @@ def test_console_in_chromium(make_server: Any, console_dir: Path, tmp_path: Path
     overflow = {k: v for k, v in steps.items() if k.startswith("overflow-") and v > 0}
     assert not overflow, overflow
     # No errors in the console but the browser's own lines for the expected 4xx answers.
+    errors = [e for e in result["consoleErrors"] if "Failed to load resource" not in e]
+    assert not errors and not result["pageErrors"], (errors, result["pageErrors"])
+
+
+class Camera:
+    """The synthetic camera of ``openkvs demo`` (an aiortc master sending the H.264 test pattern
+    and an Opus tone in real time) on its own event loop, joined to a channel's storage session
+    through the public APIs, as the demo runs next to a server."""
+
+    def __init__(self, server: ServerThread, channel_arn: str, pattern_dir: Path) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        target = demo.Target(
+            server.endpoint, None, ssl.create_default_context(cafile=server.ca), server.ca
+        )
+        akid, secret = server.keys
+        self.api = demo.Api(server.settings, target, Principal(akid, secret))
+        pattern, _ = testpattern.load_or_encode(pattern_dir, 320, 240)
+        self.master = demo.SyntheticMaster(self.api, channel_arn, pattern)
+
+    def _run(self, coro: Any, timeout: float) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self, timeout: float = 45) -> None:
+        self._run(self.master.start(), 30)
+
+        async def connected() -> None:
+            await asyncio.wait_for(self.master.connected.wait(), timeout)
+
+        self._run(connected(), timeout + 5)
+
+    def close(self) -> None:
+        try:
+            self._run(self.master.stop(), 30)
+        finally:
+            self.api.close()
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()
+
+
+@pytest.fixture
+def cameras() -> Iterator[list[Camera]]:
+    started: list[Camera] = []
+    yield started
+    for camera in started:
+        camera.close()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_console_live_sessions_and_settings(
+    make_server: Any, console_dir: Path, tmp_path: Path, cameras: list[Camera]
+) -> None:
+    """Live, Sessions and a channel's and a stream's settings and tags, in Chromium, with the
+    demo's synthetic camera recording into a channel with media storage."""
+    no_sessions = ("AKIANOSESSIONS000001", "no-sessions-secret")
+    server: ServerThread = make_server(
+        console_dir=console_dir,
+        credentials=[
+            {
+                "access_key_id": no_sessions[0],
+                "secret_access_key": no_sessions[1],
+                "policy": {
+                    "Statement": [
+                        {"Effect": "Allow", "Action": "kinesisvideo:*", "Resource": "*"},
+                        {
+                            "Effect": "Deny",
+                            "Action": "kinesisvideo:DescribeStorageSessions",
+                            "Resource": "*",
+                        },
+                    ]
+                },
+            }
+        ],
+    )
+    channel_arn = setup_channel(server, "porch")
+    enable_storage(server, channel_arn, "porch-rec")
+    camera = Camera(server, channel_arn, tmp_path / "pattern")
+    cameras.append(camera)
+    camera.start()
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    akid, secret = server.keys
+    config = {
+        "url": f"{server.endpoint}/console/",
+        "shots": str(shots),
+        "keys": [akid, secret],
+        "limited": list(no_sessions),
+        "channel": "porch",
+        "stream": "porch-rec",
+    }
+    proc = subprocess.run(
+        ["node", str(JS / "console_live.js"), json.dumps(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    steps = result["steps"]
+    assert "fatal" not in result, (result["fatal"], result.get("html"), steps)
+
+    # Live: the master's video decodes in the <video> (the test pattern is 320x240), time runs,
+    # the picture is not one flat colour, and every readout has a value.
+    video = steps["video"]
+    assert (video["width"], video["height"]) == (320, 240), video
+    assert video["advanced"] > 1.0, video
+    assert video["variance"] > 100, video
+    readouts = steps["readouts"]
+    assert set(readouts) == {"bitrate", "resolution", "fps", "latency"}, readouts
+    assert all(v and v != "—" for v in readouts.values()), readouts
+    assert readouts["resolution"] == "320×240"
+    assert int(readouts["bitrate"].split()[0]) > 0, readouts
+    assert float(readouts["fps"].split()[0]) > 5, readouts
+    assert readouts["latency"].endswith(")") and "ms" in readouts["latency"], readouts
+    assert steps["talkBackDefault"] is False
+    # Keyboard: Channel, Talk back, Watch in Tab order; Enter on Watch started it.
+    assert steps["liveTabStops"] == ["Talk back (send my microphone)", "Watch"]
+    assert "server → screen" in steps["latencyExplained"]
+    # Talk-back on while watching: the microphone's track goes out (outbound audio RTP).
+    assert steps["talkBackPackets"] > 0, steps["talkBackPackets"]
+
+    # Sessions: the master's session is connected, with a selected candidate pair.
+    master = steps["masterRow"]
+    assert master["state"] == "ACTIVE (connected)", master
+    assert re.fullmatch(r"\S+:\d+ -> \S+:\d+", master["pair"]), master
+    assert master["verdict"] == "no problem seen", master
+    assert steps["connected"].startswith("Connected: master (connected)"), steps["connected"]
+    # While the console watched, its viewer was listed as connected, by its client id.
+    assert re.fullmatch(
+        r"Connected: master \(connected\), 1 viewer \(console-[0-9a-f]{12}\)\.",
+        steps["connectedWhileWatching"],
+    ), steps["connectedWhileWatching"]
+    # The console's own viewer session (stopped before): a VIEWER with the console's client id.
+    assert re.fullmatch(r"Viewer console-[0-9a-f]{12} #\d+", steps["viewerRow"]), steps["viewerRow"]
+
+    # A key whose policy denies DescribeStorageSessions: the service's refusal, on the page.
+    denied = steps["sessionsDenied"]
+    assert denied.startswith("Access denied. AccessDeniedException: "), denied
+    assert "kinesisvideo:DescribeStorageSessions" in denied, denied
+
+    # Settings: a bad TTL shows the service's validation error; a good one is saved.
+    assert steps["badTtl"].startswith(("InvalidArgumentException", "ValidationException")), steps[
+        "badTtl"
+    ]
+    kv = server.client("kinesisvideo")
+    channel = kv.describe_signaling_channel(ChannelName="porch")["ChannelInfo"]
+    assert channel["SingleMasterConfiguration"]["MessageTtlSeconds"] == 90
+    assert steps["ttlShown"] == "90 s"
+    stream = kv.describe_stream(StreamName="porch-rec")["StreamInfo"]
+    assert stream["DataRetentionInHours"] == 72
+    # Tags: added, listed, an invalid key refused inline, removed.
+    assert steps["channelTagsAfterAdd"] == [["site", "north"]]
+    assert steps["badTag"].startswith(("InvalidArgumentException", "ValidationException")), steps[
+        "badTag"
+    ]
+    assert kv.list_tags_for_resource(ResourceARN=channel_arn)["Tags"] == {}
+    assert steps["channelTagsAfterRemove"] == []
+    assert steps["streamTagsAfterAdd"] == [["owner", "ops"]]
+    assert kv.list_tags_for_stream(StreamName="porch-rec")["Tags"] == {"owner": "ops"}
+    # Screenshots of each page at both widths; nothing wider than the screen.
+    assert len(result["shots"]) == 8 and all(Path(p).stat().st_size > 0 for p in result["shots"])
+    overflow = {k: v for k, v in steps.items() if k.startswith("overflow-") and v > 0}
+    assert not overflow, overflow
     errors = [e for e in result["consoleErrors"] if "Failed to load resource" not in e]
     assert not errors and not result["pageErrors"], (errors, result["pageErrors"])

@@ -6,12 +6,27 @@ import {
     DeleteSignalingChannelCommand,
     DeleteStreamCommand,
     DescribeMediaStorageConfigurationCommand,
+    DescribeSignalingChannelCommand,
+    DescribeStreamCommand,
+    GetSignalingChannelEndpointCommand,
     KinesisVideoClient,
     ListSignalingChannelsCommand,
     ListStreamsCommand,
+    ListTagsForResourceCommand,
+    ListTagsForStreamCommand,
+    TagResourceCommand,
+    TagStreamCommand,
+    UntagResourceCommand,
+    UntagStreamCommand,
+    UpdateDataRetentionCommand,
     UpdateMediaStorageConfigurationCommand,
+    UpdateSignalingChannelCommand,
     GetDataEndpointCommand,
 } from '@aws-sdk/client-kinesis-video';
+import { GetIceServerConfigCommand, KinesisVideoSignalingClient } from '@aws-sdk/client-kinesis-video-signaling';
+import { JoinStorageSessionAsViewerCommand, KinesisVideoWebRTCStorageClient } from '@aws-sdk/client-kinesis-video-webrtc-storage';
+import { Sha256 } from '@aws-crypto/sha256-js';
+import { SignatureV4 } from '@smithy/signature-v4';
 import {
     GetClipCommand,
     GetImagesCommand,
@@ -187,5 +202,158 @@ export class Api {
             }),
         );
         return (r.Images || []).filter((i) => i.ImageContent);
+    }
+
+    // -- one channel or stream: settings and tags --------------------------------------------
+
+    async describeChannel(name) {
+        const r = await this.kv.send(new DescribeSignalingChannelCommand({ ChannelName: name }));
+        return r.ChannelInfo;
+    }
+
+    async describeStream(name) {
+        const r = await this.kv.send(new DescribeStreamCommand({ StreamName: name }));
+        return r.StreamInfo;
+    }
+
+    updateMessageTtl(channel, seconds) {
+        return this.kv.send(
+            new UpdateSignalingChannelCommand({
+                ChannelARN: channel.ChannelARN,
+                CurrentVersion: channel.Version,
+                SingleMasterConfiguration: { MessageTtlSeconds: seconds },
+            }),
+        );
+    }
+
+    // UpdateDataRetention takes a change (increase or decrease), not the new value.
+    updateRetention(stream, hours) {
+        const current = stream.DataRetentionInHours || 0;
+        return this.kv.send(
+            new UpdateDataRetentionCommand({
+                StreamARN: stream.StreamARN,
+                CurrentVersion: stream.Version,
+                Operation: hours >= current ? 'INCREASE_DATA_RETENTION' : 'DECREASE_DATA_RETENTION',
+                DataRetentionChangeInHours: Math.abs(hours - current),
+            }),
+        );
+    }
+
+    // Tags as [[key, value], ...], sorted by key.
+    async channelTags(arn) {
+        const tags = {};
+        let NextToken;
+        do {
+            const r = await this.kv.send(new ListTagsForResourceCommand({ ResourceARN: arn, NextToken }));
+            Object.assign(tags, r.Tags || {});
+            NextToken = r.NextToken;
+        } while (NextToken);
+        return Object.entries(tags).sort(([a], [b]) => a.localeCompare(b));
+    }
+
+    async streamTags(arn) {
+        const tags = {};
+        let NextToken;
+        do {
+            const r = await this.kv.send(new ListTagsForStreamCommand({ StreamARN: arn, NextToken }));
+            Object.assign(tags, r.Tags || {});
+            NextToken = r.NextToken;
+        } while (NextToken);
+        return Object.entries(tags).sort(([a], [b]) => a.localeCompare(b));
+    }
+
+    tagChannel(arn, key, value) {
+        return this.kv.send(new TagResourceCommand({ ResourceARN: arn, Tags: [{ Key: key, Value: value }] }));
+    }
+
+    untagChannel(arn, key) {
+        return this.kv.send(new UntagResourceCommand({ ResourceARN: arn, TagKeyList: [key] }));
+    }
+
+    tagStream(arn, key, value) {
+        return this.kv.send(new TagStreamCommand({ StreamARN: arn, Tags: { [key]: value } }));
+    }
+
+    untagStream(arn, key) {
+        return this.kv.send(new UntagStreamCommand({ StreamARN: arn, TagKeyList: [key] }));
+    }
+
+    // -- WebRTC: live viewing and storage-session diagnostics ---------------------------------
+
+    async channelEndpoints(channelArn, role) {
+        const r = await this.kv.send(
+            new GetSignalingChannelEndpointCommand({
+                ChannelARN: channelArn,
+                SingleMasterChannelEndpointConfiguration: { Protocols: ['WSS', 'HTTPS', 'WEBRTC'], Role: role },
+            }),
+        );
+        const ep = {};
+        for (const e of r.ResourceEndpointList || []) ep[e.Protocol] = e.ResourceEndpoint;
+        return ep;
+    }
+
+    async iceServers(channelArn, httpsEndpoint, clientId) {
+        const signaling = new KinesisVideoSignalingClient({
+            region: this.region,
+            endpoint: httpsEndpoint,
+            credentials: this.kv.config.credentials,
+            maxAttempts: 1,
+        });
+        const r = await signaling.send(new GetIceServerConfigCommand({ ChannelARN: channelArn, ClientId: clientId }));
+        return (r.IceServerList || []).map((s) => ({ urls: s.Uris, username: s.Username, credential: s.Password }));
+    }
+
+    joinAsViewer(channelArn, webrtcEndpoint, clientId) {
+        const storage = new KinesisVideoWebRTCStorageClient({
+            region: this.region,
+            endpoint: webrtcEndpoint,
+            credentials: this.kv.config.credentials,
+            maxAttempts: 1,
+            requestHandler: { requestTimeout: 6000 },
+        });
+        return storage.send(new JoinStorageSessionAsViewerCommand({ channelArn, clientId }));
+    }
+
+    // POST /describeStorageSessions on the channel's WEBRTC endpoint, SigV4-signed for
+    // kinesisvideo (no SDK has a command for it). Errors come back as the SDK's do: name, message.
+    async describeStorageSessions(channelArn) {
+        const ep = await this.channelEndpoints(channelArn, 'MASTER');
+        const url = new URL('/describeStorageSessions', ep.WEBRTC || this.endpoint);
+        const body = JSON.stringify({ ChannelARN: channelArn });
+        const signer = new SignatureV4({
+            service: 'kinesisvideo',
+            region: this.region,
+            credentials: { accessKeyId: this.credentials.accessKeyId, secretAccessKey: this.credentials.secretAccessKey },
+            sha256: Sha256,
+        });
+        const signed = await signer.sign({
+            method: 'POST',
+            protocol: url.protocol,
+            hostname: url.hostname,
+            port: url.port ? Number(url.port) : undefined,
+            path: url.pathname,
+            query: {},
+            headers: { host: url.host, 'content-type': 'application/json' },
+            body,
+        });
+        const headers = { ...signed.headers };
+        delete headers.host; // the browser sets it
+        const r = await fetch(url, { method: 'POST', headers, body });
+        const text = await r.text();
+        let data = null;
+        try {
+            data = JSON.parse(text);
+        } catch {
+            data = null;
+        }
+        if (!r.ok) {
+            const err = new Error((data && (data.message || data.Message)) || `HTTP ${r.status}`);
+            const type = (data && (data.__type || data.code)) || r.headers.get('x-amzn-ErrorType') || '';
+            // "Code", "namespace#Code" or "Code:http://..." (as the SDKs read x-amzn-ErrorType)
+            err.name = String(type).split(':')[0].split('#').pop() || 'Error';
+            err.$metadata = { httpStatusCode: r.status };
+            throw err;
+        }
+        return data.StorageSessions || [];
     }
 }

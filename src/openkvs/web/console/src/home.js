@@ -52,7 +52,17 @@ export async function homePage(ctx) {
             h('td', { 'data-label': 'Type' }, c.ChannelType || ''),
             h('td', { 'data-label': 'Status' }, c.ChannelStatus || ''),
             h('td', { 'data-label': 'Media storage', class: 'storage' }, linked),
-            h('td', {}, del),
+            h(
+                'td',
+                {},
+                h('a', { href: `#/channel/${encodeURIComponent(c.ChannelName)}`, 'aria-label': `Settings and tags of ${c.ChannelName}` }, 'Settings'),
+                ' ',
+                h('a', { href: `#/live/${encodeURIComponent(c.ChannelName)}`, 'aria-label': `Watch ${c.ChannelName} live` }, 'Live'),
+                ' ',
+                h('a', { href: `#/sessions/${encodeURIComponent(c.ChannelName)}`, 'aria-label': `Sessions of ${c.ChannelName}` }, 'Sessions'),
+                ' ',
+                del,
+            ),
         );
     });
     const channelTable = channels.length
@@ -104,6 +114,8 @@ export async function homePage(ctx) {
                 'td',
                 {},
                 h('a', { href: `#/recordings/${encodeURIComponent(s.StreamName)}`, 'aria-label': `Recordings of ${s.StreamName}` }, 'Recordings'),
+                ' ',
+                h('a', { href: `#/stream/${encodeURIComponent(s.StreamName)}`, 'aria-label': `Settings and tags of ${s.StreamName}` }, 'Settings'),
                 ' ',
                 del,
             ),

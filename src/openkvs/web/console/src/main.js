@@ -2,7 +2,10 @@
 import { Api, clearCredentials, loadCredentials, saveCredentials } from './api.js';
 import { busy, errorSlot, field, h, showError } from './dom.js';
 import { homePage } from './home.js';
+import { livePage } from './live.js';
 import { recordingsPage } from './recordings.js';
+import { resourcePage } from './resource.js';
+import { sessionsPage } from './sessions.js';
 
 const main = document.getElementById('main');
 const nav = document.getElementById('nav');
@@ -88,6 +91,9 @@ function route() {
         },
     };
     if (parts[0] === 'recordings') return recordingsPage(ctx, parts[1]);
+    if (parts[0] === 'live') return livePage(ctx, parts[1]);
+    if (parts[0] === 'sessions') return sessionsPage(ctx, parts[1]);
+    if ((parts[0] === 'channel' || parts[0] === 'stream') && parts[1]) return resourcePage(ctx, parts[0], parts[1]);
     return homePage(ctx);
 }
 
