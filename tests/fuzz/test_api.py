@@ -80,7 +80,11 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThre
     )
     kv = srv.client("kinesisvideo")
     stream_arn = kv.create_stream(StreamName=STREAM, DataRetentionInHours=1)["StreamARN"]
-    channel_arn = kv.create_signaling_channel(ChannelName=CHANNEL)["ChannelARN"]
+    # A short message TTL: a valid SendAlexaOfferToMaster waits that long for the (absent)
+    # master's answer before it is refused, well inside the client's timeout.
+    channel_arn = kv.create_signaling_channel(
+        ChannelName=CHANNEL, SingleMasterConfiguration={"MessageTtlSeconds": 5}
+    )["ChannelARN"]
     shapes.KNOWN.update(
         {"StreamName": [STREAM], "ChannelName": [CHANNEL], "ARN": [stream_arn, channel_arn]}
     )
