@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -76,18 +77,26 @@ class ProcCluster:
 
     def node(self, **env: str) -> Node:
         """A new started node."""
+        (node,) = self.start(1, **env)
+        return node
+
+    def start(self, count: int, **env: str) -> list[Node]:
+        """``count`` new nodes, started side by side."""
         shared = {
             "database_url": self.database_url,
             "bus_url": self.bus_url,
             "node_address": "127.0.0.1",
             **self.seaweed.settings(self.bucket, MEDIA_PREFIX),
         }
-        data_dir = self.root / f"node{len(self.nodes)}"
-        data_dir.mkdir(parents=True)
-        node = Node(self, data_dir, **shared, **env)
-        self.nodes.append(node)
-        node.start()
-        return node
+        made: list[Node] = []
+        for _ in range(count):
+            data_dir = self.root / f"node{len(self.nodes)}"
+            data_dir.mkdir(parents=True)
+            made.append(Node(self, data_dir, **shared, **env))
+            self.nodes.append(made[-1])
+        with ThreadPoolExecutor(count) as pool:
+            list(pool.map(Node.start, made))
+        return made
 
     @property
     def keys(self) -> tuple[str, str]:
@@ -127,8 +136,9 @@ class ProcCluster:
         return out
 
     def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
+        if self.nodes:
+            with ThreadPoolExecutor(len(self.nodes)) as pool:
+                list(pool.map(Node.stop, self.nodes))
 
 
 @pytest.fixture
