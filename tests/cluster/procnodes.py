@@ -73,6 +73,8 @@ class ProcCluster:
         self.bucket = bucket
         self.bus_url = bus_url
         self.nodes: list[Node] = []
+        # Where the nodes reach S3 (the gateway, or a proxy in front of it).
+        self.s3_endpoint = seaweed.endpoint
         self._keys: tuple[str, str] | None = None
 
     def node(self, **env: str) -> Node:
@@ -87,6 +89,7 @@ class ProcCluster:
             "bus_url": self.bus_url,
             "node_address": "127.0.0.1",
             **self.seaweed.settings(self.bucket, MEDIA_PREFIX),
+            "s3_endpoint_url": self.s3_endpoint,
         }
         made: list[Node] = []
         for _ in range(count):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from ..mediagen import h264_clip, opus_packets
 from ..support import need_tool
 from ..webrtc.harness import Camera, wait_for
 from .procnodes import MEDIA_PREFIX, Node, ProcCluster, proc_cluster
+from .s3count import DeletionCounter
 
 __all__ = ["proc_cluster"]  # the fixture, used by name
 
@@ -83,6 +85,18 @@ def check_store(cluster: ProcCluster) -> tuple[int, int]:
     return len(rows), len(objects)
 
 
+async def decode_all(srv: Node, stream: str, numbers: list[str], tmp: Path) -> int:
+    """``check_fragments_decode`` over ``numbers``, in two halves side by side; the frames."""
+    half = len(numbers) // 2
+    counts = await asyncio.gather(
+        *(
+            asyncio.to_thread(check_fragments_decode, srv, stream, part, tmp)
+            for part in (numbers[:half], numbers[half:])
+        )
+    )
+    return sum(counts)
+
+
 async def reconnect(srv: Node, stream: str, data: bytes, resume_at: int) -> PacedPut:
     """A PutMedia upload through ``srv`` that carries on from cluster ``resume_at``, retried
     (as the Producer SDK retries) while the stream's previous writer still holds it."""
@@ -127,6 +141,7 @@ async def test_kill9_of_a_node_during_putmedia(proc_cluster: ProcCluster, tmp_pa
     listed = await asyncio.to_thread(listed_fragments, b, "cam")
     assert persisted | listed_before <= set(listed), sorted(persisted | listed_before - set(listed))
     assert set(listed) <= received  # nothing listed that was not received
+    assert len(received - set(listed)) <= 1  # at most the fragment in flight at the kill
 
     # The producer reconnects to B at once (retrying while the dead node's writer lease lives)
     # and the stream continues from the cluster that was cut.
@@ -144,7 +159,7 @@ async def test_kill9_of_a_node_during_putmedia(proc_cluster: ProcCluster, tmp_pa
     assert set(listed) < set(after)
     new = [n for n in after if n not in set(listed)]
     assert min(int(n) for n in new) > max(int(n) for n in listed)
-    frames = await asyncio.to_thread(check_fragments_decode, b, "cam", after, tmp_path)
+    frames = await decode_all(b, "cam", after, tmp_path)
     assert frames == len(after) * round(GOP_S * FPS)  # whole fragments only
     rows, objects = await asyncio.to_thread(check_store, proc_cluster)
     assert rows == len(after)
@@ -186,7 +201,7 @@ async def test_kill9_of_a_node_during_a_webrtc_storage_session(
 
     listed = await asyncio.to_thread(listed_fragments, b, "door-stream")
     assert set(before) <= set(listed), sorted(set(before) - set(listed))
-    await asyncio.to_thread(check_fragments_decode, b, "door-stream", listed, tmp_path)
+    await decode_all(b, "door-stream", listed, tmp_path)
 
     # The master reconnects through B: a new signaling socket there, JoinStorageSession there.
     again = Camera(b, ch, clip, opus_packets(8.0))  # type: ignore[arg-type]
@@ -214,7 +229,7 @@ async def test_kill9_of_a_node_during_a_webrtc_storage_session(
     # B met the dead node's claim on the channel (its heartbeat not yet expired) and took over.
     assert any("is gone: the join runs here" in line for line in b.log), "".join(b.log)[-3000:]
     assert min(int(n) for n in new) > max(int(n) for n in listed)
-    await asyncio.to_thread(check_fragments_decode, b, "door-stream", new, tmp_path)
+    await decode_all(b, "door-stream", new, tmp_path)
     rows, objects = await asyncio.to_thread(check_store, proc_cluster)
     print(
         f"\nkill -9 of node A during a WebRTC storage session: {len(before)} fragments listed"
@@ -240,6 +255,16 @@ RETENTION_PASS = re.compile(r"retention removed (\d+) fragments")
 async def test_retention_across_nodes_removes_each_expired_fragment_once(
     proc_cluster: ProcCluster,
 ) -> None:
+    deletions = DeletionCounter(proc_cluster.seaweed.endpoint)
+    deletions.start()
+    proc_cluster.s3_endpoint = deletions.endpoint  # every node's deletions counted
+    try:
+        await _retention_on_three_nodes(proc_cluster, deletions)
+    finally:
+        deletions.stop()
+
+
+async def _retention_on_three_nodes(proc_cluster: ProcCluster, deletions: DeletionCounter) -> None:
     nodes = proc_cluster.start(3, storage_retention_interval="0.5")
     nodes[0].client("kinesisvideo").create_stream(StreamName="old", DataRetentionInHours=1)
     # Fragments whose server timestamps are hours old can only be written beside the nodes:
@@ -290,4 +315,10 @@ async def test_retention_across_nodes_removes_each_expired_fragment_once(
         sum(int(m.group(1)) for line in n.log if (m := RETENTION_PASS.search(line))) for n in nodes
     ]
     assert sum(removed) == EXPIRED, removed  # each expired fragment removed by one node, once
-    print(f"\nretention on three nodes: fragments removed per node {removed}, {YOUNG} kept")
+    # Each expired object deleted exactly once in S3, no other object deleted.
+    prefix = f"{proc_cluster.bucket}/{MEDIA_PREFIX}/"
+    assert deletions.deleted == Counter(prefix + k for k in expired_keys), deletions.deleted
+    print(
+        f"\nretention on three nodes: fragments removed per node {removed}, {YOUNG} kept,"
+        f" {sum(deletions.deleted.values())} object deletions in S3"
+    )
