@@ -84,7 +84,10 @@ class BlockNumbers:
         was idle: others may have handed out higher numbers since), so that a stream whose
         writer moves to this node keeps increasing numbers."""
         if clock.monotonic() - self._at > self.REFRESH_SECONDS or self._next >= self._end:
-            await self._refill()
+            # One reservation for all the writers that find the block stale at once.
+            if self._task is None or self._task.done():
+                self._task = asyncio.get_running_loop().create_task(self._refill_logged())
+            await asyncio.shield(self._task)
         return self.next()
 
     async def renew(self) -> None:
