@@ -26,6 +26,7 @@ from openkvs import clock
 from openkvs.config import Settings
 from openkvs.control.fragments import FragmentStore
 from openkvs.control.resources import ControlPlane
+from openkvs.dataplane.plane import WRITER_LEASE_TTL
 from openkvs.store.factory import open_backends
 
 from ..dataplane.ebmlcheck import CLUSTER, EBML, SEGMENT, UNKNOWN, element, split_chunks
@@ -97,11 +98,14 @@ async def decode_all(srv: Node, stream: str, numbers: list[str], tmp: Path) -> i
     return sum(counts)
 
 
-async def reconnect(srv: Node, stream: str, data: bytes, resume_at: int) -> PacedPut:
+async def reconnect(srv: Node, stream: str, data: bytes, resume_at: int) -> tuple[PacedPut, int]:
     """A PutMedia upload through ``srv`` that carries on from cluster ``resume_at``, retried
-    (as the Producer SDK retries) while the stream's previous writer still holds it."""
+    (as the Producer SDK retries) while the stream's previous writer still holds it; and the
+    number of attempts."""
     deadline = time.monotonic() + RECONNECT_LIMIT_S
+    attempts = 0
     while True:
+        attempts += 1
         put = PacedPut(srv, stream, data)
         await put.producer.connect()
         status = await put.producer.read_head(timeout=RECONNECT_LIMIT_S)
@@ -109,7 +113,7 @@ async def reconnect(srv: Node, stream: str, data: bytes, resume_at: int) -> Pace
             put.reader = asyncio.ensure_future(put._read())
             await put.producer.send(put.head)
             put.sent = resume_at
-            return put
+            return put, attempts
         error = put.producer.response_headers.get("x-amzn-errortype", "")
         await put.producer.end_and_close()
         assert status == 400 and error.startswith("ConnectionLimitExceeded"), (status, error)
@@ -145,8 +149,11 @@ async def test_kill9_of_a_node_during_putmedia(proc_cluster: ProcCluster, tmp_pa
 
     # The producer reconnects to B at once (retrying while the dead node's writer lease lives)
     # and the stream continues from the cluster that was cut.
-    again = await reconnect(b, "cam", data, cut)
+    again, attempts = await reconnect(b, "cam", data, cut)
     accepted_after = time.monotonic() - killed_at
+    # B waits for the stream (putmedia_handover_wait, 10 s) longer than the dead node's writer
+    # lease lives unrenewed (WRITER_LEASE_TTL, 6 s): the first attempt gets it.
+    assert attempts == 1 and accepted_after < WRITER_LEASE_TTL + 3.0, (attempts, accepted_after)
     more = 4
     while len(again.numbers("PERSISTED")) < more:
         assert await again.send_next(0.05), "ran out of clusters after the reconnect"
