@@ -111,3 +111,24 @@ async def test_fragment_numbers_are_unique_and_near_the_clock(
     stream = await plane.create_stream(name="numbered", retention_hours=1)
     f = await fragments.append(stream, b"x", producer_ts_ms=0, duration_ms=1)
     assert isinstance(f, Fragment) and f.number > max(everything)
+
+
+@pytest.mark.parametrize("planes", ["postgres"], indirect=True)
+async def test_numbers_keep_increasing_when_a_stream_moves_to_another_node(
+    planes: list[tuple[ControlPlane, FragmentStore]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each node hands out numbers from its own reserved block: a node that was idle since its
+    block was reserved, or that takes a stream over from another node, must not number the
+    stream's next fragment below the other node's last one."""
+    (_, idle), (_, busy) = planes
+    real_monotonic, real_ms = clock.monotonic, clock.now_ms
+    later = 10.0  # both nodes reserved their blocks at start; the clock moves on
+    monkeypatch.setattr(clock, "monotonic", lambda: real_monotonic() + later)
+    monkeypatch.setattr(clock, "now_ms", lambda: real_ms() + int(later * 1000))
+    on_busy = [await busy.fresh_number() for _ in range(3)]
+    on_idle = await idle.fresh_number()  # the writer moved to the idle node
+    assert on_idle > max(on_busy)
+    # A writer starting on a node whose block is fresh but older than the other node's.
+    assert busy.next_number() < on_idle
+    await busy.renew_numbers()
+    assert busy.next_number() > on_idle

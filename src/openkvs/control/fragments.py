@@ -79,6 +79,22 @@ class BlockNumbers:
         except Exception:  # noqa: BLE001 - the current block serves on; the next call retries
             logger.exception("could not reserve fragment numbers")
 
+    async def fresh(self) -> int:
+        """Like ``next``, but first reserves a new block if the current one is stale (this node
+        was idle: others may have handed out higher numbers since), so that a stream whose
+        writer moves to this node keeps increasing numbers."""
+        if clock.monotonic() - self._at > self.REFRESH_SECONDS or self._next >= self._end:
+            # One reservation for all the writers that find the block stale at once.
+            if self._task is None or self._task.done():
+                self._task = asyncio.get_running_loop().create_task(self._refill_logged())
+            await asyncio.shield(self._task)
+        return self.next()
+
+    async def renew(self) -> None:
+        """Reserve a new block now: every number handed out after this is above every number
+        any node handed out before it (when the store answers; else the current block serves)."""
+        await self._refill_logged()
+
     def next(self) -> int:
         left = self._end - self._next
         stale = clock.monotonic() - self._at > self.REFRESH_SECONDS
@@ -185,6 +201,19 @@ class FragmentStore:
             return self._blocks.next()
         return self._numbers.next()
 
+    async def fresh_number(self) -> int:
+        """The next fragment number for a writer; with a shared store, from a block reserved
+        within ``BlockNumbers.REFRESH_SECONDS`` (see ``BlockNumbers.fresh``)."""
+        if self._blocks is not None:
+            return await self._blocks.fresh()
+        return self._numbers.next()
+
+    async def renew_numbers(self) -> None:
+        """A stream's writer starts on this node: numbers from here on are above every number
+        handed out before, on any node (no-op for a store of one node)."""
+        if self._blocks is not None:
+            await self._blocks.renew()
+
     async def append(
         self,
         stream: Stream,
@@ -201,7 +230,7 @@ class FragmentStore:
         if len(data) > FRAGMENT_MAX_BYTES:
             raise ValueError(f"fragment of {len(data)} bytes exceeds {FRAGMENT_MAX_BYTES}")
         server_ts = clock.now_ms() if server_ts_ms is None else server_ts_ms
-        number = self.next_number() if number is None else number
+        number = await self.fresh_number() if number is None else number
         key = blob_key(stream.id, server_ts, number)
         await self.blobs.put(key, data)
         fragment = Fragment(

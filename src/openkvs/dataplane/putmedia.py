@@ -229,7 +229,9 @@ class PutMediaSession:
                 assert self.parser.header is not None
                 ts = self._producer_ts(to_ms(ev.timecode, self.parser.header.timecode_scale))
                 earlier = self._earlier.pop(ts, None)
-                number = self.plane.fragments.next_number() if earlier is None else earlier.number
+                number = (
+                    await self.plane.fragments.fresh_number() if earlier is None else earlier.number
+                )
                 self._current = _Current(ev.index, ev.timecode, number, clock.now_ms(), earlier)
                 await self._send(
                     ack("BUFFERING", timecode=ev.timecode, number=self._current.number)
@@ -261,7 +263,7 @@ class PutMediaSession:
         cur = self._current
         if cur is None or cur.index != ev.index:  # pragma: no cover - parser guarantees order
             cur = _Current(
-                ev.index, ev.timecode, self.plane.fragments.next_number(), clock.now_ms()
+                ev.index, ev.timecode, await self.plane.fragments.fresh_number(), clock.now_ms()
             )
         self._current = cur
         await self._send(ack("RECEIVED", timecode=ev.timecode, number=cur.number))

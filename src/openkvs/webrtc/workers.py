@@ -280,7 +280,7 @@ class WorkerPool:
             )
             return None
         if op == "next_number":
-            return self.fragments.next_number()
+            return await self.fragments.fresh_number()
         if op == "commit":
             await self.fragments.commit(Fragment(**args["fragment"]))
             return None
