@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -145,11 +146,63 @@ async def pg_counters(url: str) -> dict[str, int]:
 PG_FLUSH_S = 11.0  # an idle backend reports its statistics within 10 s (PostgreSQL 15)
 
 
-def snapshot(pg: str, bus: str) -> dict[str, float]:
+PG_LOG = Path("/var/log/postgresql/postgresql-15-main.log")  # the Debian package's server log
+_STATEMENT = re.compile(r"LOG:  (?:statement|execute [^:]*): (.*)")
+_PROBE_SQL = ("pg_stat_force_next_flush", "FROM pg_stat_database")
+
+
+@contextlib.contextmanager
+def statement_log(url: str) -> Iterator[Callable[[], dict[str, int]] | None]:
+    """Every statement of the database ``url`` logged (``log_statement = 'all'`` for that database
+    only; set before the node connects), counted from the server log; None when it is unreadable."""
+    if not os.access(PG_LOG, os.R_OK):
+        yield None
+        return
+    name = url.rsplit("/", 1)[1]
+
+    async def set_all() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(f"ALTER DATABASE \"{name}\" SET log_statement = 'all'")
+        finally:
+            await conn.close()
+
+    asyncio.run(set_all())
+    start = PG_LOG.stat().st_size
+    tag = f"@{name} "
+
+    def count() -> dict[str, int]:
+        """Statements, BEGIN/COMMIT, and each statement's count under ``sql:<its start>``."""
+        out = {"statements": 0, "transaction_control": 0}
+        with PG_LOG.open("rb") as f:
+            f.seek(start)
+            for raw in f:
+                line = raw.decode(errors="replace")
+                if tag not in line:
+                    continue
+                m = _STATEMENT.search(line)
+                if m is None or any(p in m.group(1) for p in _PROBE_SQL):
+                    continue
+                sql = m.group(1).strip().upper()
+                if sql.startswith(("BEGIN", "COMMIT", "ROLLBACK", "SET TRANSACTION")):
+                    out["transaction_control"] += 1
+                else:
+                    out["statements"] += 1
+                kind = "sql:" + " ".join(m.group(1).split())[:60]
+                out[kind] = out.get(kind, 0) + 1
+        return out
+
+    yield count
+
+
+def snapshot(
+    pg: str, bus: str, statements: Callable[[], dict[str, int]] | None = None
+) -> dict[str, float]:
     """PostgreSQL and Redis counters at one moment (``_t``), after the statistics have settled."""
     time.sleep(PG_FLUSH_S)
     out: dict[str, float] = {"_t": time.monotonic()}
     out.update({f"pg_{k}": v for k, v in asyncio.run(pg_counters(pg)).items()})
+    out.update({f"pg_{k}": v for k, v in (statements() if statements else {}).items()})
     out.update({f"redis_{k}": v for k, v in redis_calls(bus).items()})
     return out
 
@@ -449,6 +502,7 @@ def run(quick: bool) -> dict[str, Any]:
             seaweed(tmp / "seaweed") as sw,
             redis_server(tmp / "redis") as bus,
             postgres() as pg,
+            statement_log(pg) as statements,
         ):
             os.environ.update(sw.env())
             with node(tmp / "dur-cluster", pg, bus_url=bus, **sw.settings(bucket)) as srv:
@@ -456,7 +510,7 @@ def run(quick: bool) -> dict[str, Any]:
                 log("cluster: idle rates (PostgreSQL, Redis)")
 
                 def both() -> dict[str, float]:
-                    return snapshot(pg, bus)
+                    return snapshot(pg, bus, statements)
 
                 idle = idle_rate(both)
                 log(
@@ -475,13 +529,24 @@ def run(quick: bool) -> dict[str, Any]:
                     "pg_rows_inserted": round(pg_net.get("tup_inserted", 0) / frags, 2),
                     "pg_rows_updated": round(pg_net.get("tup_updated", 0) / frags, 2),
                     "pg_rows_deleted": round(pg_net.get("tup_deleted", 0) / frags, 2),
+                    "pg_statements": round(pg_net["statements"] / frags, 2)
+                    if "statements" in pg_net
+                    else None,
+                    "pg_transaction_control": round(pg_net.get("transaction_control", 0) / frags, 2)
+                    if "statements" in pg_net
+                    else None,
                     "s3_objects": round((objects1 - objects0) / frags, 2),
                     "s3_bytes": round((bytes1 - bytes0) / frags),
                     "redis_commands": round(_total(rd_net) / frags, 2),
                     "redis_publish": round(rd_net.get("publish", 0) / frags, 2),
                 }
                 d["redis_by_command"] = {k: v for k, v in rd_net.items() if abs(v) >= 0.5}
-                d["pg_counters"] = pg_net
+                d["pg_counters"] = {k: v for k, v in pg_net.items() if not k.startswith("sql:")}
+                d["pg_statements_per_fragment"] = {
+                    k[4:]: round(v / frags, 2)
+                    for k, v in sorted(pg_net.items(), key=lambda kv: -kv[1])
+                    if k.startswith("sql:") and v / frags >= 0.01
+                }
                 d["stored_over_sent"] = round((bytes1 - bytes0) / max(1, d["bytes_sent"]), 4)
                 d["idle_per_second"] = {k: round(v, 2) for k, v in idle.items() if v}
                 results["S3 + PostgreSQL + Redis"] = d

@@ -610,6 +610,9 @@ def _cluster(d: dict[str, Any]) -> list[str]:
             [
                 ["PostgreSQL transactions (statements outside a transaction count one each)",
                  pf["pg_transactions"]],
+                ["PostgreSQL statements (server log, `log_statement = 'all'` on the bench's "
+                 "database) + BEGIN/COMMIT",
+                 f"{_f(pf.get('pg_statements'), 2)} + {_f(pf.get('pg_transaction_control'), 2)}"],
                 ["PostgreSQL rows inserted / updated / deleted",
                  f"{pf['pg_rows_inserted']} / {pf['pg_rows_updated']} / {pf['pg_rows_deleted']}"],
                 ["S3 objects written (one PutObject each)", pf["s3_objects"]],
@@ -620,6 +623,10 @@ def _cluster(d: dict[str, Any]) -> list[str]:
                 ["stored bytes / sent bytes", c.get("stored_over_sent")],
             ],
         )  # fmt: skip
+        kinds = c.get("pg_statements_per_fragment") or {}
+        if kinds:
+            L += ["PostgreSQL statements per fragment, by statement (its start):", ""]
+            L += _table(["statement", "per fragment"], [[f"`{k}`", v] for k, v in kinds.items()])
         L += [
             "Idle node, per second: PostgreSQL "
             f"{idle.get('pg_xact_commit', 0)} transactions; Redis "
