@@ -311,7 +311,8 @@ def run_api(quick: bool, tmp: Path) -> dict[str, Any]:
                     api.run_wrk(wrk, url, script, 1.0)
                 runs[key].append(api.run_wrk(wrk, url, script, seconds))
         for key, rs in runs.items():
-            best = dict(max(rs, key=lambda x: x.get("req_per_s") or 0))
+            top = max(rs, key=lambda x: x.get("req_per_s") or 0)
+            best = dict(top)
             best["all_req_per_s"] = [x.get("req_per_s") for x in rs]
             best.pop("raw", None)
             out[key] = best
