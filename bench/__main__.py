@@ -31,7 +31,7 @@ SECTIONS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "profile": profile.run,
     "cluster": cluster.run,
 }
-QUICK_SKIP = {"profile"}
+QUICK_SKIP = {"profile", "cluster"}  # cluster: `--quick --only cluster` (needs the engines)
 
 
 def machine() -> dict[str, Any]:
