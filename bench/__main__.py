@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import api, capacity, ingest, latency, playback, profile, report
+from . import api, capacity, cluster, ingest, latency, playback, profile, report
 from .common import ROOT, log
 
 SECTIONS: dict[str, Callable[[bool], dict[str, Any]]] = {
@@ -29,8 +29,9 @@ SECTIONS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "api": api.run,
     "playback": playback.run,
     "profile": profile.run,
+    "cluster": cluster.run,
 }
-QUICK_SKIP = {"profile"}
+QUICK_SKIP = {"profile", "cluster"}  # cluster: `--quick --only cluster` (needs the engines)
 
 
 def machine() -> dict[str, Any]:

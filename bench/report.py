@@ -143,8 +143,9 @@ def render(results: dict[str, Any]) -> str:
         ("5. Playback", sec.get("playback"), _playback),
     ]
     storage = ("6. Storage overhead and memory", None, None)
+    cluster = ("7. Cluster engines", sec.get("cluster"), _cluster)
     profile = ("Where the time goes", sec.get("profile"), _profile)
-    for title, d, body in [*parts, storage, profile]:
+    for title, d, body in [*parts, storage, cluster, profile]:
         try:
             if body is None:
                 L += _storage(sec.get("ingest"), sec.get("capacity"))
@@ -537,6 +538,139 @@ def _storage(ing: dict[str, Any] | None, cap: dict[str, Any] | None) -> list[str
         )
     L += ["Server RSS before the cameras joined and while they streamed:", ""]
     L += _table(["sessions", "idle RSS MB", "streaming RSS MB", "growth per session MB"], rows)
+    return L
+
+
+def _cluster(d: dict[str, Any]) -> list[str]:
+    L: list[str] = []
+    a = d.get("api", {})
+    L += [
+        "The embedded default (SQLite + files) beside the cluster engines (PostgreSQL 15, S3 on "
+        "SeaweedFS started by the bench, a private Redis 7), all on the same machine as the server, "
+        "so every engine competes for the same 2 shared cores; absolute figures are far below "
+        "what dedicated engine hosts give, and the per-operation counts do not depend on the "
+        "machine.",
+        "",
+        "### API on SQLite vs PostgreSQL",
+        "",
+        f"wrk, {a.get('connections')} connections, {a.get('seconds')} s after a 1 s warm-up, best "
+        f"of {a.get('rounds')} interleaved rounds, round-robin over {a.get('resources')} "
+        f"channels/streams; the mix {a.get('mix')}. Media in files for both; the PostgreSQL node "
+        "catches up with other nodes (`sync()`) before every request, as a cluster node does.",
+        "",
+    ]
+    rows = []
+    for key in ("SQLite", "PostgreSQL", "SQLite, reads only", "PostgreSQL, reads only"):
+        r = a.get(key)
+        if isinstance(r, dict) and "req_per_s" in r:
+            rows.append(
+                [key, _f(r["req_per_s"], 0), r.get("p50_ms"), r.get("p99_ms"),
+                 f"{r.get('non_2xx', 0)} non-2xx"
+                 + (f", socket errors {r['socket_errors']}" if r.get("socket_errors") else "")]
+            )  # fmt: skip
+    L += _table(["metadata store", "req/s", "p50 ms", "p99 ms", "errors"], rows)
+    p = d.get("producer", {})
+    L += [
+        "### Fragment durability",
+        "",
+        f"{p.get('streams')} PutMedia producers at once, each {p.get('seconds')} s of "
+        f"{p.get('bitrate_mbps')} Mb/s 640x360 H.264 in {d.get('fragment_seconds')} s fragments "
+        "(unknown-size Clusters, paced in real time, as the producer SDKs stream). Latency: from "
+        "the moment a fragment's end is known to the server (the producer sends the next "
+        "Cluster, or ends the stream) to its `PERSISTED` acknowledgement, sent after the blob is "
+        "stored and its row committed (so it is listed by ListFragments from then on).",
+        "",
+    ]
+    rows = []
+    for key in ("files + SQLite", "S3 + PostgreSQL + Redis"):
+        r = d.get(key)
+        if isinstance(r, dict) and "end_to_persisted" in r:
+            e = r["end_to_persisted"]
+            rows.append(
+                [key, f"{r['persisted']}/{r['fragments']}", e.get("p50_ms"), e.get("p99_ms"),
+                 e.get("max_ms"), len(r.get("errors") or [])]
+            )  # fmt: skip
+    L += _table(["media + metadata", "persisted", "p50 ms", "p99 ms", "max ms", "errors"], rows)
+    c = d.get("S3 + PostgreSQL + Redis", {})
+    pf = c.get("per_fragment")
+    if pf:
+        idle = c.get("idle_per_second", {})
+        L += [
+            "### Per-operation costs (measured)",
+            "",
+            "Counted during the S3 + PostgreSQL + Redis run above, less what the idle node does "
+            "over the same time (measured just before): PostgreSQL from `pg_stat_database` "
+            "(the bench's own database: committed transactions and rows written by every "
+            "backend), S3 from the bucket's objects, Redis from `INFO commandstats` of a private "
+            "redis-server (the bench's own probes left out).",
+            "",
+        ]
+        L += _table(
+            ["per fragment", "measured"],
+            [
+                ["PostgreSQL transactions (statements outside a transaction count one each)",
+                 pf["pg_transactions"]],
+                ["PostgreSQL statements (server log, `log_statement = 'all'` on the bench's "
+                 "database) + BEGIN/COMMIT",
+                 f"{_f(pf.get('pg_statements'), 2)} + {_f(pf.get('pg_transaction_control'), 2)}"],
+                ["PostgreSQL rows inserted / updated / deleted",
+                 f"{pf['pg_rows_inserted']} / {pf['pg_rows_updated']} / {pf['pg_rows_deleted']}"],
+                ["S3 objects written (one PutObject each)", pf["s3_objects"]],
+                ["S3 bytes written", _f(pf["s3_bytes"])],
+                ["Redis commands (PutMedia: lease renewals, fragment notifications)",
+                 pf["redis_commands"]],
+                ["  of which PUBLISH", pf["redis_publish"]],
+                ["stored bytes / sent bytes", c.get("stored_over_sent")],
+            ],
+        )  # fmt: skip
+        kinds = c.get("pg_statements_per_fragment") or {}
+        if kinds:
+            L += ["PostgreSQL statements per fragment, by statement (its start):", ""]
+            L += _table(["statement", "per fragment"], [[f"`{k}`", v] for k, v in kinds.items()])
+        L += [
+            "Idle node, per second: PostgreSQL "
+            f"{idle.get('pg_xact_commit', 0)} transactions; Redis "
+            f"{round(sum(v for k, v in idle.items() if k.startswith('redis_') and k[6:] not in ('info', 'hello', 'client|setinfo')), 2)}"
+            " commands (node heartbeats).",
+            "",
+        ]
+    s = d.get("storage_session")
+    if s:
+        L += [
+            f"One WebRTC storage session (a camera through signaling, JoinStorageSession, "
+            f"{s['send_seconds']} s of media, then hang-up), Redis commands less the idle rate: "
+            f"**{s['redis_commands_setup']}** until the camera was joined, "
+            f"**{s['redis_commands_session']}** for the whole session "
+            f"({s['redis_publish_session']} PUBLISH), "
+            f"{s['redis_commands_per_minute_after_join']} per minute after the join.",
+            "",
+        ]
+    z = d.get("sizing", {})
+    ph = z.get("per_camera_hour")
+    if ph:
+        L += [
+            f"### Sizing (derived from the counts above: {d.get('fragment_seconds')} s fragments, "
+            f"{z['bitrate_mbps']} Mb/s cameras)",
+            "",
+        ]
+        rows = [
+            ["PostgreSQL transactions", _f(ph["pg_transactions"]),
+             _f(z["1000"]["pg_transactions_per_s"]), _f(z["10000"]["pg_transactions_per_s"])],
+            ["PostgreSQL rows written", _f(ph["pg_rows_written"]),
+             _f(z["1000"]["pg_rows_per_s"]), _f(z["10000"]["pg_rows_per_s"])],
+            ["S3 PUTs", _f(ph["s3_puts"]), _f(z["1000"]["s3_puts_per_s"]),
+             _f(z["10000"]["s3_puts_per_s"])],
+            ["Redis commands (PutMedia)", _f(ph["redis_commands_putmedia"]),
+             _f(z["1000"]["redis_commands_per_s_putmedia"]),
+             _f(z["10000"]["redis_commands_per_s_putmedia"])],
+        ]  # fmt: skip
+        L += _table(["", "per camera-hour", "1,000 cameras (/s)", "10,000 cameras (/s)"], rows)
+        L += [
+            f"S3 storage: {ph['s3_gb_at_bitrate']} GB per camera-hour; "
+            f"{z['1000']['s3_tb_per_day']} TB/day for 1,000 cameras, "
+            f"{z['10000']['s3_tb_per_day']} TB/day for 10,000.",
+            "",
+        ]
     return L
 
 

@@ -12,7 +12,7 @@ import requests
 from bench.media import camera_media
 
 from bench import __main__ as bench_main
-from bench import api, audio, capacity, common, floor, profile, report
+from bench import api, audio, capacity, cluster, common, floor, profile, report
 
 from ..support import ServerThread
 
@@ -190,3 +190,48 @@ def test_tree_cpu_and_rss_include_live_child_processes() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_cluster_sizing_follows_the_measured_counts() -> None:
+    per_fragment = {
+        "pg_transactions": 2.5,
+        "pg_rows_inserted": 1.0,
+        "pg_rows_updated": 0.5,
+        "pg_rows_deleted": 0.0,
+        "pg_statements": 2.5,
+        "pg_transaction_control": 0.0,
+        "s3_objects": 1.0,
+        "s3_bytes": 500_000,
+        "redis_commands": 4.0,
+        "redis_publish": 1.0,
+    }
+    results: dict[str, Any] = {
+        "fragment_seconds": 2.0,
+        "S3 + PostgreSQL + Redis": {"per_fragment": per_fragment, "stored_over_sent": 1.0},
+    }
+    z = cluster.sizing(results)
+    assert z["per_camera_hour"]["fragments"] == 1800
+    assert z["per_camera_hour"]["pg_transactions"] == 4500
+    assert z["per_camera_hour"]["pg_rows_written"] == 2700
+    assert z["per_camera_hour"]["s3_puts"] == 1800
+    assert z["1000"]["s3_puts_per_s"] == 500.0 and z["10000"]["s3_puts_per_s"] == 5000.0
+    assert z["1000"]["redis_commands_per_s_putmedia"] == 2000.0
+    # 2 Mb/s for a day: 21.6 GB per camera.
+    assert z["1000"]["s3_tb_per_day"] == 21.6
+    results["sizing"] = z
+    md = "\n".join(report._cluster(results))
+    assert "| S3 PUTs | 1,800 | 500.0 | 5,000.0 |" in md and "21.6 TB/day" in md
+
+
+def test_cluster_counters_net_of_the_idle_rate() -> None:
+    d = cluster.delta({"_t": 1.0, "a": 5, "b": 1}, {"_t": 11.0, "a": 25, "b": 1, "c": 3})
+    assert d == {"_t": 10.0, "a": 20, "c": 3}
+    assert cluster.net(d, {"a": 1.0}) == {"a": 10.0, "c": 3.0}
+    assert cluster._total({"publish": 2.0, "info": -3.0, "hello": -1.0, "get": 1.0}) == 3.0
+    m = cluster._STATEMENT.search(
+        "2026-12-03 14:27:56.038 UTC [1] postgres@db LOG:  execute __asyncpg_stmt_21__: "
+        "INSERT INTO openkvs_fragments (stream_id) VALUES ($1)"
+    )
+    assert m is not None and m.group(1).startswith("INSERT INTO openkvs_fragments")
+    m = cluster._STATEMENT.search("x postgres@db LOG:  statement: BEGIN;")
+    assert m is not None and m.group(1) == "BEGIN;"
