@@ -6,6 +6,7 @@ out disjoint fragment numbers and agree on secrets and duties."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -386,6 +387,43 @@ async def test_a_duty_is_held_by_one_node(pg_nodes: list[MetadataStore]) -> None
         assert theirs
     async with a.exclusive("retention", every=60) as mine:
         assert not mine  # b ran it less than a minute ago
+
+
+async def test_a_duty_abandoned_by_a_cancelled_holder_is_free_again(
+    pg_nodes: list[MetadataStore],
+) -> None:
+    """A cancelled holder's lock is let go on its way out; and should its own unlock not run
+    (cancelled again while unlocking), the pool's reset lets go of it when the connection goes
+    back to the pool."""
+    a, b = pg_nodes
+    holding = asyncio.Event()
+
+    async def hold() -> None:
+        async with a.exclusive("sweep") as mine:
+            assert mine
+            holding.set()
+            await asyncio.sleep(60)
+
+    task = asyncio.create_task(hold())
+    await holding.wait()
+    async with b.exclusive("sweep") as theirs:
+        assert not theirs
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    for _ in range(3):  # whichever pooled connection a takes next, the lock is gone
+        async with a.exclusive("sweep") as mine:
+            assert mine
+    async with b.exclusive("sweep") as theirs:
+        assert theirs
+    # The unlock skipped: the connection goes back to the pool holding the lock it took.
+    pool = a._p()  # type: ignore[attr-defined]
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT pg_try_advisory_lock(1, 2)")
+        a._locking.add(conn.get_server_pid())  # type: ignore[attr-defined]
+    async with b._p().acquire() as other:  # type: ignore[attr-defined]
+        assert await other.fetchval("SELECT pg_try_advisory_lock(1, 2)")
+        await other.fetchval("SELECT pg_advisory_unlock(1, 2)")
 
 
 async def test_fragments_of_a_stream_deleted_elsewhere_are_refused(
