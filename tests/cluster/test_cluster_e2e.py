@@ -1,0 +1,261 @@
+"""openkvs as a real cluster: server processes on one PostgreSQL database, one S3 bucket
+(SeaweedFS) and one Redis bus, driven by real clients (boto3, signaling WebSockets, aiortc
+peers, PutMedia producers, HLS players) that talk to whichever node they like."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import av
+import pytest
+from botocore.exceptions import ClientError
+
+from ..dataplane.ebmlcheck import split_chunks
+from ..dataplane.mediafiles import clusters, header_part, producer_mkv
+from ..dataplane.producer import Producer
+from ..dataplane.reading import read_chunk
+from ..playback.support import get, resolve, uris
+from ..seaweed import Seaweed
+from .nodes import Node, fresh_engines, running_cluster
+
+# Every node of the cluster the tests of this module share (a fresh database, bucket and bus
+# prefix for the module; each test uses names of its own).
+SETTINGS: dict[str, Any] = {
+    "signaling_go_away_grace": 0.3,
+    "storage_fragment_duration": 1.0,
+    "putmedia_handover_wait": 1.0,
+}
+
+
+@pytest.fixture(scope="module")
+def nodes(seaweed: Seaweed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Node]]:
+    with (
+        fresh_engines(seaweed) as engines,
+        running_cluster(engines, tmp_path_factory.mktemp("cluster")) as cluster,
+    ):
+        yield cluster.start(2, **SETTINGS)
+
+
+def error_code(exc: pytest.ExceptionInfo[ClientError]) -> str:
+    return str(exc.value.response["Error"]["Code"])
+
+
+def test_any_node_answers_any_api_call(nodes: list[Node]) -> None:
+    a, b = nodes
+    assert a.keys == b.keys and a.ca != b.ca
+    kva, kvb = a.client("kinesisvideo"), b.client("kinesisvideo")
+
+    # Channels: created on A, described, updated and deleted on B.
+    arn = kva.create_signaling_channel(ChannelName="door")["ChannelARN"]
+    kvb.create_signaling_channel(ChannelName="yard")
+    info = kvb.describe_signaling_channel(ChannelName="door")["ChannelInfo"]
+    assert info["ChannelARN"] == arn
+    kvb.update_signaling_channel(
+        ChannelARN=arn,
+        CurrentVersion=info["Version"],
+        SingleMasterConfiguration={"MessageTtlSeconds": 90},
+    )
+    updated = kva.describe_signaling_channel(ChannelARN=arn)["ChannelInfo"]
+    assert updated["SingleMasterConfiguration"]["MessageTtlSeconds"] == 90
+    with pytest.raises(ClientError) as stale:
+        kva.update_signaling_channel(
+            ChannelARN=arn,
+            CurrentVersion=info["Version"],
+            SingleMasterConfiguration={"MessageTtlSeconds": 30},
+        )
+    assert error_code(stale) == "VersionMismatchException"
+    with pytest.raises(ClientError) as taken:
+        kvb.create_signaling_channel(ChannelName="door")
+    assert error_code(taken) == "ResourceInUseException"
+
+    def channels(kv: object) -> list[tuple[str, str]]:
+        listed = kv.list_signaling_channels()["ChannelInfoList"]  # type: ignore[attr-defined]
+        return sorted((c["ChannelName"], c["ChannelARN"]) for c in listed)
+
+    assert channels(kva) == channels(kvb) and [n for n, _ in channels(kva)] == ["door", "yard"]
+    kvb.delete_signaling_channel(ChannelARN=arn, CurrentVersion=updated["Version"])
+    with pytest.raises(ClientError) as gone:
+        kva.describe_signaling_channel(ChannelARN=arn)
+    assert error_code(gone) == "ResourceNotFoundException"
+    assert channels(kva) == channels(kvb) and [n for n, _ in channels(kvb)] == ["yard"]
+
+    # Streams likewise.
+    stream_arn = kva.create_stream(StreamName="cam-a", DataRetentionInHours=2)["StreamARN"]
+    kvb.create_stream(StreamName="cam-b", DataRetentionInHours=1)
+    desc = kvb.describe_stream(StreamName="cam-a")["StreamInfo"]
+    assert desc["StreamARN"] == stream_arn and desc["DataRetentionInHours"] == 2
+    kvb.update_stream(StreamARN=stream_arn, CurrentVersion=desc["Version"], DeviceName="porch")
+    kva.tag_stream(StreamARN=stream_arn, Tags={"site": "north"})
+    assert kvb.list_tags_for_stream(StreamARN=stream_arn)["Tags"] == {"site": "north"}
+    desc = kva.describe_stream(StreamARN=stream_arn)["StreamInfo"]
+    assert desc["DeviceName"] == "porch"
+
+    def streams(kv: object) -> list[tuple[str, str]]:
+        listed = kv.list_streams()["StreamInfoList"]  # type: ignore[attr-defined]
+        return [(s["StreamName"], s["StreamARN"]) for s in listed]
+
+    assert streams(kva) == streams(kvb) and [n for n, _ in streams(kva)] == ["cam-a", "cam-b"]
+    kvb.delete_stream(StreamARN=stream_arn, CurrentVersion=desc["Version"])
+    with pytest.raises(ClientError) as gone:
+        kva.describe_stream(StreamARN=stream_arn)
+    assert error_code(gone) == "ResourceNotFoundException"
+    assert streams(kva) == streams(kvb) and [n for n, _ in streams(kvb)] == ["cam-b"]
+
+
+def events(acks: list[dict[str, Any]]) -> list[str]:
+    return [x["EventType"] for x in acks]
+
+
+async def persisted(p: Producer) -> str:
+    """The fragment number of the next PERSISTED acknowledgement."""
+    while True:
+        ack = await p.ack(timeout=20)
+        assert ack is not None, "the acknowledgements ended"
+        assert ack["EventType"] != "ERROR", ack
+        if ack["EventType"] == "PERSISTED":
+            return str(ack["FragmentNumber"])
+
+
+def decoded_video_frames(init: bytes, segments: list[bytes]) -> list[int]:
+    """The frames each segment decodes to. (Each on its own: sent faster than real time, the
+    fragments overlap on the server-timestamp timeline, each after a discontinuity.)"""
+    counts = []
+    for segment in segments:
+        with av.open(io.BytesIO(init + segment)) as container:
+            counts.append(sum(1 for _ in container.decode(video=0)))
+    return counts
+
+
+def list_fragments(node: Node, stream: str) -> list[tuple[str, int, int]]:
+    archived = node.client("kinesis-video-archived-media")
+    listed = archived.list_fragments(StreamName=stream)["Fragments"]
+    return sorted(
+        (f["FragmentNumber"], f["FragmentSizeInBytes"], f["FragmentLengthInMilliseconds"])
+        for f in listed
+    )
+
+
+async def test_media_put_on_one_node_is_tailed_and_played_on_the_other(nodes: list[Node]) -> None:
+    a, b = nodes
+    a.client("kinesisvideo").create_stream(StreamName="tail", DataRetentionInHours=1)
+    kvb = b.client("kinesisvideo")
+    endpoint = kvb.get_data_endpoint(StreamName="tail", APIName="GET_MEDIA")["DataEndpoint"]
+    assert endpoint == b.endpoint
+    media = b.client("kinesis-video-media", endpoint=endpoint, read_timeout=20)
+    payload = (
+        await asyncio.to_thread(
+            media.get_media, StreamName="tail", StartSelector={"StartSelectorType": "NOW"}
+        )
+    )["Payload"]
+    data = producer_mkv(seconds=4.0)
+    parts = clusters(data)
+    assert len(parts) == 4
+    p = Producer(a, stream_name="tail")
+    numbers: list[str] = []
+    try:
+        await p.connect()
+        assert await p.read_head() == 200
+        await p.send(header_part(data))
+        for i, part in enumerate(parts):
+            await p.send(part)
+            numbers.append(await persisted(p))
+            # B's live tail delivers the fragment A just stored.
+            (chunk,) = split_chunks(await asyncio.to_thread(read_chunk, payload.read))
+            assert chunk.before["AWS_KINESISVIDEO_FRAGMENT_NUMBER"] == numbers[-1]
+            if i == 1:
+                # A LIVE HLS session minted on A plays from B.
+                url_a = a.client(
+                    "kinesis-video-archived-media", endpoint=a.http_endpoint
+                ).get_hls_streaming_session_url(StreamName="tail", PlaybackMode="LIVE")[
+                    "HLSStreamingSessionURL"
+                ]
+                url = url_a.replace(f":{a.http_port}/", f":{b.http_port}/")
+                assert url != url_a
+                video_url, playlist = await asyncio.to_thread(video_playlist, url)
+                assert fragment_numbers(playlist) == numbers
+                init, segments = await asyncio.to_thread(fetch_segments, video_url, playlist)
+                assert len(segments) == 2
+                assert decoded_video_frames(init, segments) == [30, 30]
+        await p.end()
+        assert "ERROR" not in events(await p.acks_until_end())
+    finally:
+        await p.close()
+        payload.close()
+    # The live playlist on B has moved on to the fragments stored since.
+    playlist = (await asyncio.to_thread(get, video_url)).text
+    assert fragment_numbers(playlist) == numbers
+    init, segments = await asyncio.to_thread(fetch_segments, video_url, playlist)
+    assert decoded_video_frames(init, segments) == [30] * 4
+    # Both nodes list the same fragments, whose media is in the bucket.
+    on_a, on_b = list_fragments(a, "tail"), list_fragments(b, "tail")
+    assert on_a == on_b and [n for n, _, _ in on_a] == numbers
+    assert len(a.cluster.engines.objects()) >= len(numbers)
+
+
+def video_playlist(master_url: str) -> tuple[str, str]:
+    """(URL, text) of the video media playlist of an HLS session."""
+    master = get(master_url)
+    assert master.status_code == 200, master.text
+    for uri in uris(master.text):
+        if "TrackNumber=2" in uri:
+            continue
+        url = resolve(master_url, uri)
+        media = get(url)
+        assert media.status_code == 200, media.text
+        assert "#EXT-X-ENDLIST" not in media.text  # LIVE
+        return url, media.text
+    raise AssertionError(f"no video playlist in {master.text!r}")
+
+
+def fragment_numbers(playlist: str) -> list[str]:
+    return re.findall(r"FragmentNumber=(\d+)", playlist)
+
+
+def fetch_segments(media_url: str, playlist: str) -> tuple[bytes, list[bytes]]:
+    """The init segment and the media segments of a media playlist, fetched from its host."""
+    bodies = []
+    for uri in uris(playlist):
+        url = resolve(media_url, uri)
+        assert url.startswith(media_url.split("/hls/")[0])
+        r = get(url)
+        assert r.status_code == 200, (uri, r.text)
+        bodies.append(r.content)
+    return bodies[0], bodies[1:]
+
+
+async def test_a_second_producer_on_another_node_is_refused(nodes: list[Node]) -> None:
+    a, b = nodes
+    b.client("kinesisvideo").create_stream(StreamName="one-writer", DataRetentionInHours=1)
+    data = producer_mkv()
+    first = Producer(a, stream_name="one-writer")
+    second = Producer(b, stream_name="one-writer")
+    third = Producer(b, stream_name="one-writer")
+    try:
+        await first.connect()
+        assert await first.read_head() == 200
+        await first.send(header_part(data) + clusters(data)[0])
+        await persisted(first)
+        await second.connect()
+        assert await second.read_head() == 400
+        assert second.response_headers["x-amzn-errortype"] == "ConnectionLimitExceededException"
+        assert "message" in {k.lower() for k in await second.read_error()}
+        await second.end_and_close()
+        for part in clusters(data)[1:]:
+            await first.send(part)
+        await first.end()
+        assert events(await first.acks_until_end()).count("PERSISTED") == 2
+        await first.close()
+        # Its upload over, the stream takes a producer through the other node.
+        await third.connect()
+        assert await third.read_head() == 200
+        await third.send(producer_mkv(start_ms=1_700_000_100_000))
+        await third.end()
+        assert events(await third.acks_until_end()).count("PERSISTED") == 3
+    finally:
+        for p in (first, second, third):
+            await p.close()
+    assert len(list_fragments(a, "one-writer")) == 6
