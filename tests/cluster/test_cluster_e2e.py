@@ -18,8 +18,12 @@ from ..dataplane.ebmlcheck import split_chunks
 from ..dataplane.mediafiles import clusters, header_part, producer_mkv
 from ..dataplane.producer import Producer
 from ..dataplane.reading import read_chunk
+from ..mediagen import h264_clip, opus_packets
 from ..playback.support import get, resolve, uris
 from ..seaweed import Seaweed
+from ..signaling.kvs import Client, b64json, enable_storage, setup_channel, unb64json
+from ..signaling.peers import RED, call
+from ..webrtc.harness import Camera, sent_video, wait_for
 from .nodes import Node, fresh_engines, running_cluster
 
 # Every node of the cluster the tests of this module share (a fresh database, bucket and bus
@@ -104,6 +108,124 @@ def test_any_node_answers_any_api_call(nodes: list[Node]) -> None:
         kva.describe_stream(StreamARN=stream_arn)
     assert error_code(gone) == "ResourceNotFoundException"
     assert streams(kva) == streams(kvb) and [n for n, _ in streams(kvb)] == ["cam-b"]
+
+
+async def test_signaling_across_nodes(nodes: list[Node]) -> None:
+    a, b = nodes
+    ttl = 5
+    arn = setup_channel(b, "p2p", ttl=ttl)
+    master = await Client.connect(a, arn)
+    clients = [master]
+    try:
+        # Messages for viewers not connected anywhere yet wait for them (up to the TTL).
+        sent_at = asyncio.get_running_loop().time()
+        await master.send("SDP_OFFER", {"type": "offer", "sdp": "v=0 late"}, recipient="late")
+        await master.send("ICE_CANDIDATE", {"candidate": "expired"}, recipient="expired")
+        await asyncio.sleep(0.5)
+        late = await Client.connect(b, arn, "late")
+        clients.append(late)
+        got = await late.recv()
+        assert got["messageType"] == "SDP_OFFER" and "senderClientId" not in got
+        assert unb64json(got["messagePayload"]) == {"type": "offer", "sdp": "v=0 late"}
+        await late.expect_nothing(0.3)
+
+        # A real call: the master's socket on A, the viewer's on B; the offer, the answer and
+        # every candidate cross nodes, and video flows peer to peer.
+        viewer = await Client.connect(b, arn, "viewer-1")
+        clients.append(viewer)
+        result = await call(master, viewer, "viewer-1", frames_wanted=5, timeout=30)
+        assert result.viewer_candidates and result.master_candidates
+        assert (result.viewer_state, result.master_state) == ("connected", "connected")
+        assert (result.frames[-1].width, result.frames[-1].height) == (160, 120)
+        rgb = result.frames[-1].to_ndarray(format="rgb24")
+        assert abs(rgb.mean(axis=(0, 1)) - RED).max() < 20  # type: ignore[operator]
+
+        # Past the TTL, the message for the viewer that never came has expired.
+        wait = sent_at + ttl + 0.5 - asyncio.get_running_loop().time()
+        await asyncio.sleep(max(0.0, wait))
+        expired = await Client.connect(b, arn, "expired")
+        clients.append(expired)
+        await expired.expect_nothing(0.5)
+
+        # A second master on B replaces the one on A, which is told to go away; viewers'
+        # messages reach the new one.
+        second = await Client.connect(b, arn)
+        clients.append(second)
+        assert await master.recv() == {"messageType": "GO_AWAY"}
+        await master.wait_closed()
+        other = await Client.connect(a, arn, "viewer-2")
+        clients.append(other)
+        await other.send("SDP_OFFER", {"type": "offer", "sdp": "v=0 two"})
+        got = await second.recv()
+        assert got["messageType"] == "SDP_OFFER" and got["senderClientId"] == "viewer-2"
+        await second.send("SDP_ANSWER", b64json({"type": "answer", "sdp": "v=0"}), "viewer-2")
+        got = await other.recv()
+        assert unb64json(got["messagePayload"]) == {"type": "answer", "sdp": "v=0"}
+    finally:
+        for c in clients:
+            await c.close()
+
+
+def join_through(node: Node, channel_arn: str, client_id: str | None = None) -> None:
+    """JoinStorageSession(AsViewer) as a device calls it: the WEBRTC endpoint that ``node``
+    names, then the call there."""
+    role = "MASTER" if client_id is None else "VIEWER"
+    (endpoint,) = node.client("kinesisvideo").get_signaling_channel_endpoint(
+        ChannelARN=channel_arn,
+        SingleMasterChannelEndpointConfiguration={"Protocols": ["WEBRTC"], "Role": role},
+    )["ResourceEndpointList"]
+    assert endpoint["ResourceEndpoint"] == node.endpoint
+    storage = node.client("kinesis-video-webrtc-storage", endpoint=endpoint["ResourceEndpoint"])
+    if client_id is None:
+        storage.join_storage_session(channelArn=channel_arn)
+    else:
+        storage.join_storage_session_as_viewer(channelArn=channel_arn, clientId=client_id)
+
+
+async def test_storage_session_across_nodes(nodes: list[Node]) -> None:
+    a, b = nodes
+    arn = setup_channel(a, "stored")
+    enable_storage(b, arn, "stored-stream")
+    seconds = 5.0
+    cam = Camera(a, arn, h264_clip(width=320, height=240, seconds=seconds), opus_packets(seconds))
+    viewer = Camera(b, arn, None, client_id="viewer-1")
+    try:
+        await cam.connect()
+        await asyncio.to_thread(join_through, b, arn)
+        # Exactly one offer reaches the master on A, for the join that came through B.
+        await wait_for(lambda: cam.offers == 1, 15)
+        await wait_for(lambda: len(cam.master.video_track.sent) > 15, 15)  # type: ignore[union-attr]
+        assert cam.offers == 1 and cam.status == []
+        # A viewer on B joining through B gets the master's live video.
+        await viewer.connect()
+        await asyncio.to_thread(join_through, b, arn, "viewer-1")
+        await wait_for(lambda: len(viewer.master.received_video) >= 10, 20)
+        frame = viewer.master.received_video[-1]
+        assert (frame.width, frame.height) == (320, 240)
+        await cam.master.wait_sent()
+        await asyncio.sleep(0.5)
+    finally:
+        await viewer.close()
+        await cam.close()  # the master leaves: the session ends and keeps its last fragment
+    assert cam.offers == 1 and viewer.offers == 1
+
+    # The recording: rows that both nodes list, media in the bucket, every frame byte for byte.
+    def recorded() -> list[tuple[str, int, int]]:
+        return list_fragments(b, "stored-stream")
+
+    await wait_for(lambda: sum(d for _, _, d in recorded()) >= seconds * 1000 - 200, 20, 0.5)
+    on_b = recorded()
+    assert list_fragments(a, "stored-stream") == on_b and len(on_b) >= 4
+    objects = a.cluster.engines.objects()
+    assert len(objects) >= len(on_b)
+    archived = b.client("kinesis-video-archived-media")
+    payload = archived.get_media_for_fragment_list(
+        StreamName="stored-stream", Fragments=[n for n, _, _ in on_b]
+    )["Payload"].read()
+    chunks = split_chunks(payload)
+    assert [c.before["AWS_KINESISVIDEO_FRAGMENT_NUMBER"] for c in chunks] == [n for n, _, _ in on_b]
+    video = [data for c in chunks for track, _, data in c.blocks if track == 1]
+    assert video == sent_video(cam)
 
 
 def events(acks: list[dict[str, Any]]) -> list[str]:
@@ -238,7 +360,7 @@ async def test_a_second_producer_on_another_node_is_refused(nodes: list[Node]) -
         await first.connect()
         assert await first.read_head() == 200
         await first.send(header_part(data) + clusters(data)[0])
-        await persisted(first)
+        numbers = [await persisted(first)]
         await second.connect()
         assert await second.read_head() == 400
         assert second.response_headers["x-amzn-errortype"] == "ConnectionLimitExceededException"
@@ -247,15 +369,27 @@ async def test_a_second_producer_on_another_node_is_refused(nodes: list[Node]) -
         for part in clusters(data)[1:]:
             await first.send(part)
         await first.end()
-        assert events(await first.acks_until_end()).count("PERSISTED") == 2
+        numbers += [
+            str(x["FragmentNumber"])
+            for x in await first.acks_until_end()
+            if x["EventType"] == "PERSISTED"
+        ]
+        assert len(numbers) == 3
         await first.close()
         # Its upload over, the stream takes a producer through the other node.
         await third.connect()
         assert await third.read_head() == 200
         await third.send(producer_mkv(start_ms=1_700_000_100_000))
         await third.end()
-        assert events(await third.acks_until_end()).count("PERSISTED") == 3
+        numbers += [
+            str(x["FragmentNumber"])
+            for x in await third.acks_until_end()
+            if x["EventType"] == "PERSISTED"
+        ]
+        assert len(numbers) == 6
     finally:
         for p in (first, second, third):
             await p.close()
-    assert len(list_fragments(a, "one-writer")) == 6
+    # The stream's fragment numbers keep increasing whichever node wrote them.
+    assert [int(n) for n in numbers] == sorted(int(n) for n in numbers)
+    assert [n for n, _, _ in list_fragments(a, "one-writer")] == numbers

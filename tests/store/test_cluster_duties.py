@@ -101,7 +101,7 @@ async def test_fragment_numbers_are_unique_and_near_the_clock(
 ) -> None:
     numbers: list[list[int]] = []
     for _, fragments in planes:
-        numbers.append([fragments.next_number() for _ in range(1000)])
+        numbers.append([await fragments.next_number(0) for _ in range(1000)])
     for got in numbers:
         assert got == sorted(got) and len(set(got)) == len(got)
         assert abs((got[0] >> 16) - clock.now_ms()) < 60_000  # epoch ms, shifted 16 bits
@@ -111,3 +111,32 @@ async def test_fragment_numbers_are_unique_and_near_the_clock(
     stream = await plane.create_stream(name="numbered", retention_hours=1)
     f = await fragments.append(stream, b"x", producer_ts_ms=0, duration_ms=1)
     assert isinstance(f, Fragment) and f.number > max(everything)
+
+
+async def test_a_streams_numbers_increase_as_its_writer_moves_between_nodes(
+    planes: list[tuple[ControlPlane, FragmentStore]],
+) -> None:
+    """Each node hands out numbers from its own block; a writer moving to a node whose block is
+    older than the one its previous node used still gets numbers above the stream's newest."""
+    plane, _ = planes[0]
+    stream = await plane.create_stream(name="moving", retention_hours=1)
+    numbers = []
+    for round_ in range(3):
+        for i, (_, fragments) in enumerate(planes):
+            await fragments.meta.sync()  # as every API request does first
+            for k in range(2):
+                f = await fragments.append(
+                    stream, b"x", producer_ts_ms=round_ * 10 + i * 2 + k, duration_ms=1
+                )
+                numbers.append(f.number)
+        # The other node's block is the newer one next round.
+        for node, (own, fragments) in reversed(list(enumerate(planes))):
+            await fragments.append(
+                await own.create_stream(name=f"other-{round_}-{node}", retention_hours=1),
+                b"y",
+                producer_ts_ms=0,
+                duration_ms=1,
+            )
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+    listed = await planes[-1][1].list_fragments(stream)
+    assert [f.producer_ts for f in listed] == sorted(f.producer_ts for f in listed)
