@@ -41,7 +41,7 @@ def nodes(seaweed: Seaweed, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         fresh_engines(seaweed) as engines,
         running_cluster(engines, tmp_path_factory.mktemp("cluster")) as cluster,
     ):
-        yield cluster.start(2, **SETTINGS)
+        yield cluster.start(3, **SETTINGS)
 
 
 def error_code(exc: pytest.ExceptionInfo[ClientError]) -> str:
@@ -49,9 +49,9 @@ def error_code(exc: pytest.ExceptionInfo[ClientError]) -> str:
 
 
 def test_any_node_answers_any_api_call(nodes: list[Node]) -> None:
-    a, b = nodes
-    assert a.keys == b.keys and a.ca != b.ca
-    kva, kvb = a.client("kinesisvideo"), b.client("kinesisvideo")
+    a, b, c = nodes
+    assert a.keys == b.keys == c.keys and len({a.ca, b.ca, c.ca}) == 3
+    kva, kvb, kvc = (n.client("kinesisvideo") for n in nodes)
 
     # Channels: created on A, described, updated and deleted on B.
     arn = kva.create_signaling_channel(ChannelName="door")["ChannelARN"]
@@ -85,7 +85,8 @@ def test_any_node_answers_any_api_call(nodes: list[Node]) -> None:
     with pytest.raises(ClientError) as gone:
         kva.describe_signaling_channel(ChannelARN=arn)
     assert error_code(gone) == "ResourceNotFoundException"
-    assert channels(kva) == channels(kvb) and [n for n, _ in channels(kvb)] == ["yard"]
+    assert channels(kva) == channels(kvb) == channels(kvc)
+    assert [n for n, _ in channels(kvc)] == ["yard"]
 
     # Streams likewise.
     stream_arn = kva.create_stream(StreamName="cam-a", DataRetentionInHours=2)["StreamARN"]
@@ -107,11 +108,12 @@ def test_any_node_answers_any_api_call(nodes: list[Node]) -> None:
     with pytest.raises(ClientError) as gone:
         kva.describe_stream(StreamARN=stream_arn)
     assert error_code(gone) == "ResourceNotFoundException"
-    assert streams(kva) == streams(kvb) and [n for n, _ in streams(kvb)] == ["cam-b"]
+    assert streams(kva) == streams(kvb) == streams(kvc)
+    assert [n for n, _ in streams(kvc)] == ["cam-b"]
 
 
 async def test_signaling_across_nodes(nodes: list[Node]) -> None:
-    a, b = nodes
+    a, b, _ = nodes
     ttl = 5
     arn = setup_channel(b, "p2p", ttl=ttl)
     master = await Client.connect(a, arn)
@@ -183,12 +185,12 @@ def join_through(node: Node, channel_arn: str, client_id: str | None = None) -> 
 
 
 async def test_storage_session_across_nodes(nodes: list[Node]) -> None:
-    a, b = nodes
+    a, b, c = nodes
     arn = setup_channel(a, "stored")
     enable_storage(b, arn, "stored-stream")
     seconds = 5.0
     cam = Camera(a, arn, h264_clip(width=320, height=240, seconds=seconds), opus_packets(seconds))
-    viewer = Camera(b, arn, None, client_id="viewer-1")
+    viewer = Camera(c, arn, None, client_id="viewer-1")
     try:
         await cam.connect()
         await asyncio.to_thread(join_through, b, arn)
@@ -196,9 +198,9 @@ async def test_storage_session_across_nodes(nodes: list[Node]) -> None:
         await wait_for(lambda: cam.offers == 1, 15)
         await wait_for(lambda: len(cam.master.video_track.sent) > 15, 15)  # type: ignore[union-attr]
         assert cam.offers == 1 and cam.status == []
-        # A viewer on B joining through B gets the master's live video.
+        # A viewer whose socket is on C, joining through C, gets the master's live video.
         await viewer.connect()
-        await asyncio.to_thread(join_through, b, arn, "viewer-1")
+        await asyncio.to_thread(join_through, c, arn, "viewer-1")
         await wait_for(lambda: len(viewer.master.received_video) >= 10, 20)
         frame = viewer.master.received_video[-1]
         assert (frame.width, frame.height) == (320, 240)
@@ -207,25 +209,34 @@ async def test_storage_session_across_nodes(nodes: list[Node]) -> None:
     finally:
         await viewer.close()
         await cam.close()  # the master leaves: the session ends and keeps its last fragment
-    assert cam.offers == 1 and viewer.offers == 1
+    assert cam.offers == 1 and viewer.offers == 1 and viewer.status == []
 
-    # The recording: rows that both nodes list, media in the bucket, every frame byte for byte.
+    # The recording: rows that every node lists, each fragment's media an object in the bucket,
+    # every frame the camera sent, byte for byte, read back through another node.
     def recorded() -> list[tuple[str, int, int]]:
         return list_fragments(b, "stored-stream")
 
     await wait_for(lambda: sum(d for _, _, d in recorded()) >= seconds * 1000 - 200, 20, 0.5)
     on_b = recorded()
-    assert list_fragments(a, "stored-stream") == on_b and len(on_b) >= 4
-    objects = a.cluster.engines.objects()
-    assert len(objects) >= len(on_b)
-    archived = b.client("kinesis-video-archived-media")
-    payload = archived.get_media_for_fragment_list(
-        StreamName="stored-stream", Fragments=[n for n, _, _ in on_b]
-    )["Payload"].read()
+    numbers = [n for n, _, _ in on_b]
+    assert list_fragments(a, "stored-stream") == on_b == list_fragments(c, "stored-stream")
+    assert len(on_b) >= 4 and [int(n) for n in numbers] == sorted(int(n) for n in numbers)
+    assert stored_objects(a, numbers)
+    archived = c.client("kinesis-video-archived-media")
+    payload = archived.get_media_for_fragment_list(StreamName="stored-stream", Fragments=numbers)[
+        "Payload"
+    ].read()
     chunks = split_chunks(payload)
-    assert [c.before["AWS_KINESISVIDEO_FRAGMENT_NUMBER"] for c in chunks] == [n for n, _, _ in on_b]
-    video = [data for c in chunks for track, _, data in c.blocks if track == 1]
+    assert [ch.before["AWS_KINESISVIDEO_FRAGMENT_NUMBER"] for ch in chunks] == numbers
+    video = [data for ch in chunks for track, _, data in ch.blocks if track == 1]
     assert video == sent_video(cam)
+
+
+def stored_objects(node: Node, numbers: list[str]) -> bool:
+    """Whether each fragment's media is one object in the cluster's bucket (its key ends with
+    the fragment number)."""
+    names = [key.rpartition("/")[2] for key in node.cluster.engines.objects()]
+    return all(names.count(f"{n}.mkv") == 1 for n in numbers)
 
 
 def events(acks: list[dict[str, Any]]) -> list[str]:
@@ -262,7 +273,7 @@ def list_fragments(node: Node, stream: str) -> list[tuple[str, int, int]]:
 
 
 async def test_media_put_on_one_node_is_tailed_and_played_on_the_other(nodes: list[Node]) -> None:
-    a, b = nodes
+    a, b, _ = nodes
     a.client("kinesisvideo").create_stream(StreamName="tail", DataRetentionInHours=1)
     kvb = b.client("kinesisvideo")
     endpoint = kvb.get_data_endpoint(StreamName="tail", APIName="GET_MEDIA")["DataEndpoint"]
@@ -307,15 +318,18 @@ async def test_media_put_on_one_node_is_tailed_and_played_on_the_other(nodes: li
     finally:
         await p.close()
         payload.close()
-    # The live playlist on B has moved on to the fragments stored since.
+    # The live playlist on B has moved on to the fragments stored since, and A (where the
+    # session was minted) serves the same one: a player may be sent to either.
     playlist = (await asyncio.to_thread(get, video_url)).text
     assert fragment_numbers(playlist) == numbers
+    url_on_a = video_url.replace(f":{b.http_port}/", f":{a.http_port}/")
+    assert (await asyncio.to_thread(get, url_on_a)).text == playlist
     init, segments = await asyncio.to_thread(fetch_segments, video_url, playlist)
     assert decoded_video_frames(init, segments) == [30] * 4
     # Both nodes list the same fragments, whose media is in the bucket.
     on_a, on_b = list_fragments(a, "tail"), list_fragments(b, "tail")
     assert on_a == on_b and [n for n, _, _ in on_a] == numbers
-    assert len(a.cluster.engines.objects()) >= len(numbers)
+    assert stored_objects(a, numbers)
 
 
 def video_playlist(master_url: str) -> tuple[str, str]:
@@ -350,7 +364,7 @@ def fetch_segments(media_url: str, playlist: str) -> tuple[bytes, list[bytes]]:
 
 
 async def test_a_second_producer_on_another_node_is_refused(nodes: list[Node]) -> None:
-    a, b = nodes
+    a, b, _ = nodes
     b.client("kinesisvideo").create_stream(StreamName="one-writer", DataRetentionInHours=1)
     data = producer_mkv()
     first = Producer(a, stream_name="one-writer")
