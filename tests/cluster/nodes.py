@@ -27,6 +27,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -191,6 +192,15 @@ class Node:
 
     def log_text(self) -> str:
         return "".join(self.log)
+
+    @property
+    def node_ids(self) -> tuple[str | None, str | None]:
+        """(cluster node id, signaling bus node id) of the latest start, as its log announces
+        them (keys ``<prefix>:node:<id>`` and ``<prefix>:sig:node:<id>`` on the bus)."""
+        text = self.log_text()
+        cluster = re.findall(r"openkvs\.cluster\.redisbus: node (\S+) joined the cluster", text)
+        bus = re.findall(r"signaling bus node (\S+) on ", text)
+        return (cluster[-1] if cluster else None, bus[-1] if bus else None)
 
     # -- what clients need ---------------------------------------------------------------------
 

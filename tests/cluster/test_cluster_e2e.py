@@ -12,6 +12,7 @@ from typing import Any
 
 import av
 import pytest
+import redis
 from botocore.exceptions import ClientError
 
 from ..dataplane.ebmlcheck import split_chunks
@@ -51,6 +52,14 @@ def error_code(exc: pytest.ExceptionInfo[ClientError]) -> str:
 def test_any_node_answers_any_api_call(nodes: list[Node]) -> None:
     a, b, c = nodes
     assert a.keys == b.keys == c.keys and len({a.ca, b.ca, c.ca}) == 3
+    # Three members of one cluster, each with its heartbeat on the shared bus.
+    engines = a.cluster.engines
+    ids = [n.node_ids for n in nodes]
+    assert len({i for i, _ in ids}) == len({j for _, j in ids}) == 3
+    with redis.Redis.from_url(engines.redis_url) as r:
+        for node_id, bus_id in ids:
+            assert r.exists(f"{engines.redis_prefix}:node:{node_id}")
+            assert r.exists(f"{engines.redis_prefix}:sig:node:{bus_id}")
     kva, kvb, kvc = (n.client("kinesisvideo") for n in nodes)
 
     # Channels: created on A, described, updated and deleted on B.
@@ -104,6 +113,13 @@ def test_any_node_answers_any_api_call(nodes: list[Node]) -> None:
         return [(s["StreamName"], s["StreamARN"]) for s in listed]
 
     assert streams(kva) == streams(kvb) and [n for n, _ in streams(kva)] == ["cam-a", "cam-b"]
+    # A page token from one node goes on at another.
+    first = kva.list_streams(MaxResults=1)
+    rest = kvc.list_streams(MaxResults=1, NextToken=first["NextToken"])
+    assert [s["StreamName"] for s in first["StreamInfoList"] + rest["StreamInfoList"]] == [
+        "cam-a",
+        "cam-b",
+    ]
     kvb.delete_stream(StreamARN=stream_arn, CurrentVersion=desc["Version"])
     with pytest.raises(ClientError) as gone:
         kva.describe_stream(StreamARN=stream_arn)
@@ -329,6 +345,12 @@ async def test_media_put_on_one_node_is_tailed_and_played_on_the_other(nodes: li
     # Both nodes list the same fragments, whose media is in the bucket.
     on_a, on_b = list_fragments(a, "tail"), list_fragments(b, "tail")
     assert on_a == on_b and [n for n, _, _ in on_a] == numbers
+    page = a.client("kinesis-video-archived-media").list_fragments(StreamName="tail", MaxResults=2)
+    more = b.client("kinesis-video-archived-media").list_fragments(
+        StreamName="tail", NextToken=page["NextToken"]
+    )
+    paged = page["Fragments"] + more["Fragments"]
+    assert sorted(f["FragmentNumber"] for f in paged) == numbers
     assert stored_objects(a, numbers)
 
 
