@@ -132,9 +132,22 @@ async def test_signaling_across_nodes(nodes: list[Node]) -> None:
     a, b, _ = nodes
     ttl = 5
     arn = setup_channel(b, "p2p", ttl=ttl)
-    master = await Client.connect(a, arn)
-    clients = [master]
+    early = await Client.connect(b, arn, "early")
+    clients = [early]
     try:
+        # A viewer's offers before any master is connected wait for it; the newer offer
+        # replaces the older one and the candidates that went with it.
+        await early.send("SDP_OFFER", {"type": "offer", "sdp": "v=0 one"})
+        await early.send("ICE_CANDIDATE", {"candidate": "one"})
+        await early.send("SDP_OFFER", {"type": "offer", "sdp": "v=0 two"})
+        await asyncio.sleep(0.3)
+        master = await Client.connect(a, arn, tls=True)  # wss, the way the SDKs connect
+        clients.append(master)
+        got = await master.recv()
+        assert (got["messageType"], got["senderClientId"]) == ("SDP_OFFER", "early")
+        assert unb64json(got["messagePayload"]) == {"type": "offer", "sdp": "v=0 two"}
+        await master.expect_nothing(0.3)
+
         # Messages for viewers not connected anywhere yet wait for them (up to the TTL).
         sent_at = asyncio.get_running_loop().time()
         await master.send("SDP_OFFER", {"type": "offer", "sdp": "v=0 late"}, recipient="late")
