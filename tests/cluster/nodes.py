@@ -13,7 +13,12 @@ A :class:`Node` is shaped like ``tests.support.ServerThread`` where the helpers 
 the signaling, producer and playback helpers take one. Each node has its own data dir, hence
 its own TLS CA (``ca``); ``keys`` is the cluster's generated access key (kept in the shared
 database, the same on every node). ``stop()`` is a graceful stop (SIGTERM), ``kill()`` a
-``kill -9``, ``start()`` (re)starts the process on the same ports and data dir.
+``kill -9``, ``start()`` (re)starts the process on the same ports and data dir; ``alive``,
+``pid``, ``log_text()`` and ``node_ids`` (its cluster and signaling-bus ids) tell about the
+process; ``client_factory(service)`` makes boto3 clients of the node (e.g. one per thread).
+``node.cluster`` is the :class:`Cluster` (``nodes``, ``engines``: the database URL, bucket, bus
+URL and prefix, ``objects()`` in the bucket). ``fresh_engines`` and ``running_cluster`` build the
+same outside a test's scope (a cluster shared by the tests of a module).
 
     def test_x(start_cluster: StartCluster) -> None:
         a, b = start_cluster(2)
