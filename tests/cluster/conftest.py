@@ -96,3 +96,7 @@ async def make_redis_node(redis_prefix: str) -> AsyncIterator[MakeNode]:
     """Like ``make_node``, Redis nodes only."""
     async with _nodes("redis", redis_prefix) as make:
         yield make
+
+
+# Clusters of server processes on PostgreSQL, S3 (SeaweedFS) and Redis: see nodes.py.
+from .nodes import cluster, cluster_engines, start_cluster  # noqa: E402, F401

@@ -9,7 +9,8 @@ leaves no torn fragment listed; an orphaned blob is swept at the next start.
 Readers waiting for a stream's next fragment are woken through the cluster's fragment notifier:
 in this process only by default, on every node of a cluster. When several nodes share the
 metadata store, fragment numbers come from blocks the store reserves cluster-wide (so no two
-nodes hand out the same number), and the start sweep spares orphans younger than
+nodes hand out the same number), each above the stream's newest (its writer may have moved from
+a node whose block is newer than this one's), and the start sweep spares orphans younger than
 ``ORPHAN_AGE_MS`` (or ``orphan_min_age``): another node may be between writing one and
 committing its row.
 """
@@ -44,7 +45,8 @@ class BlockNumbers:
     """Fragment numbers from blocks reserved in a shared store: increasing, unique across the
     nodes, and (like ``ids.FragmentNumbers``) near epoch milliseconds shifted left 16 bits, since
     every block starts at or above the reserving node's clock. ``next`` never waits: a new block
-    is reserved in the background when the current one runs low or gets old."""
+    is reserved in the background when the current one runs low or gets old. ``above(floor)``
+    waits for a new block only when the current one is not above ``floor``."""
 
     BLOCK = 1 << 16
     REFRESH_SECONDS = 1.0
@@ -66,34 +68,20 @@ class BlockNumbers:
                 await self._task
             self._task = None
 
-    async def _refill(self) -> None:
-        first = await self._reserve(clock.now_ms() << 16, self.BLOCK)
+    async def _refill(self, floor: int = 0) -> None:
+        first = await self._reserve(max(clock.now_ms() << 16, floor), self.BLOCK)
         # A newer block starts above every number handed out before (the store's counter only
-        # grows), so switching blocks keeps the numbers increasing.
-        self._next, self._end = max(first, self._next), first + self.BLOCK
-        self._at = clock.monotonic()
+        # grows), so switching blocks keeps the numbers increasing. Of two reservations that
+        # overlapped (the background one and ``above``'s), the newer block is kept.
+        if first >= self._end:
+            self._next, self._end = first, first + self.BLOCK
+            self._at = clock.monotonic()
 
     async def _refill_logged(self) -> None:
         try:
             await self._refill()
         except Exception:  # noqa: BLE001 - the current block serves on; the next call retries
             logger.exception("could not reserve fragment numbers")
-
-    async def fresh(self) -> int:
-        """Like ``next``, but first reserves a new block if the current one is stale (this node
-        was idle: others may have handed out higher numbers since), so that a stream whose
-        writer moves to this node keeps increasing numbers."""
-        if clock.monotonic() - self._at > self.REFRESH_SECONDS or self._next >= self._end:
-            # One reservation for all the writers that find the block stale at once.
-            if self._task is None or self._task.done():
-                self._task = asyncio.get_running_loop().create_task(self._refill_logged())
-            await asyncio.shield(self._task)
-        return self.next()
-
-    async def renew(self) -> None:
-        """Reserve a new block now: every number handed out after this is above every number
-        any node handed out before it (when the store answers; else the current block serves)."""
-        await self._refill_logged()
 
     def next(self) -> int:
         left = self._end - self._next
@@ -105,6 +93,15 @@ class BlockNumbers:
         number = self._next
         self._next += 1
         return number
+
+    async def above(self, floor: int) -> int:
+        """The next number if it is above ``floor``, else one from a block reserved now (above
+        every number any node has handed out, ``floor`` among them)."""
+        number = self.next()
+        if number > floor:
+            return number
+        await self._refill(floor)
+        return self.next()
 
 
 class FragmentMissing(Exception):
@@ -196,23 +193,14 @@ class FragmentStore:
             await self.blobs.delete(orphans)
         return len(orphans)
 
-    def next_number(self) -> int:
-        if self._blocks is not None:
-            return self._blocks.next()
-        return self._numbers.next()
-
-    async def fresh_number(self) -> int:
-        """The next fragment number for a writer; with a shared store, from a block reserved
-        within ``BlockNumbers.REFRESH_SECONDS`` (see ``BlockNumbers.fresh``)."""
-        if self._blocks is not None:
-            return await self._blocks.fresh()
-        return self._numbers.next()
-
-    async def renew_numbers(self) -> None:
-        """A stream's writer starts on this node: numbers from here on are above every number
-        handed out before, on any node (no-op for a store of one node)."""
-        if self._blocks is not None:
-            await self._blocks.renew()
+    async def next_number(self, stream_id: int) -> int:
+        """A new fragment number for the stream, above every number it has: with a shared
+        metadata store the stream's newest fragments may have come from another node, whose
+        block of numbers is newer than this node's (so the store is asked for the newest)."""
+        if self._blocks is None:
+            return self._numbers.next()
+        newest = await self.meta.last_fragments(stream_id, 1)
+        return await self._blocks.above(newest[-1].number if newest else 0)
 
     async def append(
         self,
@@ -230,7 +218,7 @@ class FragmentStore:
         if len(data) > FRAGMENT_MAX_BYTES:
             raise ValueError(f"fragment of {len(data)} bytes exceeds {FRAGMENT_MAX_BYTES}")
         server_ts = clock.now_ms() if server_ts_ms is None else server_ts_ms
-        number = await self.fresh_number() if number is None else number
+        number = await self.next_number(stream.id) if number is None else number
         key = blob_key(stream.id, server_ts, number)
         await self.blobs.put(key, data)
         fragment = Fragment(

@@ -130,8 +130,6 @@ class DataPlane:
             if self.leases is not None:
                 slot.lease, asked = await self._cluster_writer(stream, deadline, self.leases)
                 waited = waited or asked
-                # The stream's previous writer may have been another node: number above it.
-                await self.fragments.renew_numbers()
                 keeper = asyncio.create_task(
                     keep_renewed(self.leases, slot.lease, slot.lose_lease),
                     name=f"putmedia-lease {stream.name}",

@@ -229,9 +229,10 @@ class PutMediaSession:
                 assert self.parser.header is not None
                 ts = self._producer_ts(to_ms(ev.timecode, self.parser.header.timecode_scale))
                 earlier = self._earlier.pop(ts, None)
-                number = (
-                    await self.plane.fragments.fresh_number() if earlier is None else earlier.number
-                )
+                if earlier is None:
+                    number = await self.plane.fragments.next_number(self.stream.id)
+                else:
+                    number = earlier.number
                 self._current = _Current(ev.index, ev.timecode, number, clock.now_ms(), earlier)
                 await self._send(
                     ack("BUFFERING", timecode=ev.timecode, number=self._current.number)
@@ -262,9 +263,8 @@ class PutMediaSession:
     async def _store(self, ev: mkvstream.FragmentReady) -> None:
         cur = self._current
         if cur is None or cur.index != ev.index:  # pragma: no cover - parser guarantees order
-            cur = _Current(
-                ev.index, ev.timecode, await self.plane.fragments.fresh_number(), clock.now_ms()
-            )
+            number = await self.plane.fragments.next_number(self.stream.id)
+            cur = _Current(ev.index, ev.timecode, number, clock.now_ms())
         self._current = cur
         await self._send(ack("RECEIVED", timecode=ev.timecode, number=cur.number))
         producer_ts = self._producer_ts(ev.timecode_ms)

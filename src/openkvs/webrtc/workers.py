@@ -280,7 +280,7 @@ class WorkerPool:
             )
             return None
         if op == "next_number":
-            return await self.fragments.fresh_number()
+            return await self.fragments.next_number(int(args["stream_id"]))
         if op == "commit":
             await self.fragments.commit(Fragment(**args["fragment"]))
             return None
@@ -416,7 +416,7 @@ class _RemoteFragments:
 
         server_ts = clock.now_ms() if server_ts_ms is None else server_ts_ms
         if number is None:
-            number = int(await self.link.request("next_number"))
+            number = int(await self.link.request("next_number", stream_id=stream.id))
         fragment = Fragment(
             stream_id=stream.id,
             number=number,
