@@ -143,9 +143,10 @@ def advertised_host(
     A TURN allocation lives on one node: with ``node_address`` set (where cameras and viewers
     reach this node for media), that address. Otherwise, the TURN server listening where openkvs
     listens, the client is sent to the address it already reached openkvs at: the ``public_url``
-    host when set (openkvs behind a name or a proxy); else the bound ``host`` when it is a specific address (the only place the server
-    answers); else, for a wildcard bind (0.0.0.0, ::), the host the request itself named (its
-    Host header); else the loopback address. Never a wildcard address.
+    host when set (openkvs behind a name or a proxy); else the bound ``host`` when it is a
+    specific address (the only place the server answers); else, for a wildcard bind (0.0.0.0,
+    ::), the host the request itself named (its Host header); else the loopback address. Never a
+    wildcard address.
     """
     if node_address:
         return node_address.strip("[]")
