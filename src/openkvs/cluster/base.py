@@ -32,7 +32,7 @@ class NodeInfo:
     """One running openkvs process."""
 
     node_id: str
-    address: str | None = None  # where other nodes and cameras reach it (node_address)
+    address: str | None = None  # where cameras and viewers reach it for media (node_address)
     port: int | None = None
     started: float = 0.0  # epoch seconds
 
