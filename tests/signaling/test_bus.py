@@ -306,17 +306,18 @@ async def test_calls_between_nodes(make_bus: MakeBus) -> None:
 async def test_presence_does_not_outlive_a_dead_node(redis_prefix: str) -> None:
     # A node whose heartbeat lapses (it died without stopping) counts as gone.
     clusters: list[RedisCluster] = []
-    dead = await start_node(redis_prefix, clusters, node_ttl=0.3)
+    dead = await start_node(redis_prefix, clusters, node_ttl=1.0)
     live = await start_node(redis_prefix, clusters)
     try:
         await dead.attach(ListPeer(None))
         await dead.attach(ListPeer("v1"), max_viewers=1)
         assert await live.locate((ARN, None)) is not None
-        await asyncio.sleep(0.5)  # the node's heartbeat keeps its presence
+        await asyncio.sleep(1.5)  # the node's heartbeat keeps its presence
         assert await live.locate((ARN, None)) is not None
         await clusters[0].stop(graceful=False)  # a crash: the heartbeat expires
-        await asyncio.sleep(0.5)
-        assert await live.locate((ARN, None)) is None
+        async with asyncio.timeout(5):
+            while await live.locate((ARN, None)) is not None:
+                await asyncio.sleep(0.05)
         assert await live.viewer_count(ARN) == 0
         master = ListPeer(None)
         assert (await live.attach(master)).replaced is None
