@@ -12,8 +12,8 @@ import contextlib
 import dataclasses
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
 
 from ..config import ConfigError
 
@@ -196,6 +196,17 @@ async def keep_renewed(
                 on_lost()
             return
         renewed = loop.time()
+
+
+async def cancel_tasks(tasks: Iterable[asyncio.Task[Any]], *, every: float = 0.5) -> None:
+    """Cancel ``tasks`` and wait until all have ended. A task that absorbed its cancellation
+    (a client library may turn one into an error that a retry loop then survives) is cancelled
+    again every ``every`` seconds."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every)
 
 
 class Cluster(abc.ABC):

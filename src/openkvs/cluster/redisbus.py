@@ -42,6 +42,7 @@ from .base import (
     LeaseDutyLock,
     NodeInfo,
     YieldCallback,
+    cancel_tasks,
     lease_token,
 )
 from .local import LocalNotifier
@@ -309,9 +310,7 @@ class RedisCluster(Cluster):
         logger.info("node %s joined the cluster at %s", self.node.node_id, self._display_url)
 
     async def stop(self, *, graceful: bool = True) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_tasks(self._tasks)
         self._tasks = []
         if graceful:
             with contextlib.suppress(Exception):

@@ -34,6 +34,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .. import errors, ids
+from ..cluster.base import cancel_tasks
 from ..cluster.redisbus import RedisCluster
 from ..errors import ClientLimitExceededException, InternalFailure, ServiceError
 from . import redis_lua
@@ -128,8 +129,7 @@ class RedisBus:
             return
         self._stopped = True
         if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+            await cancel_tasks([self._listener])
         r = self._redis
         assert r is not None
         with contextlib.suppress(RedisError, OSError):
@@ -149,9 +149,7 @@ class RedisBus:
             if not fut.done():
                 fut.set_exception(InternalFailure("The server is shutting down."))
         self._calls.clear()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_tasks(list(self._tasks))
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()
