@@ -1,11 +1,13 @@
-"""Signaling across nodes: the bus named by ``bus_url``, and where storage-session joins run.
+"""Signaling across nodes: the bus of this node's cluster (``bus_url``), and where
+storage-session joins run.
 
 A channel's storage sessions (its master session and the viewer sessions attached to it) run on
 one node. JoinStorageSession / JoinStorageSessionAsViewer called on any node are carried there
 (:class:`JoinRouter`): to the node that already runs the channel's sessions if it is alive, else
 to the node holding the master's signaling socket (its answers and candidates then stay on that
-node), else to the node that took the call. That node claims the channel and creates the
-session; the offer reaches the master through the bus wherever its socket is. With one node
+node), else to the node that took the call. That node claims the channel (the cluster's
+:class:`~openkvs.cluster.base.SessionRegistry`: a dead node's claim counts as none) and creates
+the session; the offer reaches the master through the bus wherever its socket is. With one node
 (``bus_url = local:``) all of this is a direct call. A channel that is deleted or stops storing
 media ends its sessions on the node that runs them, wherever the API call came in.
 """
