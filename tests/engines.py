@@ -135,3 +135,100 @@ def postgres_urls() -> Iterator[Callable[[], str]]:
 @pytest.fixture
 def postgres_url(postgres_urls: Callable[[], str]) -> str:
     return postgres_urls()
+
+
+# -- Redis ----------------------------------------------------------------------------------
+#
+# The Redis of multi-node tests: $TEST_REDIS_URL (or $REDIS_URL), else the machine's own on
+# 127.0.0.1:6379, else a private redis-server started for the test session. When none answers
+# and redis-server is not installed, the tests that need Redis skip, except under CI=true,
+# where they fail. Each test gets its own key prefix (``redis_prefix``, keys ``<prefix>:...``)
+# whose keys are deleted afterwards.
+#
+# Fixtures (registered for every test by ``tests/conftest.py``):
+#
+# - ``redis_server``: (session) the URL of a Redis that answers, or None;
+# - ``redis_prefix``: a fresh key prefix on it (``redis_url()`` names that Redis).
+
+_redis = {
+    "url": os.environ.get("TEST_REDIS_URL")
+    or os.environ.get("REDIS_URL")
+    or "redis://127.0.0.1:6379/0"
+}
+
+
+def redis_url() -> str:
+    """The test Redis (after ``redis_server`` ran: the one that answers)."""
+    return _redis["url"]
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=1) as r:
+            return bool(r.ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    """The URL of a Redis that answers, or None (no Redis and no redis-server to start)."""
+    import subprocess
+    import time
+
+    from .support import free_port, need_tool
+
+    if _redis_answers(_redis["url"]):
+        yield _redis["url"]
+        return
+    binary = need_tool("redis-server")
+    if binary is None:
+        yield None
+        return
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=tmp_path_factory.mktemp("redis"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        for _ in range(100):
+            if _redis_answers(url):
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("redis-server did not start")
+        _redis["url"] = url
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def delete_redis_prefix(url: str, prefix: str) -> int:
+    """Delete the keys ``<prefix>:*``; how many there were."""
+    import redis
+
+    with redis.Redis.from_url(url) as r:
+        keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            r.delete(*keys)
+        return len(keys)
+
+
+@pytest.fixture
+def redis_prefix(redis_server: str | None) -> Iterator[str]:
+    """A fresh key prefix (``openkvs-test-<hex>``, keys ``<prefix>:...``) on the test Redis;
+    skips (fails under CI=true) when there is no Redis."""
+    if redis_server is None:
+        reason = f"no Redis answers at {_redis['url']} and redis-server is not installed"
+        if CI:
+            pytest.fail(f"{reason} (required under CI=true)")
+        pytest.skip(reason)
+    prefix = "openkvs-test-" + secrets.token_hex(6)
+    yield prefix
+    delete_redis_prefix(redis_server, prefix)

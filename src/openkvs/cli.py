@@ -58,7 +58,7 @@ SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     (
         "--node-address",
         "node_address",
-        {"help": "IP address or host name other nodes and cameras reach this node at"},
+        {"help": "IP address or host name cameras and viewers reach this node at for media"},
     ),
     ("--region", "region", {"help": "region in ARNs and credential scopes (default us-east-1)"}),
     ("--account-id", "account_id", {"help": "12-digit account id used in ARNs"}),

@@ -62,8 +62,8 @@ class Settings:
     database_url: str | None = None
     media_url: str | None = None
     # Cluster coordination: "local:" (one node) or redis://host:6379/0[?prefix=<key prefix>]
-    # shared by the nodes of one cluster; node_address is where other nodes and cameras reach
-    # this node (an IP address or host name)
+    # shared by the nodes of one cluster; node_address is where cameras and viewers reach this
+    # node for media (an IP address or host name: its TURN/STUN URIs, its host candidates)
     bus_url: str = "local:"
     node_address: str | None = None
     # media_url s3://...: the S3-compatible endpoint (None: AWS's, from the standard AWS chain)

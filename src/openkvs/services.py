@@ -7,7 +7,7 @@ from typing import Any
 
 from .auth.credentials import CredentialStore
 from .cluster.base import Cluster
-from .cluster.local import LocalCluster
+from .cluster.factory import open_cluster
 from .config import Settings
 from .control.fragments import FragmentStore
 from .control.ratelimit import RateLimiter
@@ -34,7 +34,7 @@ class Services:
     account_limiter: RateLimiter
     resource_limiter: RateLimiter
     join_limiter: RateLimiter
-    # This node's cluster coordination (in this process alone when not given).
+    # This node's cluster coordination (from ``bus_url`` when not given; not started).
     cluster: Cluster = dataclasses.field(default=None)  # type: ignore[assignment]
     # The signaling hub; built from settings and control when not given.
     hub: SignalingHub = dataclasses.field(default=None)  # type: ignore[assignment]
@@ -61,11 +61,14 @@ class Services:
 
     def __post_init__(self) -> None:
         if self.cluster is None:
-            self.cluster = LocalCluster()
+            self.cluster = open_cluster(self.settings)
         if self.hub is None:
-            self.hub = SignalingHub(self.settings, self.control, make_bus(self.settings.bus_url))
+            bus = make_bus(self.cluster)
+            self.hub = SignalingHub(self.settings, self.control, bus, self.cluster.sessions)
         if self.joins is None:
-            self.joins = JoinRouter(self.hub.bus, self.control, lambda: self.sessions)
+            self.joins = JoinRouter(
+                self.hub.bus, self.hub.registry, self.control, lambda: self.sessions
+            )
         if self.dataplane is None:
             leases = self.cluster.leases if self.cluster.distributed else None
             self.dataplane = DataPlane(self.settings, self.control, self.fragments, leases)

@@ -1,13 +1,9 @@
 """Two-node fixtures over each coordination implementation: in-process nodes sharing one hub,
-and Redis nodes sharing one key prefix (a random one per test, whose keys are deleted after)."""
+and Redis nodes sharing one key prefix (``redis_prefix``, from ``tests/engines.py``)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
-import socket
-import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -15,49 +11,13 @@ import pytest
 from openkvs.cluster.base import NODE_TTL, Cluster, NodeInfo, new_node_id
 from openkvs.cluster.local import LocalCluster, LocalHub
 
-from ..support import CI
-
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+from ..engines import delete_redis_prefix, redis_url
 
 MakeNode = Callable[..., Awaitable[Cluster]]
 
 
-def redis_url_or_skip() -> str:
-    """The test Redis; skipped when it does not answer (a failure under CI=true)."""
-    parts = urllib.parse.urlsplit(REDIS_URL)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), 1.0):
-            pass
-    except OSError as exc:
-        if CI:
-            raise RuntimeError(
-                f"Redis is required under CI=true but {REDIS_URL} is not reachable"
-            ) from exc
-        pytest.skip(f"Redis is not reachable at {REDIS_URL} ({exc}); set TEST_REDIS_URL")
-    return REDIS_URL
-
-
-async def delete_prefix(url: str, prefix: str) -> int:
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(url, decode_responses=True)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=500)]
-        if keys:
-            await client.delete(*keys)
-        return len(keys)
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-def redis_prefix() -> str:
-    return "openkvs-test-" + secrets.token_hex(6)
-
-
 @contextlib.asynccontextmanager
 async def _nodes(kind: str, prefix: str) -> AsyncIterator[MakeNode]:
-    url = redis_url_or_skip() if kind == "redis" else ""
     hub = LocalHub()
     nodes: list[Cluster] = []
 
@@ -69,7 +29,7 @@ async def _nodes(kind: str, prefix: str) -> AsyncIterator[MakeNode]:
         else:
             from openkvs.cluster.redisbus import RedisCluster
 
-            node = RedisCluster(url, prefix, info, node_ttl=node_ttl)
+            node = RedisCluster(redis_url(), prefix, info, node_ttl=node_ttl)
         await node.start()
         nodes.append(node)
         return node
@@ -80,14 +40,15 @@ async def _nodes(kind: str, prefix: str) -> AsyncIterator[MakeNode]:
         for node in nodes:
             await node.stop()
         if kind == "redis":
-            await delete_prefix(url, prefix)
-            assert await delete_prefix(url, prefix) == 0
+            delete_redis_prefix(redis_url(), prefix)
+            assert delete_redis_prefix(redis_url(), prefix) == 0
 
 
 @pytest.fixture(params=["local", "redis"])
-async def make_node(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[MakeNode]:
+async def make_node(request: pytest.FixtureRequest) -> AsyncIterator[MakeNode]:
     """``await make_node()``: a started node; every node of one test shares one cluster."""
-    async with _nodes(request.param, redis_prefix) as make:
+    prefix = request.getfixturevalue("redis_prefix") if request.param == "redis" else ""
+    async with _nodes(request.param, prefix) as make:
         yield make
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +20,15 @@ from openkvs.server import Server
 
 from ..dataplane.mediafiles import clusters, header_part, producer_mkv
 from ..dataplane.producer import Producer
+from ..engines import redis_url
 from ..support import ServerThread, free_port, make_settings
-from .conftest import delete_prefix, redis_url_or_skip
 
 MakeServer = Callable[..., ServerThread]
 
 
 @pytest.fixture
-def bus_url(redis_prefix: str) -> Iterator[str]:
-    url = redis_url_or_skip()
-    yield f"{url}?prefix={redis_prefix}"
-    asyncio.run(delete_prefix(url, redis_prefix))
+def bus_url(redis_prefix: str) -> str:
+    return f"{redis_url()}?prefix={redis_prefix}"
 
 
 def create_stream(srv: ServerThread, name: str) -> int:
@@ -179,7 +177,7 @@ async def test_writer_that_lost_its_lease_stops(
     await p.send(header_part(data) + cls[0])
     assert "PERSISTED" in events([await p.ack() or {} for _ in range(3)])
     # The lease expires unseen (a long pause of this node) and another node takes it.
-    client = aioredis.Redis.from_url(redis_url_or_skip(), decode_responses=True)
+    client = aioredis.Redis.from_url(redis_url(), decode_responses=True)
     key = f"{redis_prefix}:lease:putmedia:{sid}"
     try:
         assert str(await client.get(key)).startswith(a.services.cluster.node.node_id + ":")

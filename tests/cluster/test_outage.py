@@ -14,8 +14,8 @@ from pathlib import Path
 from openkvs.cluster.base import NodeInfo, new_node_id
 from openkvs.cluster.redisbus import RedisCluster
 
+from ..engines import redis_url
 from ..support import ServerThread, make_settings
-from .conftest import delete_prefix, redis_url_or_skip
 
 
 class Relay:
@@ -74,7 +74,7 @@ async def wait_status(srv: ServerThread, status: int, within: float) -> None:
 
 
 async def test_bus_outage_and_recovery(tmp_path: Path, redis_prefix: str) -> None:
-    url = redis_url_or_skip()
+    url = redis_url()
     parts = urllib.parse.urlsplit(url)
     relay = Relay(parts.hostname or "127.0.0.1", parts.port or 6379)
     await relay.start()
@@ -111,7 +111,6 @@ async def test_bus_outage_and_recovery(tmp_path: Path, redis_prefix: str) -> Non
         await other.stop()
         if relay._server is not None:
             await relay.cut()
-        await delete_prefix(url, redis_prefix)
 
 
 async def _changed(srv: ServerThread, sid: int) -> asyncio.Event:

@@ -23,8 +23,8 @@ from openkvs.server import Server
 from openkvs.services import Services
 from openkvs.webrtc.manager import StorageSessionManager
 
+from ..engines import redis_url
 from ..support import bound_socket, make_settings
-from .conftest import redis_url
 
 
 class SharedControl(ControlPlane):
@@ -91,7 +91,7 @@ class Node:
 def node_settings(data_dir: Path, prefix: str, **overrides: Any) -> Settings:
     return make_settings(
         data_dir,
-        bus_url=f"{redis_url()}?prefix={prefix.rstrip(':')}",
+        bus_url=f"{redis_url()}?prefix={prefix}",
         signaling_ping_interval=0,
         **overrides,
     )

@@ -1,6 +1,7 @@
-"""The Bus contract, for LocalBus and for RedisBus (two instances on one key prefix standing for
-two nodes): presence and replacement, the viewer cap, delivery, TTL buffering and its bounds,
-calls between nodes. With LocalBus both "nodes" are the same bus."""
+"""The Bus contract, for LocalBus and for RedisBus (two nodes, each a RedisCluster with its bus,
+on one key prefix): presence and replacement, the viewer cap, delivery, TTL buffering and its
+bounds, calls between nodes. With LocalBus both "nodes" are the same bus. (Which node runs a
+channel's storage sessions is the cluster's SessionRegistry: tests/cluster/test_contract.py.)"""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from typing import Any
 
 import pytest
 
+from openkvs.cluster.base import NODE_TTL, NodeInfo, new_node_id
+from openkvs.cluster.factory import open_cluster
+from openkvs.cluster.redisbus import RedisCluster
 from openkvs.config import ConfigError, Settings
 from openkvs.errors import ClientLimitExceededException, InvalidArgumentException
 from openkvs.signaling import cluster
@@ -24,7 +28,8 @@ from openkvs.signaling.bus import (
 )
 from openkvs.signaling.redisbus import RedisBus
 
-from .conftest import FakeMonotonic, redis_url
+from ..engines import redis_url
+from .conftest import FakeMonotonic
 
 ARN = "arn:aws:kinesisvideo:us-east-1:000000000000:channel/c/1"
 OTHER = "arn:aws:kinesisvideo:us-east-1:000000000000:channel/d/2"
@@ -63,6 +68,7 @@ async def make_bus(request: pytest.FixtureRequest) -> AsyncIterator[MakeBus]:
     """``await make_bus(**options)``: a started bus; each call is another node of the same
     deployment (for LocalBus: the same bus, whatever the options)."""
     started: list[Bus] = []
+    clusters: list[RedisCluster] = []
     local: list[LocalBus] = []
 
     async def make(**options: Any) -> Bus:
@@ -73,14 +79,27 @@ async def make_bus(request: pytest.FixtureRequest) -> AsyncIterator[MakeBus]:
                 await local[0].start()
             return local[0]
         prefix = request.getfixturevalue("redis_prefix")
-        bus = RedisBus(redis_url(), prefix=prefix, **options)
-        await bus.start()
+        bus = await start_node(prefix, clusters, **options)
         started.append(bus)
         return bus
 
     yield make
     for bus in started:
         await bus.stop()
+    for node in clusters:
+        await node.stop()
+
+
+async def start_node(
+    prefix: str, clusters: list[RedisCluster], *, node_ttl: float = NODE_TTL, **options: Any
+) -> RedisBus:
+    """A node's cluster and its signaling bus, started (the cluster is added to ``clusters``)."""
+    node = RedisCluster(redis_url(), prefix, NodeInfo(new_node_id()), node_ttl=node_ttl)
+    await node.start()
+    clusters.append(node)
+    bus = RedisBus(node, **options)
+    await bus.start()
+    return bus
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 3.0) -> None:
@@ -284,35 +303,21 @@ async def test_calls_between_nodes(make_bus: MakeBus) -> None:
         await a.call("no-such-node", "test.echo", {"x": 1}, limit=3)
 
 
-async def test_storage_registry(make_bus: MakeBus) -> None:
-    a, b = await make_bus(), await make_bus()
-    if isinstance(a, LocalBus):
-        assert await a.storage_node(ARN) == a.node_id  # one node runs everything
-        return
-    assert await a.storage_node(ARN) is None
-    assert await b.claim_storage(ARN) == b.node_id
-    assert await a.storage_node(ARN) == b.node_id
-    # Claims are atomic: a live owner keeps the channel, unless found unreachable.
-    assert await a.claim_storage(ARN) == b.node_id
-    assert await a.claim_storage(ARN, instead_of=b.node_id) == a.node_id
-    assert await b.claim_storage(ARN) == a.node_id
-    assert await b.claim_storage(ARN, instead_of=a.node_id) == b.node_id
-    await b.stop()  # a stopped node runs nothing
-    assert await a.storage_node(ARN) is None
-
-
 async def test_presence_does_not_outlive_a_dead_node(redis_prefix: str) -> None:
     # A node whose heartbeat lapses (it died without stopping) counts as gone.
-    dead = RedisBus(redis_url(), prefix=redis_prefix, heartbeat=60, node_ttl=0.3)
-    live = RedisBus(redis_url(), prefix=redis_prefix)
-    await dead.start()
-    await live.start()
+    clusters: list[RedisCluster] = []
+    dead = await start_node(redis_prefix, clusters, node_ttl=1.0)
+    live = await start_node(redis_prefix, clusters)
     try:
         await dead.attach(ListPeer(None))
         await dead.attach(ListPeer("v1"), max_viewers=1)
         assert await live.locate((ARN, None)) is not None
-        await asyncio.sleep(0.5)
-        assert await live.locate((ARN, None)) is None
+        await asyncio.sleep(1.5)  # the node's heartbeat keeps its presence
+        assert await live.locate((ARN, None)) is not None
+        await clusters[0].stop(graceful=False)  # a crash: the heartbeat expires
+        async with asyncio.timeout(5):
+            while await live.locate((ARN, None)) is not None:
+                await asyncio.sleep(0.05)
         assert await live.viewer_count(ARN) == 0
         master = ListPeer(None)
         assert (await live.attach(master)).replaced is None
@@ -323,6 +328,8 @@ async def test_presence_does_not_outlive_a_dead_node(redis_prefix: str) -> None:
     finally:
         await dead.stop()
         await live.stop()
+        for node in clusters:
+            await node.stop()
 
 
 async def test_local_bus_expiry_follows_the_clock(monotonic: FakeMonotonic) -> None:
@@ -336,18 +343,17 @@ async def test_local_bus_expiry_follows_the_clock(monotonic: FakeMonotonic) -> N
 async def test_a_lapsed_heartbeat_puts_this_nodes_connections_back(redis_prefix: str) -> None:
     import redis.asyncio as aioredis
 
-    bus = RedisBus(redis_url(), prefix=redis_prefix, heartbeat=0.1, node_ttl=5)
-    other = RedisBus(redis_url(), prefix=redis_prefix)
-    await bus.start()
-    await other.start()
+    clusters: list[RedisCluster] = []
+    bus = await start_node(redis_prefix, clusters, node_ttl=1.5)  # beats every 0.5 s
+    other = await start_node(redis_prefix, clusters)
     r = aioredis.Redis.from_url(redis_url(), decode_responses=True)
     try:
         master = ListPeer(None)
         await bus.attach(master)
         # As if this node had stalled past its TTL and another node had cleaned up after it.
-        await r.delete(f"{bus.prefix}node:{bus.node_id}", f"{bus.prefix}ch:{ARN}")
+        await r.delete(f"{redis_prefix}:node:{bus.node_id}", f"{bus.prefix}ch:{ARN}")
         assert await other.locate((ARN, None)) is None
-        for _ in range(100):
+        for _ in range(200):
             if await other.locate((ARN, None)) is not None:
                 break
             await asyncio.sleep(0.02)
@@ -360,11 +366,19 @@ async def test_a_lapsed_heartbeat_puts_this_nodes_connections_back(redis_prefix:
         await r.aclose()
         await bus.stop()
         await other.stop()
+        for node in clusters:
+            await node.stop()
 
 
 def test_bus_url() -> None:
-    assert isinstance(cluster.make_bus("local:"), LocalBus)
-    assert isinstance(cluster.make_bus("redis://127.0.0.1:1/0?prefix=x"), RedisBus)
+    local = open_cluster(Settings.load({}, None, {}))
+    bus = cluster.make_bus(local)
+    assert isinstance(bus, LocalBus) and bus.node_id == local.node.node_id
+    settings = Settings.load({}, None, {"bus_url": "redis://127.0.0.1:1/0?prefix=x"})
+    shared = open_cluster(settings)
+    bus = cluster.make_bus(shared)
+    assert isinstance(bus, RedisBus) and bus.node_id == shared.node.node_id
+    assert bus.prefix == "x:sig:"
     assert Settings.load({}, None, {"bus_url": "redis://h:1/0?prefix=p"}).bus_url.startswith(
         "redis://"
     )
@@ -377,20 +391,20 @@ async def test_a_node_whose_subscription_dropped_gets_what_was_kept_meanwhile(
 ) -> None:
     import redis.asyncio as aioredis
 
-    a = RedisBus(redis_url(), prefix=redis_prefix)
-    b = RedisBus(redis_url(), prefix=redis_prefix)
-    await a.start()
-    await b.start()
+    clusters: list[RedisCluster] = []
+    a = await start_node(redis_prefix, clusters)
+    b = await start_node(redis_prefix, clusters)
     r = aioredis.Redis.from_url(redis_url(), decode_responses=True)
     try:
         viewer = ListPeer("v")
         await b.attach(viewer)
-        # Cut B's subscription (as a network blip would); A's message finds nobody listening.
+        # Cut B's subscriptions (as a network blip would); A's message finds nobody listening.
         clients = await r.client_list()
-        ours = [c for c in clients if c["name"] == f"openkvs-signaling-{b.node_id}"]
+        ours = [c for c in clients if c["name"] == f"openkvs-{b.node_id}"]
         subscribed = [c for c in ours if int(c.get("sub", 0)) > 0]
-        assert len(subscribed) == 1
-        await r.client_kill_filter(_id=subscribed[0]["id"])
+        assert len(subscribed) == 2  # the cluster's subscription and the bus's
+        for client in subscribed:
+            await r.client_kill_filter(_id=client["id"])
         sent = await a.deliver((ARN, "v"), "during", ttl=30, origin="m", is_offer=False)
         assert sent in (Delivery.BUFFERED, Delivery.DELIVERED)
         await eventually(lambda: viewer.got == ["during"], timeout=5)
@@ -403,3 +417,5 @@ async def test_a_node_whose_subscription_dropped_gets_what_was_kept_meanwhile(
         await r.aclose()
         await a.stop()
         await b.stop()
+        for node in clusters:
+            await node.stop()

@@ -137,7 +137,7 @@ async def test_storage_traffic_reaches_the_node_running_the_session(
     ep = RecordingEndpoint()
     a.services.hub.set_storage_endpoint(ep)
     b.services.hub.set_storage_endpoint(None)  # B runs no sessions
-    await a.services.hub.bus.claim_storage(channel.arn)
+    await a.services.cluster.sessions.claim(channel.arn)
     master = await Client.connect(b, channel.arn)  # type: ignore[arg-type]
     try:
         await master.send("SDP_ANSWER", ANSWER)
@@ -174,7 +174,10 @@ async def test_joins_run_where_the_master_is_connected(nodes: tuple[Node, Node])
         assert isinstance(recorded_b, RecordingSessions)
         assert [j.client_id for j in recorded_a.joins] == [None, "viewer-1"]
         assert recorded_b.joins == []
-        assert await b.services.hub.bus.storage_node(channel.arn) == a.services.hub.bus.node_id
+        assert (
+            await b.services.cluster.sessions.owner(channel.arn) == a.services.cluster.node.node_id
+        )
+        assert a.services.hub.bus.node_id == a.services.cluster.node.node_id  # one id per node
     finally:
         await master.close()
 
@@ -247,7 +250,7 @@ async def test_replacing_a_master_through_another_node_tells_the_session(
     ep = RecordingEndpoint()
     a.services.hub.set_storage_endpoint(ep)
     b.services.hub.set_storage_endpoint(None)
-    await a.services.hub.bus.claim_storage(channel.arn)
+    await a.services.cluster.sessions.claim(channel.arn)
     first = await Client.connect(a, channel.arn)  # type: ignore[arg-type]
     second = await Client.connect(b, channel.arn)  # type: ignore[arg-type]
     try:
@@ -291,5 +294,5 @@ async def test_concurrent_joins_on_two_nodes_run_on_one(nodes: tuple[Node, Node]
         assert isinstance(sessions, RecordingSessions)
         if sessions.joins:
             ran.append((node.services.hub.bus.node_id, len(sessions.joins)))
-    owner = await a.services.hub.bus.storage_node(channel.arn)
+    owner = await a.services.cluster.sessions.owner(channel.arn)
     assert ran == [(owner, 3)]

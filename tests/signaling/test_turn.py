@@ -102,6 +102,13 @@ def test_advertised_host(
     )
 
 
+def test_advertised_host_is_the_node_address_when_set() -> None:
+    kw = {"bind_host": "0.0.0.0", "public_url": "https://kvs.example.com", "request_host": "h"}
+    assert advertised_host(**kw, node_address="10.1.2.3") == "10.1.2.3"
+    assert advertised_host(**kw, node_address="[fd00::1]") == "fd00::1"
+    assert advertised_host(**kw, node_address=None) == "kvs.example.com"
+
+
 def test_coturn_config_on_loopback_relays_to_loopback_only(tmp_path: Path) -> None:
     text = coturn_config(
         listen=["127.0.0.1"],

@@ -4,8 +4,8 @@
   the live readers of its stream on every node;
 * leases (:class:`Leases`): one PutMedia writer per stream, expiring with a dead node;
 * duties (:class:`DutyLock`): background work (retention, orphan sweeps) one node at a time;
-* storage sessions (:class:`SessionRegistry`): one per channel, the latest claim wins and the
-  node that lost it is told;
+* storage sessions (:class:`SessionRegistry`): the node that runs a channel's storage sessions;
+  a dead node's claim is taken over by the next join;
 * nodes (:class:`NodeRegistry`): heartbeats that tell a live node from a dead one.
 
 ``bus_url = "local:"`` (the default) keeps all of it in this process; ``redis://...`` shares it
@@ -23,7 +23,6 @@ from .base import (
     Leases,
     NodeInfo,
     NodeRegistry,
-    SessionClaim,
     SessionRegistry,
 )
 from .local import LocalCluster, LocalHub, LocalNotifier
@@ -40,6 +39,5 @@ __all__ = [
     "LocalNotifier",
     "NodeInfo",
     "NodeRegistry",
-    "SessionClaim",
     "SessionRegistry",
 ]

@@ -12,8 +12,8 @@ import contextlib
 import dataclasses
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
 
 from ..config import ConfigError
 
@@ -32,7 +32,7 @@ class NodeInfo:
     """One running openkvs process."""
 
     node_id: str
-    address: str | None = None  # where other nodes and cameras reach it (node_address)
+    address: str | None = None  # where cameras and viewers reach it for media (node_address)
     port: int | None = None
     started: float = 0.0  # epoch seconds
 
@@ -57,14 +57,6 @@ class Lease:
 
 def lease_token(node_id: str) -> str:
     return f"{node_id}:{secrets.token_hex(12)}"
-
-
-@dataclasses.dataclass(frozen=True)
-class SessionClaim:
-    """Which node runs a channel's storage session, and the session's id there."""
-
-    node_id: str
-    session_id: str
 
 
 class FragmentNotifier(Protocol):
@@ -120,30 +112,19 @@ class Leases(Protocol):
         ...
 
 
-ReplacedCallback = Callable[[str, SessionClaim, SessionClaim], None]
-
-
 class SessionRegistry(Protocol):
-    """One storage session per channel across the cluster; the latest claim wins."""
+    """Which node runs each channel's storage sessions (its master session and the viewer
+    sessions attached to it). A claim of a node whose heartbeat is gone counts as none, so a
+    dead node's channels are taken over by the next join."""
 
-    async def claim(self, channel_arn: str, session_id: str) -> SessionClaim | None:
-        """Make this node's ``session_id`` the channel's session; return the claim it replaced
-        (None if none). When that claim was another node's, that node's ``on_replaced``
-        callbacks learn it."""
+    async def owner(self, channel_arn: str) -> str | None:
+        """The live node that claimed the channel's sessions, or None."""
         ...
 
-    async def release(self, channel_arn: str, session_id: str) -> bool:
-        """Remove this node's claim ``session_id``; False when the channel's claim is another."""
-        ...
-
-    async def owner(self, channel_arn: str) -> SessionClaim | None:
-        """The channel's current claim (a claim of a dead node stays until replaced or
-        released: check it with ``NodeRegistry.is_alive``)."""
-        ...
-
-    def on_replaced(self, callback: ReplacedCallback) -> None:
-        """Call ``callback(channel_arn, old, new)`` on this node when another node's claim
-        replaces one of this node's."""
+    async def claim(self, channel_arn: str, *, instead_of: str | None = None) -> str:
+        """Claim the channel's sessions for this node, atomically: unless another live node
+        (other than ``instead_of``, found unreachable) holds them. Return the node that runs
+        them (this one, or the live owner)."""
         ...
 
 
@@ -215,6 +196,17 @@ async def keep_renewed(
                 on_lost()
             return
         renewed = loop.time()
+
+
+async def cancel_tasks(tasks: Iterable[asyncio.Task[Any]], *, every: float = 0.5) -> None:
+    """Cancel ``tasks`` and wait until all have ended. A task that absorbed its cancellation
+    (a client library may turn one into an error that a retry loop then survives) is cancelled
+    again every ``every`` seconds."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every)
 
 
 class Cluster(abc.ABC):

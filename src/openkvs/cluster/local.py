@@ -18,8 +18,6 @@ from .base import (
     Lease,
     LeaseDutyLock,
     NodeInfo,
-    ReplacedCallback,
-    SessionClaim,
     YieldCallback,
     lease_token,
     new_node_id,
@@ -35,8 +33,7 @@ class LocalHub:
     changed: dict[int, asyncio.Event] = dataclasses.field(default_factory=dict)
     leases: dict[str, tuple[str, float]] = dataclasses.field(default_factory=dict)  # token, until
     yield_callbacks: list[YieldCallback] = dataclasses.field(default_factory=list)
-    claims: dict[str, SessionClaim] = dataclasses.field(default_factory=dict)
-    replaced_callbacks: dict[str, list[ReplacedCallback]] = dataclasses.field(default_factory=dict)
+    claims: dict[str, str] = dataclasses.field(default_factory=dict)  # channel ARN -> node id
     heartbeats: dict[str, tuple[NodeInfo, float]] = dataclasses.field(default_factory=dict)
 
 
@@ -116,29 +113,22 @@ class LocalSessionRegistry:
         self._hub = hub
         self._node_id = node_id
 
-    async def claim(self, channel_arn: str, session_id: str) -> SessionClaim | None:
-        new = SessionClaim(self._node_id, session_id)
-        old = self._hub.claims.get(channel_arn)
-        self._hub.claims[channel_arn] = new
-        if old is not None and old.node_id != self._node_id:
-            for callback in list(self._hub.replaced_callbacks.get(old.node_id, ())):
-                try:
-                    callback(channel_arn, old, new)
-                except Exception:  # noqa: BLE001 - the claim stands
-                    logger.exception("session replaced callback failed")
-        return old
+    def _alive(self, node_id: str) -> bool:
+        if node_id == self._node_id:
+            return True
+        beat = self._hub.heartbeats.get(node_id)
+        return beat is not None and beat[1] > clock.monotonic()
 
-    async def release(self, channel_arn: str, session_id: str) -> bool:
-        if self._hub.claims.get(channel_arn) != SessionClaim(self._node_id, session_id):
-            return False
-        del self._hub.claims[channel_arn]
-        return True
+    async def owner(self, channel_arn: str) -> str | None:
+        node = self._hub.claims.get(channel_arn)
+        return node if node is not None and self._alive(node) else None
 
-    async def owner(self, channel_arn: str) -> SessionClaim | None:
-        return self._hub.claims.get(channel_arn)
-
-    def on_replaced(self, callback: ReplacedCallback) -> None:
-        self._hub.replaced_callbacks.setdefault(self._node_id, []).append(callback)
+    async def claim(self, channel_arn: str, *, instead_of: str | None = None) -> str:
+        node = self._hub.claims.get(channel_arn)
+        if node is not None and node != instead_of and self._alive(node):
+            return node
+        self._hub.claims[channel_arn] = self._node_id
+        return self._node_id
 
 
 class LocalNodeRegistry:

@@ -5,11 +5,18 @@ Keys and channels all start with the bus prefix ``<p>`` (default ``openkvs``):
 * ``<p>:lease:<name>`` holds the token of a lease's owner (``SET NX PX``; renewed and released by
   scripts that compare the token first, so a lease that expired and was taken by another node is
   never extended or deleted by its former owner);
-* ``<p>:session:<channel ARN>`` holds a channel's storage-session claim, ``{"node", "session"}``;
-* ``<p>:node:<node id>`` is a node's heartbeat (expires ``NODE_TTL`` s after the last beat);
+* ``<p>:storage:<channel ARN>`` holds the id of the node that runs a channel's storage sessions
+  (claimed by a script that keeps a live owner's claim; refreshed by each claim, forgotten a day
+  after the last);
+* ``<p>:node:<node id>`` is a node's heartbeat (expires ``NODE_TTL`` s after the last beat). It
+  is the one heartbeat of the node: the storage claims here and the signaling bus's presence
+  scripts (``signaling/redis_lua.py``) treat a node whose heartbeat is gone as absent;
 * channel ``<p>:fragments`` carries ``"<node id> <stream id> <fragment number>"`` per committed
-  fragment, ``<p>:yield`` the names of leases whose holders are asked to yield, and
-  ``<p>:inbox:<node id>`` the messages for one node (its storage-session claim replaced).
+  fragment, and ``<p>:yield`` the names of leases whose holders are asked to yield;
+* the signaling bus (``signaling/redisbus.py``) keeps its keys under ``<p>:sig:``.
+
+A node holds one Redis connection pool (this cluster's client, shared with the signaling bus)
+and two subscriptions (this one's and the signaling bus's).
 
 Publishing a fragment notification never holds up the commit: it goes through a bounded queue,
 and a notification dropped (queue full, Redis unreachable) only delays a live reader until its
@@ -22,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -33,14 +41,16 @@ from .base import (
     Lease,
     LeaseDutyLock,
     NodeInfo,
-    ReplacedCallback,
-    SessionClaim,
     YieldCallback,
+    cancel_tasks,
     lease_token,
 )
 from .local import LocalNotifier
 
 logger = logging.getLogger(__name__)
+
+# Called after each heartbeat with whether it had lapsed (RedisCluster.on_beat).
+BeatHook = Callable[[bool], Awaitable[None]]
 
 CONNECT_TIMEOUT = 3.0
 COMMAND_TIMEOUT = 5.0
@@ -60,29 +70,27 @@ end
 return 0
 """
 
-# KEYS[1] the channel's claim; ARGV: the new claim, the inbox channel prefix, the channel ARN.
+# How long a channel's storage claim is remembered after the last claim.
+STORAGE_TTL = 24 * 3600.0
+
+# KEYS[1] the channel's claim. ARGV: the heartbeat key prefix, this node, a node to replace even
+# if alive ('' for none), the claim's TTL ms. -> the node that runs the channel's sessions (this
+# one unless another live node holds them)
 _CLAIM = """
-local old = redis.call('GET', KEYS[1])
-redis.call('SET', KEYS[1], ARGV[1])
-if old and old ~= ARGV[1] then
-  local o = cjson.decode(old)
-  local n = cjson.decode(ARGV[1])
-  if o['node'] ~= n['node'] then
-    redis.call('PUBLISH', ARGV[2] .. o['node'],
-      cjson.encode({type = 'replaced', channel = ARGV[3], old = o, new = n}))
-  end
+local v = redis.call('GET', KEYS[1])
+if v and v ~= ARGV[2] and v ~= ARGV[3] and redis.call('EXISTS', ARGV[1] .. v) == 1 then
+  return v
 end
-return old
+redis.call('SET', KEYS[1], ARGV[2], 'PX', tonumber(ARGV[4]))
+return ARGV[2]
 """
 
-
-def _claim_value(claim: SessionClaim) -> str:
-    return json.dumps({"node": claim.node_id, "session": claim.session_id}, sort_keys=True)
-
-
-def _claim_of(value: Any) -> SessionClaim:
-    data = json.loads(value) if isinstance(value, str) else value
-    return SessionClaim(str(data["node"]), str(data["session"]))
+# KEYS[1] the channel's claim. ARGV: the heartbeat key prefix. -> the live owner or false
+_OWNER = """
+local v = redis.call('GET', KEYS[1])
+if v and redis.call('EXISTS', ARGV[1] .. v) == 1 then return v end
+return false
+"""
 
 
 class RedisNotifier(LocalNotifier):
@@ -164,43 +172,24 @@ class RedisLeases:
 
 class RedisSessionRegistry:
     def __init__(self, client: aioredis.Redis, prefix: str, node_id: str) -> None:
-        self._client = client
         self._prefix = prefix
         self._node_id = node_id
         self._claim = client.register_script(_CLAIM)
-        self._release = client.register_script(_RELEASE)
-        self._callbacks: list[ReplacedCallback] = []
+        self._owner = client.register_script(_OWNER)
 
     def _key(self, channel_arn: str) -> str:
-        return f"{self._prefix}:session:{channel_arn}"
+        return f"{self._prefix}:storage:{channel_arn}"
 
-    async def claim(self, channel_arn: str, session_id: str) -> SessionClaim | None:
-        value = _claim_value(SessionClaim(self._node_id, session_id))
-        old = await self._claim(
+    async def owner(self, channel_arn: str) -> str | None:
+        node = await self._owner(keys=[self._key(channel_arn)], args=[f"{self._prefix}:node:"])
+        return None if node is None else str(node)
+
+    async def claim(self, channel_arn: str, *, instead_of: str | None = None) -> str:
+        node = await self._claim(
             keys=[self._key(channel_arn)],
-            args=[value, f"{self._prefix}:inbox:", channel_arn],
+            args=[f"{self._prefix}:node:", self._node_id, instead_of or "", _ms(STORAGE_TTL)],
         )
-        return None if old is None else _claim_of(old)
-
-    async def release(self, channel_arn: str, session_id: str) -> bool:
-        value = _claim_value(SessionClaim(self._node_id, session_id))
-        return bool(await self._release(keys=[self._key(channel_arn)], args=[value]))
-
-    async def owner(self, channel_arn: str) -> SessionClaim | None:
-        value = await self._client.get(self._key(channel_arn))
-        return None if value is None else _claim_of(value)
-
-    def on_replaced(self, callback: ReplacedCallback) -> None:
-        self._callbacks.append(callback)
-
-    def deliver(self, message: dict[str, Any]) -> None:
-        channel = str(message["channel"])
-        old, new = _claim_of(message["old"]), _claim_of(message["new"])
-        for callback in list(self._callbacks):
-            try:
-                callback(channel, old, new)
-            except Exception:  # noqa: BLE001 - the claim stands
-                logger.exception("session replaced callback failed")
+        return str(node)
 
 
 class RedisNodeRegistry:
@@ -211,10 +200,14 @@ class RedisNodeRegistry:
     def _key(self, node_id: str) -> str:
         return f"{self._prefix}:node:{node_id}"
 
-    async def beat(self, node: NodeInfo, ttl: float) -> None:
+    async def beat(self, node: NodeInfo, ttl: float) -> bool:
+        """Refresh the heartbeat; False when it had lapsed (or is new)."""
         info = {"address": node.address, "port": node.port, "started": node.started}
         value = json.dumps({"node": node.node_id, **info})
-        await self._client.set(self._key(node.node_id), value, px=_ms(ttl))
+        return (
+            await self._client.set(self._key(node.node_id), value, px=_ms(ttl), get=True)
+            is not None
+        )
 
     async def forget(self, node_id: str) -> None:
         await self._client.delete(self._key(node_id))
@@ -262,15 +255,34 @@ class RedisCluster(Cluster):
         self.notifier = self._redis_notifier
         self._leases = RedisLeases(self._client, prefix, node.node_id)
         self.leases = self._leases
-        self._sessions = RedisSessionRegistry(self._client, prefix, node.node_id)
-        self.sessions = self._sessions
+        self.sessions = RedisSessionRegistry(self._client, prefix, node.node_id)
         self._nodes = RedisNodeRegistry(self._client, prefix)
         self.nodes = self._nodes
         self.duties = LeaseDutyLock(self.leases)
         self._fragments_channel = f"{prefix}:fragments"
-        self._inbox = f"{prefix}:inbox:{node.node_id}"
         self._pubsub: Any = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._beat_hooks: list[BeatHook] = []
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        """This node's Redis client (one connection pool, shared with the signaling bus)."""
+        return self._client
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix ``<p>`` (keys are ``<p>:...``)."""
+        return self._prefix
+
+    @property
+    def node_ttl(self) -> float:
+        return self._node_ttl
+
+    def on_beat(self, hook: BeatHook) -> None:
+        """Run ``await hook(lapsed)`` after each heartbeat; ``lapsed`` is True when the heartbeat
+        had run out before it (this node stalled or Redis lost it: the other nodes counted this
+        one as gone meanwhile)."""
+        self._beat_hooks.append(hook)
 
     @property
     def distributed(self) -> bool:
@@ -282,9 +294,7 @@ class RedisCluster(Cluster):
                 await self._client.ping()
                 await self._nodes.beat(self.node, self._node_ttl)
                 pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(
-                    self._fragments_channel, self._leases.yield_channel, self._inbox
-                )
+                await pubsub.subscribe(self._fragments_channel, self._leases.yield_channel)
                 self._pubsub = pubsub
         except Exception as exc:
             await self._close()
@@ -300,9 +310,7 @@ class RedisCluster(Cluster):
         logger.info("node %s joined the cluster at %s", self.node.node_id, self._display_url)
 
     async def stop(self, *, graceful: bool = True) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_tasks(self._tasks)
         self._tasks = []
         if graceful:
             with contextlib.suppress(Exception):
@@ -325,9 +333,17 @@ class RedisCluster(Cluster):
         while True:
             await asyncio.sleep(self._node_ttl / 3)
             try:
-                await self._nodes.beat(self.node, self._node_ttl)
+                lapsed = not await self._nodes.beat(self.node, self._node_ttl)
             except Exception as exc:  # noqa: BLE001 - retried at the next beat
                 logger.warning("node heartbeat failed: %s", exc or type(exc).__name__)
+                continue
+            if lapsed:
+                logger.warning("node %s: its heartbeat had lapsed", self.node.node_id)
+            for hook in list(self._beat_hooks):
+                try:
+                    await hook(lapsed)
+                except Exception as exc:  # noqa: BLE001 - retried at the next beat
+                    logger.warning("after the heartbeat: %s", exc or type(exc).__name__)
 
     async def _publish(self) -> None:
         outbox = self._redis_notifier.outbox
@@ -368,10 +384,6 @@ class RedisCluster(Cluster):
             self._redis_notifier.deliver(data)
         elif channel == self._leases.yield_channel:
             self._leases.deliver(data)
-        elif channel == self._inbox:
-            message = json.loads(data)
-            if message.get("type") == "replaced":
-                self._sessions.deliver(message)
 
     async def delete_all_keys(self) -> int:
         """Delete every key under this bus prefix (tests isolate themselves by prefix)."""

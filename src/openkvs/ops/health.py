@@ -99,15 +99,3 @@ def media_check(control: Any) -> Check:
         return bool(await control.check_media())
 
     return check
-
-
-def bus_check(bus: Any) -> Check | None:
-    """The signaling bus's own check, when it has one (a bus shared between nodes)."""
-    reachable = getattr(bus, "reachable", None)
-    if reachable is None:
-        return None
-
-    async def check() -> bool:
-        return bool(await reachable())
-
-    return check

@@ -4,7 +4,7 @@ The :class:`Bus` is the routing core's seam: :class:`LocalBus` keeps everything 
 ``RedisBus`` (``redisbus.py``) serves several nodes with presence in a shared map, delivery over
 pub/sub to the node that holds the socket, and pending messages in TTL'd lists. Calls between
 nodes (``call``/``serve``) carry the storage-session traffic to the node that runs a channel's
-sessions.
+sessions (which node that is, the cluster's ``SessionRegistry`` knows).
 """
 
 from __future__ import annotations
@@ -167,18 +167,6 @@ class Bus(Protocol):
         here. :class:`NodeUnreachable` if that node is gone, InternalFailure on timeout."""
         ...
 
-    # -- which node runs a channel's storage sessions ------
-
-    async def storage_node(self, channel_arn: str) -> str | None:
-        """The live node that runs the channel's storage sessions, if one claimed them."""
-        ...
-
-    async def claim_storage(self, channel_arn: str, *, instead_of: str | None = None) -> str:
-        """Claim the channel's storage sessions for this node, atomically: unless another live
-        node (other than ``instead_of``, found unreachable) holds them. Return the node that
-        runs them."""
-        ...
-
 
 class NodeUnreachable(Exception):
     """A call went to a node that is not listening (stopped or dead)."""
@@ -194,14 +182,14 @@ class _Pending:
 class LocalBus:
     """The in-process :class:`Bus`: one node, everything in memory."""
 
-    node_id = "local"
-
     def __init__(
         self,
         *,
+        node_id: str = "local",
         max_per_participant: int = MAX_PENDING_PER_PARTICIPANT,
         max_bytes: int = MAX_PENDING_BYTES,
     ) -> None:
+        self.node_id = node_id
         self._channels: dict[str, dict[str | None, Peer]] = {}
         self._pending: dict[ParticipantKey, collections.deque[_Pending]] = {}
         self._pending_bytes = 0
@@ -345,12 +333,6 @@ class LocalBus:
         if node != self.node_id or handler is None:
             raise NodeUnreachable(node)
         return await asyncio.wait_for(handler(args), limit)
-
-    async def storage_node(self, channel_arn: str) -> str | None:
-        return self.node_id
-
-    async def claim_storage(self, channel_arn: str, *, instead_of: str | None = None) -> str:
-        return self.node_id
 
 
 __all__ = [

@@ -1,11 +1,13 @@
-"""Signaling across nodes: the bus named by ``bus_url``, and where storage-session joins run.
+"""Signaling across nodes: the bus of this node's cluster (``bus_url``), and where
+storage-session joins run.
 
 A channel's storage sessions (its master session and the viewer sessions attached to it) run on
 one node. JoinStorageSession / JoinStorageSessionAsViewer called on any node are carried there
 (:class:`JoinRouter`): to the node that already runs the channel's sessions if it is alive, else
 to the node holding the master's signaling socket (its answers and candidates then stay on that
-node), else to the node that took the call. That node claims the channel and creates the
-session; the offer reaches the master through the bus wherever its socket is. With one node
+node), else to the node that took the call. That node claims the channel (the cluster's
+:class:`~openkvs.cluster.base.SessionRegistry`: a dead node's claim counts as none) and creates
+the session; the offer reaches the master through the bus wherever its socket is. With one node
 (``bus_url = local:``) all of this is a direct call. A channel that is deleted or stops storing
 media ends its sessions on the node that runs them, wherever the API call came in.
 """
@@ -17,7 +19,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..cluster.factory import parse_bus_url
+from ..cluster.base import Cluster, SessionRegistry
 from ..control.resources import ControlPlane
 from ..control.sessions import StorageSessions
 from ..errors import InternalFailure, InvalidArgumentException, ResourceNotFoundException
@@ -34,14 +36,17 @@ JOIN_VIEWER = "storage.join_viewer"
 CHANNEL_CLOSED = "storage.channel_closed"
 
 
-def make_bus(bus_url: str) -> Bus:
-    """The signaling bus ``bus_url`` names (keys under ``<prefix>:``, beside the cluster's)."""
-    parsed = parse_bus_url(bus_url)
-    if parsed.kind == "local":
-        return LocalBus()
-    from .redisbus import RedisBus
+def make_bus(cluster: Cluster) -> Bus:
+    """The signaling bus of this node's cluster (``bus_url``): on a Redis cluster it shares the
+    cluster's node id, Redis client and heartbeat (keys under ``<prefix>:sig:``)."""
+    if cluster.distributed:
+        from ..cluster.redisbus import RedisCluster
+        from .redisbus import RedisBus
 
-    return RedisBus(parsed.url, prefix=f"{parsed.prefix}:")
+        if not isinstance(cluster, RedisCluster):
+            raise TypeError(f"no signaling bus for {type(cluster).__name__}")
+        return RedisBus(cluster)
+    return LocalBus(node_id=cluster.node.node_id)
 
 
 class JoinRouter:
@@ -49,9 +54,14 @@ class JoinRouter:
     sessions."""
 
     def __init__(
-        self, bus: Bus, control: ControlPlane, sessions: Callable[[], StorageSessions]
+        self,
+        bus: Bus,
+        registry: SessionRegistry,
+        control: ControlPlane,
+        sessions: Callable[[], StorageSessions],
     ) -> None:
         self.bus = bus
+        self.registry = registry
         self.control = control
         self._sessions = sessions
         bus.serve(JOIN_MASTER, self._serve_master)
@@ -59,7 +69,7 @@ class JoinRouter:
         bus.serve(CHANNEL_CLOSED, self._serve_closed)
 
     async def target(self, channel_arn: str) -> str:
-        node = await self.bus.storage_node(channel_arn)
+        node = await self.registry.owner(channel_arn)
         if node is not None:
             return node
         where = await self.bus.locate((channel_arn, None))
@@ -83,7 +93,7 @@ class JoinRouter:
         gone: str | None = None
         while True:
             if node == me:
-                node = await self.bus.claim_storage(channel.arn, instead_of=gone)
+                node = await self.registry.claim(channel.arn, instead_of=gone)
                 if node == me:
                     sessions = self._sessions()
                     if client_id is None:
@@ -124,7 +134,7 @@ class JoinRouter:
         """The channel was deleted or its media storage disabled: its sessions end, here and on
         the node that runs them."""
         await self._sessions().channel_closed(channel)
-        node = await self.bus.storage_node(channel.arn)
+        node = await self.registry.owner(channel.arn)
         if node is not None and node != self.bus.node_id:
             try:
                 await self.bus.call(

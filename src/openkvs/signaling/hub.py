@@ -22,8 +22,9 @@ friends:
 
 Storage mode (media storage ENABLED): participants talk to the storage session only (reference
 §5.2, §7.2). See :meth:`SignalingHub._route_storage`. A channel's storage sessions run on one
-node (``bus.storage_node``); a participant's answers, candidates and disconnects reach the storage
-endpoint there through a bus call when its socket is on another node.
+node (the cluster's :class:`~openkvs.cluster.base.SessionRegistry` knows which); a participant's
+answers, candidates and disconnects reach the storage endpoint there through a bus call when its
+socket is on another node.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from .. import ids
+from ..cluster.base import SessionRegistry
+from ..cluster.local import LocalHub, LocalSessionRegistry
 from ..config import Settings
 from ..control.ratelimit import RateLimiter
 from ..control.resources import ControlPlane
@@ -124,10 +127,20 @@ class _AnswerWaiter:
 class SignalingHub:
     """Routes signaling messages between a channel's master, its viewers and storage sessions."""
 
-    def __init__(self, settings: Settings, control: ControlPlane, bus: Bus | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        control: ControlPlane,
+        bus: Bus | None = None,
+        sessions: SessionRegistry | None = None,
+    ) -> None:
         self.settings = settings
         self.control = control
         self.bus: Bus = bus if bus is not None else LocalBus()
+        # Which node runs each channel's storage sessions (this one alone when not given).
+        self.registry: SessionRegistry = (
+            sessions if sessions is not None else LocalSessionRegistry(LocalHub(), self.bus.node_id)
+        )
         self._storage: StorageEndpoint | None = None
         # Per-connection message rates (documented: SDP 5/s, ICE 20/s per WebSocket connection).
         self._sdp_rate = RateLimiter(settings.signaling_sdp_rate)
@@ -281,7 +294,7 @@ class SignalingHub:
     async def _storage_node(self, channel_arn: str) -> str | None:
         """The node whose storage endpoint takes the channel's participants' traffic: the one
         that claimed the channel's sessions, else this one if it has an endpoint."""
-        node = await self.bus.storage_node(channel_arn)
+        node = await self.registry.owner(channel_arn)
         if node is not None:
             return node
         return self.bus.node_id if self._storage is not None else None

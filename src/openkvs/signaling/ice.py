@@ -123,8 +123,13 @@ class IceServers:
                 client_id=client_id,
                 now=clock.now(),
             )
+        # This node's address (node_address) for its own TURN/STUN server; the API endpoints
+        # stay those of public_url.
         host = turn.advertised_host(
-            bind_host=s.host, public_url=s.public_url, request_host=host_header
+            bind_host=s.host,
+            public_url=s.public_url,
+            request_host=host_header,
+            node_address=s.node_address,
         )
         if self.mode == "embedded" and self._secret is not None:
             return turn.embedded_ice_server_list(

@@ -1,20 +1,19 @@
 """The Lua scripts of the Redis signaling bus (``redisbus.py``); each runs atomically in Redis.
 
-Every script gets the key prefix (``K``, ending in ``sig:``) and this node's id (``ME``) as its
-first two arguments. Time is Redis's own (``TIME``), so that nodes whose clocks differ agree on
-when a kept message expires.
+Every script gets the cluster's key prefix (``P`` = ``<prefix>:``) and this node's id (``ME``)
+as its first two arguments; the bus's own keys are under ``K`` = ``P sig:``. Time is Redis's
+own (``TIME``), so that nodes whose clocks differ agree on when a kept message expires.
 
-Keys (``K`` = ``<prefix>sig:``):
+Keys:
 
-- ``K node:<node>``: a node's heartbeat (string, PX node TTL). A presence entry of a node whose
-  heartbeat is gone counts as absent and is removed when met.
+- ``P node:<node>``: a node's heartbeat, the cluster's (``cluster/redisbus.py``). A presence entry
+  of a node whose heartbeat is gone counts as absent and is removed when met.
 - ``K ch:<channel ARN>``: presence (hash): field ``m`` (the master) or ``v:<ClientId>`` →
   ``<node>|<connection id>``; PX refreshed by every node that holds one of its connections.
 - ``K q:<channel ARN>|<field>``: the messages kept for an absent participant (list of JSON
   ``{"x": expiry ms, "o": origin, "t": text}``, oldest first, at most ``max_per`` entries).
 - ``K qbytes`` (hash list key → bytes), ``K qexp`` (sorted set list key → latest expiry),
   ``K qtotal`` (bytes kept in all): the accounting behind the byte budget and pruning.
-- ``K storage:<channel ARN>``: the node running the channel's storage sessions.
 - ``K hold:<channel ARN>|<field>``: ``<node>|<id>`` of a stand-in that takes the messages for a
   participant with no connection (a SendAlexaOfferToMaster call waiting for its answer).
 - pub/sub ``K to:<node>``: messages for one node; ``K all``: for every node.
@@ -23,7 +22,8 @@ Keys (``K`` = ``<prefix>sig:``):
 from __future__ import annotations
 
 _COMMON = """
-local K = ARGV[1]
+local P = ARGV[1]
+local K = P .. 'sig:'
 local ME = ARGV[2]
 local function now_ms()
   local t = redis.call('TIME')
@@ -32,7 +32,7 @@ end
 local live = {}
 local function alive(node)
   if node == ME then return true end
-  if live[node] == nil then live[node] = redis.call('EXISTS', K .. 'node:' .. node) == 1 end
+  if live[node] == nil then live[node] = redis.call('EXISTS', P .. 'node:' .. node) == 1 end
   return live[node]
 end
 local function split(v)
@@ -82,7 +82,7 @@ local function prune(now, limit)
 end
 """
 
-# KEYS: presence hash, pending list. ARGV: K, ME, field, connection id, max viewers (0: none),
+# KEYS: presence hash, pending list. ARGV: P, ME, field, connection id, max viewers (0: none),
 # presence TTL ms, channel ARN.
 # -> {'limit'} or {'ok', replaced node, replaced connection, kept texts...}
 ATTACH = (
@@ -125,7 +125,7 @@ return out
 """
 )
 
-# KEYS: presence hash, pending list. ARGV: K, ME, field, connection id.
+# KEYS: presence hash, pending list. ARGV: P, ME, field, connection id.
 # -> the kept texts, taken, if that connection is current (else nothing)
 TAKE = (
     _COMMON
@@ -138,7 +138,7 @@ return out
 """
 )
 
-# KEYS: presence hash. ARGV: K, ME, field, connection id. -> 1 if it was current (and is gone)
+# KEYS: presence hash. ARGV: P, ME, field, connection id. -> 1 if it was current (and is gone)
 DETACH = (
     _COMMON
     + """
@@ -150,7 +150,7 @@ return 0
 """
 )
 
-# KEYS: presence hash. ARGV: K, ME, field. -> '<node>|<connection>' or false
+# KEYS: presence hash. ARGV: P, ME, field. -> '<node>|<connection>' or false
 LOCATE = (
     _COMMON
     + """
@@ -160,7 +160,7 @@ return false
 """
 )
 
-# KEYS: presence hash. ARGV: K, ME. -> live viewers
+# KEYS: presence hash. ARGV: P, ME. -> live viewers
 VIEWERS = (
     _COMMON
     + """
@@ -173,7 +173,7 @@ return n
 """
 )
 
-# KEYS: presence hash, pending list, stand-in. ARGV: K, ME, field, text, origin, is offer,
+# KEYS: presence hash, pending list, stand-in. ARGV: P, ME, field, text, origin, is offer,
 # TTL ms, absolute expiry ms (0: now + TTL), connection id to skip ('' for none), max kept per
 # participant, max kept bytes in all, channel ARN.
 # -> {'local', connection} (current here: deliver it yourself), {'sent'} (published to the node
@@ -247,19 +247,7 @@ return {'buffered'}
 """
 )
 
-# KEYS: storage registry key. ARGV: K, ME, node to replace even if alive ('' for none), TTL ms.
-# -> the node that runs the channel's sessions (ME unless another live node holds them)
-CLAIM = (
-    _COMMON
-    + """
-local v = redis.call('GET', KEYS[1])
-if v and v ~= ME and v ~= ARGV[3] and alive(v) then return v end
-redis.call('SET', KEYS[1], ME, 'PX', tonumber(ARGV[4]))
-return ME
-"""
-)
-
-# KEYS: stand-in key. ARGV: K, ME, '<node>|<connection>'. Deletes it if it is still that one.
+# KEYS: stand-in key. ARGV: P, ME, '<node>|<connection>'. Deletes it if it is still that one.
 RELEASE = (
     _COMMON
     + """
@@ -268,7 +256,7 @@ return 1
 """
 )
 
-# ARGV: K, ME, limit. -> lists forgotten
+# ARGV: P, ME, limit. -> lists forgotten
 PRUNE = (
     _COMMON
     + """
@@ -276,7 +264,7 @@ return prune(now_ms(), tonumber(ARGV[3]))
 """
 )
 
-# KEYS: pending list. ARGV: K, ME.
+# KEYS: pending list. ARGV: P, ME.
 FORGET = (
     _COMMON
     + """
@@ -285,26 +273,14 @@ return 1
 """
 )
 
-# KEYS: storage registry key. ARGV: K, ME. -> the live node or false
-STORAGE_NODE = (
-    _COMMON
-    + """
-local v = redis.call('GET', KEYS[1])
-if v and alive(v) then return v end
-return false
-"""
-)
-
 __all__ = [
     "ATTACH",
-    "CLAIM",
     "DELIVER",
     "DETACH",
     "FORGET",
     "LOCATE",
     "PRUNE",
     "RELEASE",
-    "STORAGE_NODE",
     "TAKE",
     "VIEWERS",
 ]

@@ -6,10 +6,11 @@ node subscribes to its own pub/sub channel: a message for a participant whose so
 another node is published there, and that node hands it to the socket (or keeps it in Redis if
 the socket went away meanwhile). A replaced connection's node gets a ``go_away`` message.
 
-A node's presence entries count only while its heartbeat key lives (refreshed every
-``heartbeat`` seconds, expiring after ``node_ttl``): a node that dies leaves no participant
-"connected". Calls between nodes (``call``/``serve``) are request/reply messages on the same
-channels.
+The bus rides on the node's :class:`~openkvs.cluster.redisbus.RedisCluster`: its node id, its
+Redis client (one connection pool per node) and its heartbeat key ``<prefix>:node:<id>``. A
+node's presence entries count only while that heartbeat lives: a node that dies leaves no
+participant "connected". Calls between nodes (``call``/``serve``) are request/reply messages on
+the same channels.
 
 Pub/sub messages (JSON):
 
@@ -33,6 +34,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .. import errors, ids
+from ..cluster.base import cancel_tasks
+from ..cluster.redisbus import RedisCluster
 from ..errors import ClientLimitExceededException, InternalFailure, ServiceError
 from . import redis_lua
 from .bus import (
@@ -52,12 +55,8 @@ from .bus import (
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT = 3.0
-NODE_TTL = 15.0
 # Outstanding calls to other nodes, and calls from them being served, per node.
 MAX_CALLS = 1000
-# How long the storage-session registry remembers a channel's node (refreshed by each claim).
-STORAGE_TTL_MS = 24 * 3600 * 1000
 SUBSCRIBE_TIMEOUT = 5.0
 
 
@@ -71,26 +70,23 @@ def client_of(name: str) -> str | None:
 
 class RedisBus:
     """A :class:`~openkvs.signaling.bus.Bus` shared by every node that uses the same Redis and
-    key prefix."""
+    key prefix; started after ``cluster`` and stopped before it."""
 
     def __init__(
         self,
-        url: str,
+        cluster: RedisCluster,
         *,
-        prefix: str = "openkvs:",
-        node_id: str | None = None,
         max_per_participant: int = MAX_PENDING_PER_PARTICIPANT,
         max_bytes: int = MAX_PENDING_BYTES,
-        heartbeat: float = HEARTBEAT,
-        node_ttl: float = NODE_TTL,
     ) -> None:
-        self._url = url
-        self._k = f"{prefix}sig:"
-        self._node = node_id or ids.token(8)
+        self._cluster = cluster
+        self._p = f"{cluster.prefix}:"
+        self._k = f"{self._p}sig:"
+        self._node = cluster.node.node_id
         self._max_per = max_per_participant
         self._max_bytes = max_bytes
-        self._heartbeat = heartbeat
-        self._node_ttl_ms = int(node_ttl * 1000)
+        # Presence hashes outlive the heartbeat: entries of a dead node are removed when met.
+        self._presence_ttl_ms = int(cluster.node_ttl * 2000)
         self._redis: aioredis.Redis | None = None
         self._pubsub: Any = None
         self._scripts: dict[str, Any] = {}
@@ -104,8 +100,8 @@ class RedisBus:
         self._calls: dict[str, asyncio.Future[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
-        self._beater: asyncio.Task[None] | None = None
         self._stopped = True
+        cluster.on_beat(self._after_beat)
 
     @property
     def node_id(self) -> str:
@@ -119,27 +115,21 @@ class RedisBus:
     # -- lifecycle ------
 
     async def start(self) -> None:
-        r = aioredis.Redis.from_url(
-            self._url, decode_responses=True, client_name=f"openkvs-signaling-{self._node}"
-        )
+        r = self._cluster.redis
         self._redis = r
         for name in redis_lua.__all__:
             self._scripts[name] = r.register_script(getattr(redis_lua, name))
-        await r.set(self._node_key(self._node), "1", px=self._node_ttl_ms)
         await self._subscribe()
         self._stopped = False
         self._listener = asyncio.create_task(self._listen(), name=f"signaling bus {self._node}")
-        self._beater = asyncio.create_task(self._beat(), name=f"signaling heartbeat {self._node}")
-        logger.info("signaling bus node %s on %s (keys %s*)", self._node, _safe(self._url), self._k)
+        logger.info("signaling bus of node %s (keys %s*)", self._node, self._k)
 
     async def stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True
-        for task in (self._beater, self._listener):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        if self._listener is not None:
+            await cancel_tasks([self._listener])
         r = self._redis
         assert r is not None
         with contextlib.suppress(RedisError, OSError):
@@ -150,39 +140,23 @@ class RedisBus:
                     *(
                         self._scripts["DETACH"](
                             keys=[self._chan(arn)],
-                            args=[self._k, self._node, field(peer.client_id), conn],
+                            args=[self._p, self._node, field(peer.client_id), conn],
                         )
                         for arn, conn, peer in held[i : i + 100]
                     )
                 )
-            await r.delete(self._node_key(self._node))
         for fut in self._calls.values():
             if not fut.done():
                 fut.set_exception(InternalFailure("The server is shutting down."))
         self._calls.clear()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_tasks(list(self._tasks))
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()
-        await r.aclose()
+        # The client is the cluster's: it closes it.
         self._local.clear()
 
-    async def reachable(self) -> bool:
-        """Readiness: Redis answers."""
-        r = self._redis
-        if r is None or self._stopped:
-            return False
-        try:
-            return bool(await asyncio.wait_for(r.ping(), 2.0))
-        except (RedisError, OSError, TimeoutError):
-            return False
-
     # -- keys ------
-
-    def _node_key(self, node: str) -> str:
-        return f"{self._k}node:{node}"
 
     def _chan(self, arn: str) -> str:
         return f"{self._k}ch:{arn}"
@@ -208,12 +182,12 @@ class RedisBus:
             res = await self._scripts["ATTACH"](
                 keys=[self._chan(arn), self._queue((arn, peer.client_id))],
                 args=[
-                    self._k,
+                    self._p,
                     self._node,
                     field(peer.client_id),
                     conn,
                     max_viewers if peer.client_id is not None else 0,
-                    self._node_ttl_ms * 2,
+                    self._presence_ttl_ms,
                     arn,
                 ],
             )
@@ -255,7 +229,7 @@ class RedisBus:
             return False
         res = await self._scripts["DETACH"](
             keys=[self._chan(peer.channel_arn)],
-            args=[self._k, self._node, field(peer.client_id), peer.connection_id],
+            args=[self._p, self._node, field(peer.client_id), peer.connection_id],
         )
         return bool(res)
 
@@ -264,7 +238,7 @@ class RedisBus:
 
     async def locate(self, key: ParticipantKey) -> Location | None:
         res = await self._scripts["LOCATE"](
-            keys=[self._chan(key[0])], args=[self._k, self._node, field(key[1])]
+            keys=[self._chan(key[0])], args=[self._p, self._node, field(key[1])]
         )
         if not res:
             return None
@@ -273,7 +247,7 @@ class RedisBus:
 
     async def viewer_count(self, channel_arn: str) -> int:
         res = await self._scripts["VIEWERS"](
-            keys=[self._chan(channel_arn)], args=[self._k, self._node]
+            keys=[self._chan(channel_arn)], args=[self._p, self._node]
         )
         return int(res)
 
@@ -303,7 +277,7 @@ class RedisBus:
             res = await self._scripts["DELIVER"](
                 keys=[self._chan(key[0]), self._queue(key), self._hold(key)],
                 args=[
-                    self._k,
+                    self._p,
                     self._node,
                     field(key[1]),
                     text,
@@ -354,7 +328,7 @@ class RedisBus:
         if not self._stopped:
             await self._scripts["RELEASE"](
                 keys=[self._hold(key)],
-                args=[self._k, self._node, f"{self._node}|{stand_in.connection_id}"],
+                args=[self._p, self._node, f"{self._node}|{stand_in.connection_id}"],
             )
 
     async def close_channel(self, channel_arn: str) -> None:
@@ -364,10 +338,10 @@ class RedisBus:
         await r.publish(self._k + "all", json.dumps({"op": "close_channel", "arn": channel_arn}))
         # Channel ARNs are [a-zA-Z0-9:/_.-]: nothing in them is a glob character.
         async for q in r.scan_iter(match=f"{self._k}q:{channel_arn}|*", count=500):
-            await self._scripts["FORGET"](keys=[q], args=[self._k, self._node])
+            await self._scripts["FORGET"](keys=[q], args=[self._p, self._node])
 
     async def prune(self) -> None:
-        await self._scripts["PRUNE"](keys=[], args=[self._k, self._node, 1000])
+        await self._scripts["PRUNE"](keys=[], args=[self._p, self._node, 1000])
 
     async def pending_count(self, key: ParticipantKey) -> int:
         return int(await self._require().llen(self._queue(key)))
@@ -404,21 +378,6 @@ class RedisBus:
         finally:
             self._calls.pop(rid, None)
 
-    # -- storage-session registry ------
-
-    async def storage_node(self, channel_arn: str) -> str | None:
-        res = await self._scripts["STORAGE_NODE"](
-            keys=[f"{self._k}storage:{channel_arn}"], args=[self._k, self._node]
-        )
-        return str(res) if res else None
-
-    async def claim_storage(self, channel_arn: str, *, instead_of: str | None = None) -> str:
-        res = await self._scripts["CLAIM"](
-            keys=[f"{self._k}storage:{channel_arn}"],
-            args=[self._k, self._node, instead_of or "", STORAGE_TTL_MS],
-        )
-        return str(res)
-
     # -- background ------
 
     def _require(self) -> aioredis.Redis:
@@ -432,31 +391,22 @@ class RedisBus:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _beat(self) -> None:
-        r = self._require()
-        while True:
-            await asyncio.sleep(self._heartbeat)
-            try:
-                async with r.pipeline(transaction=False) as pipe:
-                    pipe.set(self._node_key(self._node), "1", px=self._node_ttl_ms, get=True)
-                    for arn in self._local:
-                        pipe.pexpire(self._chan(arn), self._node_ttl_ms * 2)
-                    res = await pipe.execute()
-                if res[0] is None and self._local:
-                    # The heartbeat had run out (Redis restarted, or this node stalled): other
-                    # nodes may have dropped our entries; put back those nobody took over.
-                    logger.warning("signaling bus node %s: heartbeat had lapsed", self._node)
-                    async with r.pipeline(transaction=False) as pipe:
-                        for arn, members in self._local.items():
-                            for conn, peer in members.items():
-                                pipe.hsetnx(
-                                    self._chan(arn), field(peer.client_id), f"{self._node}|{conn}"
-                                )
-                                pipe.pexpire(self._chan(arn), self._node_ttl_ms * 2)
-                        await pipe.execute()
-                    await self._resync()
-            except (RedisError, OSError) as exc:
-                logger.warning("signaling bus heartbeat failed: %r", exc)
+    async def _after_beat(self, lapsed: bool) -> None:
+        """After each heartbeat of this node: keep its presence hashes alive; when the heartbeat
+        had lapsed (Redis restarted, or this node stalled), other nodes may have dropped its
+        entries: put back those nobody took over."""
+        r = self._redis
+        if r is None or self._stopped or not self._local:
+            return
+        async with r.pipeline(transaction=False) as pipe:
+            for arn, members in self._local.items():
+                if lapsed:
+                    for conn, peer in members.items():
+                        pipe.hsetnx(self._chan(arn), field(peer.client_id), f"{self._node}|{conn}")
+                pipe.pexpire(self._chan(arn), self._presence_ttl_ms)
+            await pipe.execute()
+        if lapsed:
+            await self._resync()
 
     async def _subscribe(self) -> None:
         """(Re)subscribe to this node's channels and wait until Redis confirms both: from then
@@ -481,7 +431,7 @@ class RedisBus:
             for conn, peer in list(members.items()):
                 res = await self._scripts["TAKE"](
                     keys=[self._chan(arn), self._queue((arn, peer.client_id))],
-                    args=[self._k, self._node, field(peer.client_id), conn],
+                    args=[self._p, self._node, field(peer.client_id), conn],
                 )
                 for text in res:
                     peer.deliver(str(text))
@@ -592,15 +542,6 @@ def _service_errors() -> list[type[ServiceError]]:
         out.append(cls)
         stack.extend(cls.__subclasses__())
     return out
-
-
-def _safe(url: str) -> str:
-    """The URL without its password, for logs."""
-    head, sep, tail = url.rpartition("@")
-    if not sep:
-        return url
-    scheme, _, _ = head.partition("://")
-    return f"{scheme}://***@{tail}"
 
 
 __all__ = ["RedisBus", "field"]

@@ -131,15 +131,25 @@ def request_hostname(host_header: str | None) -> str | None:
     return name if _HOSTNAME.fullmatch(name) else None
 
 
-def advertised_host(*, bind_host: str, public_url: str | None, request_host: str | None) -> str:
+def advertised_host(
+    *,
+    bind_host: str,
+    public_url: str | None,
+    request_host: str | None,
+    node_address: str | None = None,
+) -> str:
     """The host a client is told to reach the embedded TURN (or STUN) server at.
 
-    The TURN server listens where openkvs listens, so the client is sent to the address it
-    already reached openkvs at: the ``public_url`` host when set (openkvs behind a name or a
-    proxy); else the bound ``host`` when it is a specific address (the only place the server
-    answers); else, for a wildcard bind (0.0.0.0, ::), the host the request itself named (its
-    Host header); else the loopback address. Never a wildcard address.
+    A TURN allocation lives on one node: with ``node_address`` set (where cameras and viewers
+    reach this node for media), that address. Otherwise, the TURN server listening where openkvs
+    listens, the client is sent to the address it already reached openkvs at: the ``public_url``
+    host when set (openkvs behind a name or a proxy); else the bound ``host`` when it is a
+    specific address (the only place the server answers); else, for a wildcard bind (0.0.0.0,
+    ::), the host the request itself named (its Host header); else the loopback address. Never a
+    wildcard address.
     """
+    if node_address:
+        return node_address.strip("[]")
     if public_url:
         name = urlsplit(public_url).hostname
         if name:

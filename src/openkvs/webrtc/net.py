@@ -9,6 +9,7 @@ are added to the SDP as extra host candidates on the same ports, like a 1:1 NAT 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import logging
 import random
@@ -50,6 +51,24 @@ def ice_servers(
 def configuration(servers: Sequence[RTCIceServer]) -> RTCConfiguration:
     # An explicit (possibly empty) list: aiortc's default is a public STUN server.
     return RTCConfiguration(iceServers=list(servers))
+
+
+def advertised_hosts(settings: Settings) -> tuple[str, ...]:
+    """The addresses the storage peer adds as host candidates: this node's ``node_address``
+    (where cameras and viewers reach it for media) when it is an IP address, then
+    ``webrtc_advertised_hosts``. A host name in ``node_address`` names the node in TURN URIs
+    only: candidates carry addresses."""
+    hosts: list[str] = []
+    node = (settings.node_address or "").strip("[]")
+    if node:
+        try:
+            ipaddress.ip_address(node)
+        except ValueError:
+            pass
+        else:
+            hosts.append(node)
+    hosts.extend(h for h in settings.webrtc_advertised_hosts if h not in hosts)
+    return tuple(hosts)
 
 
 def add_advertised_candidates(sdp: str, hosts: Sequence[str]) -> str:

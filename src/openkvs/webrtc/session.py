@@ -95,7 +95,7 @@ class StorageSession:
         self.peer = CodecCheckingPeer(
             self.pc,
             self._send,
-            settings.webrtc_advertised_hosts,
+            net.advertised_hosts(settings),
             self.prefix,
             on_pair=self.timeline.pair_checked,
         )
