@@ -14,7 +14,7 @@ the signaling, producer and playback helpers take one. Each node has its own dat
 its own TLS CA (``ca``); ``keys`` is the cluster's generated access key (kept in the shared
 database, the same on every node). ``stop()`` is a graceful stop (SIGTERM), ``kill()`` a
 ``kill -9``, ``start()`` (re)starts the process on the same ports and data dir; ``alive``,
-``pid``, ``log_text()`` and ``node_ids`` (its cluster and signaling-bus ids) tell about the
+``pid``, ``log_text()`` and ``node_id`` (its id in the cluster) tell about the
 process; ``client_factory(service)`` makes boto3 clients of the node (e.g. one per thread).
 ``node.cluster`` is the :class:`Cluster` (``nodes``, ``engines``: the database URL, bucket, bus
 URL and prefix, ``objects()`` in the bucket). ``fresh_engines`` and ``running_cluster`` build the
@@ -52,9 +52,9 @@ from botocore.config import Config
 from openkvs.app import generated_principal
 from openkvs.config import Settings
 
-from ..engines import _run, create_database, drop_database, need_postgres
+from ..engines import _run, create_database, delete_redis_prefix, drop_database, need_postgres
 from ..seaweed import Seaweed
-from ..support import free_port
+from ..support import CI, free_port
 
 START_TIMEOUT = 90.0  # a loaded machine starting several nodes at once
 
@@ -199,13 +199,13 @@ class Node:
         return "".join(self.log)
 
     @property
-    def node_ids(self) -> tuple[str | None, str | None]:
-        """(cluster node id, signaling bus node id) of the latest start, as its log announces
-        them (keys ``<prefix>:node:<id>`` and ``<prefix>:sig:node:<id>`` on the bus)."""
-        text = self.log_text()
-        cluster = re.findall(r"openkvs\.cluster\.redisbus: node (\S+) joined the cluster", text)
-        bus = re.findall(r"signaling bus node (\S+) on ", text)
-        return (cluster[-1] if cluster else None, bus[-1] if bus else None)
+    def node_id(self) -> str | None:
+        """The node's id in the cluster at its latest start, as its log announces it (its
+        heartbeat is ``<prefix>:node:<id>`` on the bus; the signaling bus uses the same id)."""
+        found = re.findall(
+            r"openkvs\.cluster\.redisbus: node (\S+) joined the cluster", self.log_text()
+        )
+        return found[-1] if found else None
 
     # -- what clients need ---------------------------------------------------------------------
 
@@ -320,13 +320,16 @@ def _env_value(value: Any) -> str:
 
 
 @contextlib.contextmanager
-def fresh_engines(seaweed: Seaweed) -> Iterator[ClusterEngines]:
-    """A new PostgreSQL database, S3 bucket name and Redis key prefix; the database is dropped
-    and the prefix's keys deleted after. Skips (fails under CI=true) without PostgreSQL or Redis."""
-    from .conftest import delete_prefix, redis_url_or_skip
-
+def fresh_engines(seaweed: Seaweed, redis_url: str | None) -> Iterator[ClusterEngines]:
+    """A new PostgreSQL database, S3 bucket name and Redis key prefix (on ``redis_url``, the
+    ``redis_server`` fixture's); the database is dropped and the prefix's keys deleted after.
+    Skips (fails under CI=true) without PostgreSQL or Redis."""
     need_postgres()
-    redis_url = redis_url_or_skip()
+    if redis_url is None:
+        reason = "no Redis answers and redis-server is not installed"
+        if CI:
+            pytest.fail(f"{reason} (required under CI=true)")
+        pytest.skip(reason)
     database_url = create_database()
     prefix = "openkvs-test-" + uuid.uuid4().hex[:12]
     engines = ClusterEngines(
@@ -336,7 +339,7 @@ def fresh_engines(seaweed: Seaweed) -> Iterator[ClusterEngines]:
         yield engines
     finally:
         drop_database(database_url)
-        _run(delete_prefix(redis_url, prefix))
+        delete_redis_prefix(redis_url, prefix)
 
 
 @contextlib.contextmanager
@@ -350,9 +353,9 @@ def running_cluster(engines: ClusterEngines, root: Path) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def cluster_engines(seaweed: Seaweed) -> Iterator[ClusterEngines]:
+def cluster_engines(seaweed: Seaweed, redis_server: str | None) -> Iterator[ClusterEngines]:
     """A fresh PostgreSQL database, S3 bucket name and Redis key prefix for this test."""
-    with fresh_engines(seaweed) as engines:
+    with fresh_engines(seaweed, redis_server) as engines:
         yield engines
 
 
