@@ -38,6 +38,7 @@ from ..media.mkv import to_ms
 from ..records import Fragment, Stream
 from .acks import AckError, ack
 from .events import FragmentEvent
+from .liveparts import LiveCutter
 from .plane import DataPlane, WriterSlot
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class PutMediaSession:
         self._finished = False  # stop reading: fatal error, idle, shutdown or client gone
         self._client_gone = False
         self._prefix = f"putmedia[{stream.name}]"
+        self._live = LiveCutter(plane.live, stream.id)
 
     async def run(self) -> None:
         settings = self.plane.settings
@@ -177,6 +179,8 @@ class PutMediaSession:
                     self.slot.last_data = last_data
                 self.plane.ingested_bytes += len(chunk)
                 await self._handle(self.parser.feed(chunk))
+                if not self._finished:
+                    await self._live.progress(self.parser)
                 if closing.is_set():
                     break
                 if self.slot is not None and self.slot.lease_lost:
@@ -184,6 +188,7 @@ class PutMediaSession:
                     logger.warning("%s lost the stream's writer lease, ending", self._prefix)
                     break
         finally:
+            await self._live.abandon()
             await self._close()
 
     async def _close(self) -> None:
@@ -211,6 +216,7 @@ class PutMediaSession:
 
     async def _error(self, error: AckError, *, fatal: bool = False) -> None:
         cur = self._current
+        await self._live.abandon()
         self._current = None
         await self._send(
             ack(
@@ -234,6 +240,8 @@ class PutMediaSession:
                 await self._send(
                     ack("BUFFERING", timecode=ev.timecode, number=self._current.number)
                 )
+                if earlier is None:
+                    await self._live.begin(ev.index, number, self._current.server_ts, ts)
             elif isinstance(ev, mkvstream.FragmentReady):
                 await self._store(ev)
             elif isinstance(ev, mkvstream.FragmentRejected):
@@ -319,6 +327,7 @@ class PutMediaSession:
             return
         self.persisted += 1
         self._current = None
+        await self._live.stored(data, ev.duration_ms)
         for event in ev.events:
             self.plane.events.publish(
                 FragmentEvent(

@@ -684,6 +684,37 @@ class MkvStreamParser:
             )
         )
 
+    def in_progress(self) -> tuple[int, int, list[BlockRef]] | None:
+        """(index, timecode in ms, blocks so far) of the cluster being received, while it is
+        accepted so far; None between clusters or once it was rejected."""
+        if self._state is not _State.CLUSTER or self._cl_rejected or self._cl_tc is None:
+            return None
+        return self._cl_index, self._cl_ms, self._blocks
+
+    def snapshot(self, count: int) -> FragmentReady | None:
+        """The cluster being received as if it ended after its first ``count`` blocks (the
+        same bytes and timing its stored fragment will have for them)."""
+        header = self.header
+        current = self.in_progress()
+        if current is None or header is None or not 0 < count <= len(self._blocks):
+            return None
+        assert self._cl_tc is not None
+        blocks = self._blocks[:count]
+        return FragmentReady(
+            index=self._cl_index,
+            timecode=self._cl_tc,
+            timecode_ms=self._cl_ms,
+            header=header,
+            body=bytearray(self._body),
+            blocks=tuple(blocks),
+            tags=self._cl_tags,
+            events=(),
+            rebuild=self._cl_rebuild or header.timecode_scale != 1_000_000,
+            first_ms=min(b.ms for b in blocks),
+            last_ms=max(b.ms for b in blocks),
+            duration_ms=fragment_duration(header, blocks, self._cl_ms),
+        )
+
     def _end_cluster(self) -> None:
         index = self._cl_index
         rejected = self._cl_rejected
