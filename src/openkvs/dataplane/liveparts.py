@@ -77,20 +77,26 @@ class LiveCutter:
                 return
             first = min(b.ms for b in blocks[:cut] if b.track in video)
             end_ns = (blocks[cut].ms - first) * 1_000_000
-            await self._publish(parsed, end_ns, last=False)
+            vt = parsed.video()
+            await self._publish(vt.number if vt else None, self._take(parsed), end_ns, last=False)
             self._blocks = cut
 
-    async def _publish(self, parsed: ParsedFragment, end_ns: int, *, last: bool) -> None:
-        assert self.number is not None
+    def _take(self, parsed: ParsedFragment) -> dict[int, tuple[Frame, ...]]:
+        """The frames of ``parsed`` not in a published part yet, by track."""
         new: dict[int, tuple[Frame, ...]] = {}
         for track, frames in parsed.frames.items():
             done = self._counts.get(track, 0)
             new[track] = tuple(frames[done:])
             self._counts[track] = len(frames)
             self._sent.setdefault(track, []).extend(frames[done:])
-        vt = parsed.video()
-        lead = new.get(vt.number, ()) if vt is not None else ()
-        if vt is None:
+        return new
+
+    async def _publish(
+        self, video: int | None, new: dict[int, tuple[Frame, ...]], end_ns: int, *, last: bool
+    ) -> None:
+        assert self.number is not None
+        lead = new.get(video, ()) if video is not None else ()
+        if video is None:
             lead = next((fs for fs in new.values() if fs), ())
         start = lead[0].pts_ns if lead else self._start_ns
         part = Part(
@@ -106,7 +112,8 @@ class LiveCutter:
         await self.edge.publish(self.stream_id, self.number, part, last=last)
 
     async def stored(self, data: bytes, duration_ms: int) -> None:
-        """The fragment is stored as ``data``: publish its last part, or withdraw the parts if
+        """The fragment is stored as ``data``: publish its last parts (cut by the same rule,
+        when the fragment arrived faster than its parts were due), or withdraw the parts if
         they are not exactly its first frames."""
         number = self.number
         if number is None:
@@ -121,6 +128,27 @@ class LiveCutter:
                 logger.warning("live parts of fragment %d differ from it, withdrawn", number)
                 await self.abandon()
                 return
-        await self._publish(parsed, duration_ms * 1_000_000, last=True)
+        vt = parsed.video()
+        video = vt.number if vt is not None else None
+        rest = self._take(parsed)
+        frames = rest.get(video, ()) if video is not None else ()
+        if video is not None and not frames:
+            await self.edge.finish(self.stream_id, number)
+            self.number = None
+            return
+        times = [f.pts_ns // 1_000_000 for f in frames]
+        bounds = [0]
+        while len(bounds) < MAX_PARTS and (k := cut_index(times, bounds[-1])) is not None:
+            bounds.append(k)
+        bounds.append(len(frames))
+        others = {t: list(fs) for t, fs in rest.items() if t != video}
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            last = b == len(frames)
+            end = duration_ms * 1_000_000 if last else frames[b].pts_ns
+            new: dict[int, tuple[Frame, ...]] = {} if video is None else {video: frames[a:b]}
+            for track, fs in others.items():
+                take = len(fs) if last else sum(1 for f in fs if f.pts_ns < end)
+                new[track], others[track] = tuple(fs[:take]), fs[take:]
+            await self._publish(video, new, end, last=last)
         await self.edge.finish(self.stream_id, number)
         self.number = None
