@@ -9,17 +9,30 @@ import asyncio
 import io
 import re
 import statistics
+import threading
 import time
 from typing import Any
 
 import av
+import pytest
 
 from openkvs.media import ebml
 
 from ..dataplane.mediafiles import clusters, header_part, producer_mkv
 from ..dataplane.producer import Producer
 from ..support import ServerThread
-from .support import create_stream, ffprobe_json, get, hls_url, resolve, uris
+from .support import (
+    CustomerPage,
+    create_stream,
+    ffprobe_json,
+    get,
+    hls_url,
+    player_result,
+    resolve,
+    start_player,
+    uris,
+)
+from .test_players import check_played
 
 FPS = 30
 SECONDS = 8
@@ -224,3 +237,50 @@ def test_ll_hls_parts_before_storage_equal_the_stored_fragment(server: ServerThr
     )
     assert len(latencies) >= 10
     assert p50 < 1.0, latencies
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_hls_js_low_latency_mode_plays_parts_from_another_origin(
+    server: ServerThread, customer_page: CustomerPage
+) -> None:
+    name = "cam"
+    create_stream(server, name)
+    seconds = 22
+    data = producer_mkv(
+        seconds, start_ms=int(time.time() * 1000), audio=False, fps=FPS, width=640, height=360
+    )
+    acks: list[tuple[float, Any]] = []
+    errors: list[BaseException] = []
+    wall0 = time.time() + 0.3
+
+    def produce() -> None:
+        try:
+            asyncio.run(stream_paced(server, name, data, wall0, acks))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        url = None
+        for _ in range(100):  # LIVE needs one stored fragment first
+            try:
+                url = hls_url(
+                    server,
+                    name,
+                    PlaybackMode="LIVE",
+                    ContainerFormat="FRAGMENTED_MP4",
+                    HLSFragmentSelector={"FragmentSelectorType": "PRODUCER_TIMESTAMP"},
+                )
+                break
+            except Exception:  # noqa: BLE001 - ResourceNotFound until the first is stored
+                time.sleep(0.1)
+        assert url is not None
+        result = player_result(start_player(customer_page.url("hls", url, ll=True), 14), 90)
+    finally:
+        thread.join(seconds + 30)
+    assert errors == []
+    check_played(result, min_advance=7, live=True)
+    last = result["samples"][-1]
+    assert last["parts"] >= 10, last  # hls.js loaded parts (EXT-X-PART), not only segments

@@ -85,6 +85,13 @@ def test_ll_playlist_tags_parts_and_preload_hint() -> None:
         f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{part.format(102, 2)}"',
     ]
     assert hls.last_position(view, ll) == (6, 1)
+    # The segment in progress follows a discontinuity: its parts come after the tag, as the
+    # segment itself will once it is listed.
+    disc = hls.LowLatency(0.334, ll.parts, ll.preload, pending_discontinuity=True)
+    lines = hls.media_playlist(_session(), "TOK", view, 1, disc).splitlines()
+    at = lines.index(seg.format(101))
+    assert lines[at + 1] == "#EXT-X-DISCONTINUITY"
+    assert lines[at + 2].startswith("#EXT-X-PART:DURATION=0.250,URI=") and "=102&" in lines[at + 2]
 
 
 def test_plain_playlist_is_unchanged_without_ll() -> None:

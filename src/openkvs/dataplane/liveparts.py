@@ -111,10 +111,10 @@ class LiveCutter:
         self._start_ns = part.end_ns
         await self.edge.publish(self.stream_id, self.number, part, last=last)
 
-    async def stored(self, data: bytes, duration_ms: int) -> None:
-        """The fragment is stored as ``data``: publish its last parts (cut by the same rule,
-        when the fragment arrived faster than its parts were due), or withdraw the parts if
-        they are not exactly its first frames."""
+    async def complete(self, data: bytes, duration_ms: int) -> None:
+        """The fragment will be stored as ``data``: publish its last parts (cut by the same
+        rule, when the fragment arrived faster than its parts were due), or withdraw the parts
+        if they are not exactly its first frames. ``stored`` or ``abandon`` follows."""
         number = self.number
         if number is None:
             return
@@ -133,8 +133,6 @@ class LiveCutter:
         rest = self._take(parsed)
         frames = rest.get(video, ()) if video is not None else ()
         if video is not None and not frames:
-            await self.edge.finish(self.stream_id, number)
-            self.number = None
             return
         times = [f.pts_ns // 1_000_000 for f in frames]
         bounds = [0]
@@ -150,5 +148,9 @@ class LiveCutter:
                 take = len(fs) if last else sum(1 for f in fs if f.pts_ns < end)
                 new[track], others[track] = tuple(fs[:take]), fs[take:]
             await self._publish(video, new, end, last=last)
-        await self.edge.finish(self.stream_id, number)
+
+    async def stored(self) -> None:
+        """The fragment is stored: its parts are final."""
+        if self.number is not None:
+            await self.edge.finish(self.stream_id, self.number)
         self.number = None

@@ -298,6 +298,7 @@ class PutMediaSession:
         if len(data) > self.plane.settings.putmedia_max_fragment_bytes:
             await self._error(AckError.MAX_FRAGMENT_SIZE_REACHED)
             return
+        await self._live.complete(data, ev.duration_ms)
         try:
             await self.plane.fragments.append(
                 self.stream,
@@ -327,7 +328,7 @@ class PutMediaSession:
             return
         self.persisted += 1
         self._current = None
-        await self._live.stored(data, ev.duration_ms)
+        await self._live.stored()
         for event in ev.events:
             self.plane.events.publish(
                 FragmentEvent(

@@ -77,6 +77,7 @@ class LowLatency:
     part_target_s: float
     parts: tuple[PartLine, ...]  # of the last listed segments and of the one in progress
     preload: tuple[int, int] | None  # (fragment, part) of the next part of the one in progress
+    pending_discontinuity: bool = False  # the segment in progress will follow a discontinuity
 
     @property
     def hold_back_s(self) -> float:
@@ -171,7 +172,10 @@ def media_playlist(
             lines.append(f"{TS}?FragmentNumber={e.fragment.number}&SessionToken={token}")
     if ll is not None and view.entries:
         last = view.entries[-1].seq
-        lines.extend(_part_lines([p for p in ll.parts if p.msn > last], token, track))
+        pending = [p for p in ll.parts if p.msn > last]
+        if pending and ll.pending_discontinuity:
+            lines.append("#EXT-X-DISCONTINUITY")
+        lines.extend(_part_lines(pending, token, track))
         if ll.preload is not None:
             uri = _part_uri(token, track, *ll.preload)
             lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{uri}"')

@@ -53,6 +53,7 @@ from .timeline import (
     Cursor,
     FragmentSource,
     View,
+    discontinuity,
     in_session,
     lookahead,
     media_ms,
@@ -434,9 +435,7 @@ class PlaybackService:
         for frag in list(edge.fragments.values()):
             msn = seqs.get(frag.number)
             if msn is None:
-                ts = (
-                    frag.producer_ts if session.selector == "PRODUCER_TIMESTAMP" else frag.server_ts
-                )
+                ts = ts_of_live(frag, session.selector)
                 if pending is not None or frag.number <= last.fragment.number or ts <= last.ts_ms:
                     continue
                 pending, msn = frag, last.seq + 1
@@ -446,7 +445,11 @@ class PlaybackService:
                 hls.PartLine(msn, frag.number, p.index, p.duration_s, p.independent)
                 for p in frag.parts
             )
-        return hls.LowLatency(PART_TARGET_S, tuple(parts), preload)
+        disc = False
+        if pending is not None:
+            ts = ts_of_live(pending, session.selector)
+            disc = discontinuity(session, (last.ts_ms, last.fragment.duration_ms), ts)
+        return hls.LowLatency(PART_TARGET_S, tuple(parts), preload, disc)
 
     async def part(
         self, session: Session, stream: Stream, number: int, index: int, track: int
@@ -469,7 +472,7 @@ class PlaybackService:
                 raise ResourceNotFoundException(f"Fragment {number} has no part {index}.")
             await self.live.wait(stream.id, version, left)
         found = frag.parts[index]
-        ts = frag.producer_ts if session.selector == "PRODUCER_TIMESTAMP" else frag.server_ts
+        ts = ts_of_live(frag, session.selector)
         if ts < session.origin_ms:
             raise ResourceNotFoundException(f"Fragment {number} is not part of this session.")
         frames = list(found.frames.get(spec.track_id, ()))
@@ -568,6 +571,10 @@ class PlaybackService:
             raise
         except ValueError as exc:
             raise map_codec_error(exc) from exc
+
+
+def ts_of_live(fragment: LiveFragment, selector: str) -> int:
+    return fragment.producer_ts if selector == "PRODUCER_TIMESTAMP" else fragment.server_ts
 
 
 def _render_mp4(
