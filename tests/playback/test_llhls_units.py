@@ -129,6 +129,9 @@ def _part(index: int, key: bool = False) -> liveedge.Part:
 def test_live_edge_publish_finish_abandon_and_bounds() -> None:
     async def run() -> None:
         edge = liveedge.LiveEdge()
+        assert not edge.watched(7)
+        edge.watch(7)
+        assert edge.watched(7) and not edge.watched(8)
         await edge.begin(7, 100, server_ts=T0, producer_ts=T0)
         v0 = edge.version(7)
         await edge.publish(7, 100, _part(0, True), last=False)

@@ -39,6 +39,9 @@ class LiveCutter:
         self._start_ns = 0
 
     async def begin(self, index: int, number: int, server_ts: int, producer_ts: int) -> None:
+        if not self.edge.watched(self.stream_id):
+            self.number = None
+            return
         self.number, self.index = number, index
         self._blocks, self._counts, self._sent, self._parts, self._start_ns = 0, {}, {}, 0, 0
         await self.edge.begin(self.stream_id, number, server_ts=server_ts, producer_ts=producer_ts)

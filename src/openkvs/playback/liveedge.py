@@ -4,13 +4,16 @@ An in-process writer (PutMedia) publishes the fragment it is receiving while it 
 part is a run of whole frames, cut at a frame boundary once it lasts ``PART_CUT_MS``, with the
 identity the stored fragment will have (its number and timestamps) and the frames exactly as the
 stored fragment will hold them (the writer reads them back from the fragment assembled so far,
-the same way the fragment is assembled for storage). When the fragment is stored the writer
-publishes its last part and checks that the parts are a prefix of the stored frames; a fragment
-that is abandoned, or whose stored frames differ, has its parts withdrawn.
+the same way the fragment is assembled for storage). Once the whole fragment is assembled the
+writer checks that the parts are a prefix of its frames and publishes its last parts, then stores
+it; a fragment that is abandoned, fails to be stored, or whose frames differ, has its parts
+withdrawn.
 
-Memory is bounded: a stream keeps its fragment in progress and the last ``KEEP_DONE`` stored
-ones; at most ``MAX_STREAMS`` streams are kept (the least recently written is dropped), and a
-fragment holds at most ``MAX_PARTS`` parts (more are not published; the segment still is).
+Only streams whose LIVE playlist was asked for in the last ``WATCH_S`` seconds are cut into
+parts: from the next fragment on. Memory is bounded: a stream keeps its fragment in progress and
+the last ``KEEP_DONE`` stored ones; at most ``MAX_STREAMS`` streams are kept (the least recently
+written is dropped), and a fragment holds at most ``MAX_PARTS`` parts (more are not published;
+the segment still is).
 Waiters (blocking playlist reloads, part requests) wait on a per-stream condition, always with a
 bound.
 """
@@ -32,6 +35,9 @@ PART_TARGET_S = (
 KEEP_DONE = 3
 MAX_STREAMS = 256
 MAX_PARTS = 64
+WATCH_S = (
+    60.0  # a stream's fragments are cut into parts while a LIVE playlist was asked this recently
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +81,24 @@ class LiveEdge:
 
     def __init__(self) -> None:
         self._streams: OrderedDict[int, StreamEdge] = OrderedDict()
+        self._watched: OrderedDict[int, float] = OrderedDict()
         self.parts_published = 0
+
+    def watch(self, stream_id: int) -> None:
+        """A LIVE playlist of the stream was asked for: cut its next fragments into parts."""
+        self._watched[stream_id] = clock.monotonic()
+        self._watched.move_to_end(stream_id)
+        while len(self._watched) > MAX_STREAMS:
+            self._watched.popitem(last=False)
+
+    def watched(self, stream_id: int) -> bool:
+        """Whether the stream's fragments are worth cutting into parts (the cost of reading
+        them back is only paid for streams someone follows live)."""
+        seen = self._watched.get(stream_id)
+        if seen is not None and clock.monotonic() - seen <= WATCH_S:
+            return True
+        self._streams.pop(stream_id, None)
+        return False
 
     def edge(self, stream_id: int) -> StreamEdge | None:
         return self._streams.get(stream_id)

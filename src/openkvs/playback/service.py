@@ -405,6 +405,8 @@ class PlaybackService:
             assert track is not None
             spec = await self.output_track(session, stream, track, audio_only_ok=True)
         low_latency = session.mode == "LIVE" and spec is not None and spec.is_video
+        if low_latency:
+            self.live.watch(stream.id)
         deadline = clock.monotonic() + 3 * max(1, LIVE_TARGET_S)
         first = True
         while True:
