@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import asyncio
 
+from openkvs.dataplane.liveparts import LiveCutter
+from openkvs.media import mkvstream
 from openkvs.playback import hls, liveedge, tokens
-from openkvs.playback.mkv import Frame
+from openkvs.playback.mkv import Frame, parse_fragment
 from openkvs.playback.timeline import Entry, View
 from openkvs.records import Fragment
+
+from ..dataplane.mediafiles import clusters, header_part, producer_mkv
+from .test_llhls import frame_pieces
 
 T0 = 1_700_000_000_000
 
@@ -181,3 +186,69 @@ def test_cut_index_at_frame_boundaries() -> None:
     assert liveedge.cut_index(times, 0) == 8  # first frame >= 250 ms after frame 0
     assert liveedge.cut_index(times, 8) is None  # not 250 ms of frames yet
     assert liveedge.cut_index(times, 10) is None
+
+
+def test_cutter_parts_are_the_stored_frames_and_are_withdrawn_when_they_differ() -> None:
+    data = producer_mkv(3.0, audio=True)
+    pieces = [header_part(data)] + [p for c in clusters(data) for p in frame_pieces(c)]
+
+    async def run() -> None:
+        edge = liveedge.LiveEdge()
+        edge.watch(1)
+        cutter = LiveCutter(edge, 1)
+        parser = mkvstream.MkvStreamParser(max_fragment_bytes=50_000_000)
+        stored: dict[int, bytes] = {}
+        parts_before: dict[int, int] = {}  # parts listed before the fragment was complete
+
+        async def handle(events: list[mkvstream.Event]) -> None:
+            for ev in events:
+                if isinstance(ev, mkvstream.FragmentStarted):
+                    await cutter.begin(ev.index, 100 + ev.index, T0, T0)
+                elif isinstance(ev, mkvstream.FragmentReady):
+                    frag = edge.fragment(1, 100 + ev.index)
+                    parts_before[100 + ev.index] = len(frag.parts) if frag else 0
+                    blob = mkvstream.assemble(ev)
+                    stored[100 + ev.index] = blob
+                    await cutter.complete(blob, ev.duration_ms)
+                    await cutter.stored()
+                else:
+                    raise AssertionError(ev)
+
+        for piece in pieces:
+            await handle(parser.feed(piece))
+            await cutter.progress(parser)
+        await handle(parser.finish())
+        assert len(stored) == 3
+        for number, blob in stored.items():
+            frag = edge.fragment(1, number)
+            assert frag is not None and frag.done
+            assert parts_before[number] >= 2  # listed while the fragment was arriving
+            whole = parse_fragment(blob)
+            for track, frames in whole.frames.items():
+                joined = [f for p in frag.parts for f in p.frames.get(track, ())]
+                assert joined == frames, (number, track)
+            assert [p.independent for p in frag.parts] == [True] + [False] * (len(frag.parts) - 1)
+            assert all(0.2 <= p.duration_s <= liveedge.PART_TARGET_S for p in frag.parts[:-1])
+            # Parts abut: each starts where the previous one ends (the frame that cut it).
+            assert frag.parts[0].start_ns == 0
+            for a, b in zip(frag.parts, frag.parts[1:], strict=False):
+                assert a.end_ns == b.start_ns, [(p.start_ns, p.end_ns) for p in frag.parts]
+
+        # A fragment whose stored form differs from its parts has them withdrawn.
+        parser = mkvstream.MkvStreamParser(max_fragment_bytes=50_000_000)
+        cutter = LiveCutter(edge, 1)
+        await handle(parser.feed(pieces[0]))
+        for piece in pieces[1:40]:
+            await handle(parser.feed(piece))
+            await cutter.progress(parser)
+        frag = edge.fragment(1, 100)
+        assert frag is not None and frag.parts and not frag.done
+        await cutter.complete(stored[101], 1000)
+        assert edge.fragment(1, 100) is None
+        # And an abandoned one (not stored) too.
+        cutter = LiveCutter(edge, 1)
+        await cutter.begin(0, 200, T0, T0)
+        await cutter.abandon()
+        assert edge.fragment(1, 200) is None
+
+    asyncio.run(run())

@@ -346,6 +346,7 @@ class MkvStreamParser:
         self._cl_budget = 0
         self._body = bytearray()
         self._blocks: list[BlockRef] = []
+        self._block_ends: list[int] = []  # where each block element ends in ``_body``
 
     def _run(self) -> None:
         buf = self._buf
@@ -550,6 +551,7 @@ class MkvStreamParser:
         self._cl_rejected = True
         self._body = bytearray()
         self._blocks = []
+        self._block_ends = []
 
     def _to_ms(self, units: int) -> int:
         assert self.header is not None
@@ -683,6 +685,7 @@ class MkvStreamParser:
                 track, ms, keyframe, frames, None if duration is None else self._to_ms(duration)
             )
         )
+        self._block_ends.append(len(self._body))
 
     def in_progress(self) -> tuple[int, int, list[BlockRef]] | None:
         """(index, timecode in ms, blocks so far) of the cluster being received, while it is
@@ -705,7 +708,7 @@ class MkvStreamParser:
             timecode=self._cl_tc,
             timecode_ms=self._cl_ms,
             header=header,
-            body=bytearray(self._body),
+            body=bytearray(self._body[: self._block_ends[count - 1]]),
             blocks=tuple(blocks),
             tags=self._cl_tags,
             events=(),
