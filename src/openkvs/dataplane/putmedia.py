@@ -17,6 +17,10 @@ A producer that reconnects after losing acks (the KVS Producer SDK rolls back to
 fragment it has no PERSISTED ack for) may send again fragments an earlier connection stored: a
 fragment whose producer timestamp matches one of the stream's last ``RESEND_WINDOW`` fragments
 from before this connection is acknowledged with that fragment's number and not stored twice.
+
+While a stream's LIVE HLS playlist is followed, the Cluster being received is also published as
+LL-HLS parts (``liveparts.LiveCutter``, ``playback.liveedge``): the same frames the stored
+fragment will hold, withdrawn if the fragment is dropped.
 """
 
 from __future__ import annotations

@@ -475,7 +475,7 @@ class PlaybackService:
             await self.live.wait(stream.id, version, left)
         found = frag.parts[index]
         ts = ts_of_live(frag, session.selector)
-        if ts < session.origin_ms:
+        if ts < session.origin_ms or number < session.ref_number:
             raise ResourceNotFoundException(f"Fragment {number} is not part of this session.")
         frames = list(found.frames.get(spec.track_id, ()))
         start = media_ms(session, ts) * 90
