@@ -89,7 +89,9 @@ class Services:
         if self.ice is None:
             self.ice = IceServers(self.settings, self.control.secret)
         if self.playback is None:
-            self.playback = PlaybackService(self.settings, self.control, self.fragments)
+            self.playback = PlaybackService(
+                self.settings, self.control, self.fragments, live=self.dataplane.live
+            )
         if self.imagegen is None:
             self.imagegen = ImageGenerator(
                 self.settings.data_dir, self.control, self.playback, self.dataplane.events

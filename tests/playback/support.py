@@ -176,8 +176,10 @@ class CustomerPage:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
-    def url(self, player: str, src: str, *, debug: bool = False) -> str:
-        query = urllib.parse.urlencode({"player": player, "src": src, "debug": int(debug)})
+    def url(self, player: str, src: str, *, debug: bool = False, ll: bool = False) -> str:
+        query = urllib.parse.urlencode(
+            {"player": player, "src": src, "debug": int(debug), "ll": int(ll)}
+        )
         return f"http://localhost:{self.port}/player.html?{query}"
 
     def close(self) -> None:

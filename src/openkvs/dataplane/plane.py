@@ -19,6 +19,7 @@ from ..config import Settings
 from ..control.fragments import FragmentStore
 from ..control.resources import ControlPlane
 from ..errors import ConnectionLimitExceededException
+from ..playback.liveedge import LiveEdge
 from ..records import Stream
 from .events import FragmentEvents
 
@@ -70,6 +71,7 @@ class DataPlane:
         self._writers: dict[int, WriterSlot] = {}
         self._freed: dict[int, asyncio.Event] = {}  # set when a stream's writer slot is released
         self.events = FragmentEvents()
+        self.live = LiveEdge()  # parts of the fragments being received, for LL-HLS
         self.ingested_bytes = 0  # PutMedia request-body bytes, for metrics
         self._closing: asyncio.Event | None = None
 

@@ -17,6 +17,10 @@ A producer that reconnects after losing acks (the KVS Producer SDK rolls back to
 fragment it has no PERSISTED ack for) may send again fragments an earlier connection stored: a
 fragment whose producer timestamp matches one of the stream's last ``RESEND_WINDOW`` fragments
 from before this connection is acknowledged with that fragment's number and not stored twice.
+
+While a stream's LIVE HLS playlist is followed, the Cluster being received is also published as
+LL-HLS parts (``liveparts.LiveCutter``, ``playback.liveedge``): the same frames the stored
+fragment will hold, withdrawn if the fragment is dropped.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from ..media.mkv import to_ms
 from ..records import Fragment, Stream
 from .acks import AckError, ack
 from .events import FragmentEvent
+from .liveparts import LiveCutter
 from .plane import DataPlane, WriterSlot
 
 logger = logging.getLogger(__name__)
@@ -130,6 +135,7 @@ class PutMediaSession:
         self._finished = False  # stop reading: fatal error, idle, shutdown or client gone
         self._client_gone = False
         self._prefix = f"putmedia[{stream.name}]"
+        self._live = LiveCutter(plane.live, stream.id)
 
     async def run(self) -> None:
         settings = self.plane.settings
@@ -177,6 +183,8 @@ class PutMediaSession:
                     self.slot.last_data = last_data
                 self.plane.ingested_bytes += len(chunk)
                 await self._handle(self.parser.feed(chunk))
+                if not self._finished:
+                    await self._live.progress(self.parser)
                 if closing.is_set():
                     break
                 if self.slot is not None and self.slot.lease_lost:
@@ -184,6 +192,7 @@ class PutMediaSession:
                     logger.warning("%s lost the stream's writer lease, ending", self._prefix)
                     break
         finally:
+            await self._live.abandon()
             await self._close()
 
     async def _close(self) -> None:
@@ -211,6 +220,7 @@ class PutMediaSession:
 
     async def _error(self, error: AckError, *, fatal: bool = False) -> None:
         cur = self._current
+        await self._live.abandon()
         self._current = None
         await self._send(
             ack(
@@ -237,6 +247,8 @@ class PutMediaSession:
                 await self._send(
                     ack("BUFFERING", timecode=ev.timecode, number=self._current.number)
                 )
+                if earlier is None:
+                    await self._live.begin(ev.index, number, self._current.server_ts, ts)
             elif isinstance(ev, mkvstream.FragmentReady):
                 await self._store(ev)
             elif isinstance(ev, mkvstream.FragmentRejected):
@@ -292,6 +304,7 @@ class PutMediaSession:
         if len(data) > self.plane.settings.putmedia_max_fragment_bytes:
             await self._error(AckError.MAX_FRAGMENT_SIZE_REACHED)
             return
+        await self._live.complete(data, ev.duration_ms)
         try:
             await self.plane.fragments.append(
                 self.stream,
@@ -321,6 +334,7 @@ class PutMediaSession:
             return
         self.persisted += 1
         self._current = None
+        await self._live.stored()
         for event in ev.events:
             self.plane.events.publish(
                 FragmentEvent(

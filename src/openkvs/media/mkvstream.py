@@ -346,6 +346,7 @@ class MkvStreamParser:
         self._cl_budget = 0
         self._body = bytearray()
         self._blocks: list[BlockRef] = []
+        self._block_ends: list[int] = []  # where each block element ends in ``_body``
 
     def _run(self) -> None:
         buf = self._buf
@@ -550,6 +551,7 @@ class MkvStreamParser:
         self._cl_rejected = True
         self._body = bytearray()
         self._blocks = []
+        self._block_ends = []
 
     def _to_ms(self, units: int) -> int:
         assert self.header is not None
@@ -682,6 +684,38 @@ class MkvStreamParser:
             BlockRef(
                 track, ms, keyframe, frames, None if duration is None else self._to_ms(duration)
             )
+        )
+        self._block_ends.append(len(self._body))
+
+    def in_progress(self) -> tuple[int, int, list[BlockRef]] | None:
+        """(index, timecode in ms, blocks so far) of the cluster being received, while it is
+        accepted so far; None between clusters or once it was rejected."""
+        if self._state is not _State.CLUSTER or self._cl_rejected or self._cl_tc is None:
+            return None
+        return self._cl_index, self._cl_ms, self._blocks
+
+    def snapshot(self, count: int) -> FragmentReady | None:
+        """The cluster being received as if it ended after its first ``count`` blocks (the
+        same bytes and timing its stored fragment will have for them)."""
+        header = self.header
+        current = self.in_progress()
+        if current is None or header is None or not 0 < count <= len(self._blocks):
+            return None
+        assert self._cl_tc is not None
+        blocks = self._blocks[:count]
+        return FragmentReady(
+            index=self._cl_index,
+            timecode=self._cl_tc,
+            timecode_ms=self._cl_ms,
+            header=header,
+            body=bytearray(self._body[: self._block_ends[count - 1]]),
+            blocks=tuple(blocks),
+            tags=self._cl_tags,
+            events=(),
+            rebuild=self._cl_rebuild or header.timecode_scale != 1_000_000,
+            first_ms=min(b.ms for b in blocks),
+            last_ms=max(b.ms for b in blocks),
+            duration_ms=fragment_duration(header, blocks, self._cl_ms),
         )
 
     def _end_cluster(self) -> None:

@@ -72,7 +72,9 @@ def add_routes(router: web.UrlDispatcher, playback: PlaybackService) -> None:
             return _respond(text, M3U8, playlist=True)
         if name == hls.MEDIA:
             track = _track(request, required=fmp4) if fmp4 else None
-            text = await playback.hls_media(session, stream, token, track)
+            msn = _int(request, "_HLS_msn", required=False, low=0, high=2**63 - 1)
+            part = _int(request, "_HLS_part", required=False, low=0, high=2**31 - 1)
+            text = await playback.hls_media(session, stream, token, track, msn, part)
             return _respond(text, M3U8, playlist=True)
         if name == hls.TS:
             if fmp4:
@@ -89,6 +91,11 @@ def add_routes(router: web.UrlDispatcher, playback: PlaybackService) -> None:
             return _respond(await playback.init(session, stream, track), MP4, playlist=False)
         number = _int(request, "FragmentNumber", required=True, low=0, high=2**63 - 1)
         assert number is not None
+        if name == hls.PART:
+            index = _int(request, "PartNumber", required=True, low=0, high=2**31 - 1)
+            assert index is not None
+            data = await playback.part(session, stream, number, index, track)
+            return _respond(data, MP4, playlist=False)
         fragment = await playback.fragment_by_number(session, stream, number)
         data = await playback.media(session, stream, fragment, track)
         return _respond(data, MP4, playlist=False)
@@ -121,5 +128,5 @@ def add_routes(router: web.UrlDispatcher, playback: PlaybackService) -> None:
     router.add_get("/dash/v1/{name}", dash_resource)
 
 
-HLS_RESOURCES = frozenset({hls.MASTER, hls.MEDIA, hls.INIT, hls.FRAGMENT, hls.TS})
+HLS_RESOURCES = frozenset({hls.MASTER, hls.MEDIA, hls.INIT, hls.FRAGMENT, hls.TS, hls.PART})
 DASH_RESOURCES = frozenset({dash.MANIFEST, dash.INIT, dash.FRAGMENT})

@@ -47,11 +47,13 @@ from .fmp4 import (
     track_spec,
     video_samples,
 )
+from .liveedge import PART_TARGET_S, LiveEdge, LiveFragment
 from .mkv import Frame, ParsedFragment, Track, parse_fragment
 from .timeline import (
     Cursor,
     FragmentSource,
     View,
+    discontinuity,
     in_session,
     lookahead,
     media_ms,
@@ -81,6 +83,9 @@ LIVE_WINDOW_MS = 30_000
 LOOKBEHIND_MS = 20_000
 LOOKBEHIND_ROWS = 256
 QUEUE_PER_WORKER = 32
+LIVE_TARGET_S = 2  # bounds a blocking playlist reload to three times this
+BLOCK_POLL_S = 0.5  # a blocking reload also looks at the store this often (other writers)
+PART_WAIT_S = 3.0
 
 
 class SessionNotAuthorized(ServiceError):
@@ -142,8 +147,13 @@ class PlaybackService:
     NOT_STARTED: ClassVar[str] = "playback service is not started"
 
     def __init__(
-        self, settings: Settings, control: ControlPlane, fragments: FragmentSource
+        self,
+        settings: Settings,
+        control: ControlPlane,
+        fragments: FragmentSource,
+        live: LiveEdge | None = None,
     ) -> None:
+        self.live = live if live is not None else LiveEdge()
         self.settings = settings
         self.control = control
         self.fragments = fragments
@@ -377,13 +387,107 @@ class PlaybackService:
         raise ResourceNotFoundException(f"This session has no track {track}.")
 
     async def hls_media(
-        self, session: Session, stream: Stream, token: str, track: int | None
+        self,
+        session: Session,
+        stream: Stream,
+        token: str,
+        track: int | None,
+        msn: int | None = None,
+        part: int | None = None,
     ) -> str:
+        """The media playlist; LIVE fMP4 video playlists of a stream written in this process
+        carry LL-HLS parts, and a blocking reload (``msn``/``part``) waits, at most three target
+        durations, until the playlist holds that segment or part."""
+        if part is not None and msn is None:
+            raise InvalidArgumentException("The _HLS_part parameter requires _HLS_msn.")
+        spec = None
         if session.container != "MPEG_TS":
             assert track is not None
-            await self.output_track(session, stream, track, audio_only_ok=True)
-        view = await self.view(session, stream)
-        return hls.media_playlist(session, token, view, track)
+            spec = await self.output_track(session, stream, track, audio_only_ok=True)
+        low_latency = session.mode == "LIVE" and spec is not None and spec.is_video
+        if low_latency:
+            self.live.watch(stream.id)
+        deadline = clock.monotonic() + 3 * max(1, LIVE_TARGET_S)
+        first = True
+        while True:
+            version = self.live.version(stream.id)
+            view = await self.view(session, stream)
+            ll = self._low_latency(session, view) if low_latency else None
+            if ll is None or msn is None:
+                return hls.media_playlist(session, token, view, track, ll)
+            if first and hls.too_far(view, msn):
+                raise InvalidArgumentException(
+                    f"_HLS_msn={msn} is more than two segments after the last one."
+                )
+            first = False
+            left = deadline - clock.monotonic()
+            if hls.blocking_ready(view, ll, msn, part) or left <= 0:
+                return hls.media_playlist(session, token, view, track, ll)
+            await self.live.wait(stream.id, version, min(left, BLOCK_POLL_S))
+
+    def _low_latency(self, session: Session, view: View) -> hls.LowLatency | None:
+        edge = self.live.edge(session.stream_id)
+        if edge is None or not view.entries:
+            return None
+        seqs = {e.fragment.number: e.seq for e in view.entries}
+        last = view.entries[-1]
+        parts: list[hls.PartLine] = []
+        preload = None
+        pending: LiveFragment | None = None
+        for frag in list(edge.fragments.values()):
+            msn = seqs.get(frag.number)
+            if msn is None:
+                ts = ts_of_live(frag, session.selector)
+                if pending is not None or frag.number <= last.fragment.number or ts <= last.ts_ms:
+                    continue
+                pending, msn = frag, last.seq + 1
+                if not frag.done:
+                    preload = (frag.number, len(frag.parts))
+            parts.extend(
+                hls.PartLine(msn, frag.number, p.index, p.duration_s, p.independent)
+                for p in frag.parts
+            )
+        disc = False
+        if pending is not None:
+            ts = ts_of_live(pending, session.selector)
+            disc = discontinuity(session, (last.ts_ms, last.fragment.duration_ms), ts)
+        return hls.LowLatency(PART_TARGET_S, tuple(parts), preload, disc)
+
+    async def part(
+        self, session: Session, stream: Stream, number: int, index: int, track: int
+    ) -> bytes:
+        """One part of a fragment being written (or just stored); a request for the next part
+        (the preload hint) waits for it, at most ``PART_WAIT_S``."""
+        if session.mode != "LIVE":
+            raise ResourceNotFoundException("Only LIVE sessions have parts.")
+        spec = await self.output_track(session, stream, track, audio_only_ok=True)
+        deadline = clock.monotonic() + PART_WAIT_S
+        while True:
+            version = self.live.version(stream.id)
+            frag = self.live.fragment(stream.id, number)
+            if frag is None:
+                raise ResourceNotFoundException(f"Fragment {number} has no parts here.")
+            if index < len(frag.parts):
+                break
+            left = deadline - clock.monotonic()
+            if frag.done or left <= 0 or index > len(frag.parts) + 1:
+                raise ResourceNotFoundException(f"Fragment {number} has no part {index}.")
+            await self.live.wait(stream.id, version, left)
+        found = frag.parts[index]
+        ts = ts_of_live(frag, session.selector)
+        if ts < session.origin_ms or number < session.ref_number:
+            raise ResourceNotFoundException(f"Fragment {number} is not part of this session.")
+        frames = list(found.frames.get(spec.track_id, ()))
+        start = media_ms(session, ts) * 90
+        if not spec.is_video or not frames:
+            raise ResourceNotFoundException(f"Part {index} has no frames of track {track}.")
+        try:
+            samples = video_samples(
+                spec, frames, start, start + (found.end_ns * 90 + 500_000) // 1_000_000
+            )
+            return media_segment(spec, samples, (media_ms(session, ts) + 1 + index) & 0xFFFFFFFF)
+        except ValueError as exc:
+            raise map_codec_error(exc) from exc
 
     async def dash_manifest(self, session: Session, stream: Stream, token: str) -> str:
         ref, parsed = await self.reference(session, stream)
@@ -469,6 +573,10 @@ class PlaybackService:
             raise
         except ValueError as exc:
             raise map_codec_error(exc) from exc
+
+
+def ts_of_live(fragment: LiveFragment, selector: str) -> int:
+    return fragment.producer_ts if selector == "PRODUCER_TIMESTAMP" else fragment.server_ts
 
 
 def _render_mp4(

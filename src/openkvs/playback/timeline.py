@@ -174,7 +174,7 @@ def in_session(session: Session, fragment: Fragment) -> bool:
     return not (session.mode == "LIVE" and fragment.number < session.ref_number)
 
 
-def _discontinuity(session: Session, prev: tuple[int, int] | None, ts: int) -> bool:
+def discontinuity(session: Session, prev: tuple[int, int] | None, ts: int) -> bool:
     if session.discontinuity == "ALWAYS":
         return True
     if session.discontinuity == "NEVER" or prev is None:
@@ -217,7 +217,7 @@ async def on_demand_view(source: FragmentSource, stream: Stream, session: Sessio
     prev: tuple[int, int] | None = None
     for seq, f in enumerate(frags):
         ts = ts_of(f, session.selector)
-        items.append((f, ts, seq, _discontinuity(session, prev, ts)))
+        items.append((f, ts, seq, discontinuity(session, prev, ts)))
         prev = (ts, f.duration_ms)
     entries = _entries(session, items, after)
     return View(entries, 0, True, _target(entries))
@@ -247,7 +247,7 @@ class Cursor:
 
     def _push(self, f: Fragment, ts: int) -> None:
         prev = (self.last.ts, self.last.fragment.duration_ms) if self.last else None
-        disc = _discontinuity(self.session, prev, ts)
+        disc = discontinuity(self.session, prev, ts)
         item = _Item(f, ts, self.count, disc, self.discontinuities)
         self.discontinuities += int(disc)
         self.count += 1
