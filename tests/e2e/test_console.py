@@ -26,6 +26,7 @@ from openkvs.auth.credentials import Principal
 
 from ..playback.media import append, recorded
 from ..playback.support import create_stream, ffprobe_json
+from ..playback.test_players import LiveProducer
 from ..signaling.kvs import enable_storage, setup_channel
 from ..support import ServerThread, need_tool
 from .browser import ROOT, browser_missing
@@ -364,5 +365,69 @@ def test_console_live_sessions_and_settings(
     assert len(result["shots"]) == 8 and all(Path(p).stat().st_size > 0 for p in result["shots"])
     overflow = {k: v for k, v in steps.items() if k.startswith("overflow-") and v > 0}
     assert not overflow, overflow
+    errors = [e for e in result["consoleErrors"] if "Failed to load resource" not in e]
+    assert not errors and not result["pageErrors"], (errors, result["pageErrors"])
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_console_live_replay_and_jump_to_live(
+    make_server: Any, console_dir: Path, tmp_path: Path
+) -> None:
+    """Recordings of a stream a producer is recording in real time: a thumbnail plays
+    LIVE_REPLAY from its time, "Jump to live" plays LIVE at the newest fragments."""
+    server: ServerThread = make_server(console_dir=console_dir)
+    create_stream(server, "cam")
+    # Twelve seconds already recorded, then one fragment a second as a camera uploads them
+    # (encoded first: the timestamps start from when the encoding is done).
+    recorded(12 + 90, 0)
+    producer = LiveProducer(server, recorded(12 + 90, clock.now_ms() - 12_000))
+    producer.preroll(11)
+    producer.start()
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    config = {
+        "url": f"{server.endpoint}/console/",
+        "shots": str(shots),
+        "keys": list(server.keys),
+        "stream": "cam",
+    }
+    try:
+        proc = subprocess.run(
+            ["node", str(JS / "console_replay.js"), json.dumps(config)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    finally:
+        producer.stop()
+    assert producer.errors == []
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    steps = result["steps"]
+    assert "fatal" not in result, (result["fatal"], result.get("html"), steps)
+    assert steps["thumbnails"] >= 4 and steps["modeBefore"] == "Stopped"
+
+    def newest_before(ms: int) -> int:
+        """The producer timestamp of the newest fragment stored by ``ms`` (wall clock)."""
+        done = [f for f in producer.frags if f.server_ts_ms + f.duration_ms <= ms]
+        return done[-1].producer_ts_ms
+
+    # LIVE_REPLAY from the thumbnail's time: it plays from about that time (3 s played).
+    replay = steps["replay"]
+    assert replay["mode"] == "LIVE_REPLAY" and replay["modeText"].startswith("LIVE_REPLAY from ")
+    assert replay["advanced"] > 3 and replay["width"] > 0 and replay["scrubDisabled"]
+    start = steps["replayFrom"]
+    assert abs(replay["at"] - start - replay["advanced"] * 1000) < 2_500, (replay, start)
+    # The newest fragment then was well after: the replay did not jump to the live edge.
+    assert newest_before(replay["now"]) - replay["at"] > 3_000, replay
+    # Jump to live: LIVE plays, near the newest fragment's timestamp when sampled.
+    live = steps["live"]
+    assert live["mode"] == "LIVE" and live["modeText"].startswith("LIVE ")
+    assert live["advanced"] > 3 and live["width"] > 0
+    newest = newest_before(live["now"])
+    assert newest - 8_000 <= live["at"] <= newest + 2_000, (live, newest)
+    assert len(result["shots"]) == 1 and Path(result["shots"][0]).stat().st_size > 0
     errors = [e for e in result["consoleErrors"] if "Failed to load resource" not in e]
     assert not errors and not result["pageErrors"], (errors, result["pageErrors"])

@@ -153,17 +153,21 @@ export class Api {
         return fragments;
     }
 
-    async hlsUrl(streamName, start, end) {
+    // ON_DEMAND: start and end; LIVE_REPLAY: start only (then follows the live edge); LIVE:
+    // neither (the newest fragments).
+    async hlsUrl(streamName, start, end, mode = 'ON_DEMAND') {
         const client = await this.archived(streamName, 'GET_HLS_STREAMING_SESSION_URL');
+        const range = {};
+        if (start) range.StartTimestamp = start;
+        if (end) range.EndTimestamp = end;
         const r = await client.send(
             new GetHLSStreamingSessionURLCommand({
                 StreamName: streamName,
-                PlaybackMode: 'ON_DEMAND',
-                HLSFragmentSelector: {
-                    FragmentSelectorType: 'PRODUCER_TIMESTAMP',
-                    TimestampRange: { StartTimestamp: start, EndTimestamp: end },
-                },
+                PlaybackMode: mode,
+                HLSFragmentSelector:
+                    mode === 'LIVE' ? undefined : { FragmentSelectorType: 'PRODUCER_TIMESTAMP', TimestampRange: range },
                 ContainerFormat: 'FRAGMENTED_MP4',
+                DisplayFragmentTimestamp: 'ALWAYS',
                 Expires: 3600,
             }),
         );

@@ -13,6 +13,7 @@ const who = document.getElementById('who');
 const signOut = document.getElementById('sign-out');
 let api = null;
 let leaving = null; // the current page's cleanup
+let routed = 0; // counts route changes: a page still loading when the route changed renders nothing
 
 function render(title, ...content) {
     if (leaving) leaving();
@@ -22,6 +23,7 @@ function render(title, ...content) {
 }
 
 function signInPage() {
+    routed++;
     nav.hidden = true;
     signOut.hidden = true;
     who.textContent = '';
@@ -72,11 +74,15 @@ function route() {
         if (current) link.setAttribute('aria-current', 'page');
         else link.removeAttribute('aria-current');
     }
+    const mine = ++routed;
     const ctx = {
         api,
-        render: (title, ...content) => render(title, ...content),
+        render: (title, ...content) => {
+            if (mine === routed) render(title, ...content);
+        },
         onLeave: (fn) => {
-            leaving = fn;
+            if (mine === routed) leaving = fn;
+            else fn();
         },
         expired: (err) => {
             // Keys revoked or rotated while signed in: back to the form with the error shown.

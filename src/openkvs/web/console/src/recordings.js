@@ -1,5 +1,6 @@
-// Recordings: the fragments of a time window (ListFragments, paged), their gaps, ON_DEMAND
-// playback with hls.js and a clip download (GetClip).
+// Recordings: the fragments of a time window (ListFragments, paged), their gaps, playback with
+// hls.js (ON_DEMAND of the range; LIVE_REPLAY from a chosen time when the range reaches now;
+// LIVE at the stream's newest fragments) and a clip download (GetClip).
 import Hls from 'hls.js';
 import { busy, errorSlot, field, h, showError } from './dom.js';
 
@@ -58,10 +59,14 @@ export async function recordingsPage(ctx, streamName) {
     const scrub = h('input', { type: 'range', name: 'position', min: '0', max: '0', step: '0.1', value: '0', disabled: true });
     const position = h('output', {}, '');
     const play = h('button', { type: 'button' }, 'Play');
+    const jumpLive = h('button', { type: 'button' }, 'Jump to live');
+    const mode = h('output', { class: 'mode', 'aria-label': 'Playback mode', 'aria-live': 'polite' }, 'Stopped');
     const download = h('button', { type: 'button' }, 'Download clip');
     const playError = errorSlot();
     let hls = null;
     let range = null;
+    let reachesNow = false;
+    let playing = 'ON_DEMAND';
     const stopPlayer = () => {
         if (hls) hls.destroy();
         hls = null;
@@ -85,7 +90,8 @@ export async function recordingsPage(ctx, streamName) {
             h('h2', { id: 'h-player' }, 'Playback'),
             video,
             h('div', { class: 'scrub' }, field('Position (seconds)', scrub), position),
-            h('div', { class: 'inline-form' }, play, download),
+            h('p', {}, 'Mode: ', mode),
+            h('div', { class: 'inline-form' }, play, jumpLive, download),
             playError,
         ),
     );
@@ -110,6 +116,9 @@ export async function recordingsPage(ctx, streamName) {
         range = fragments.length
             ? { start: fragments[0].ProducerTimestamp, end: new Date(fragments.at(-1).ProducerTimestamp.getTime() + fragments.at(-1).FragmentLengthInMilliseconds) }
             : null;
+        // The range reaches now when its last fragment ended less than 30 s before the listing:
+        // a chosen time then plays as LIVE_REPLAY, which goes on past the range's end.
+        reachesNow = Boolean(range) && end - range.end < 30000;
         facts.replaceChildren(
             h('dt', {}, 'Fragments'),
             h('dd', { 'data-fragments': String(fragments.length) }, String(fragments.length)),
@@ -137,14 +146,15 @@ export async function recordingsPage(ctx, streamName) {
                 const at = image.TimeStamp;
                 const button = h(
                     'button',
-                    { type: 'button', class: 'thumb', 'aria-label': `Play from ${fmt(at)}` },
+                    { type: 'button', class: 'thumb', 'aria-label': `Play from ${fmt(at)}`, 'data-at': String(at.getTime()) },
                     h('img', { src: `data:image/jpeg;base64,${image.ImageContent}`, alt: '', width: '160' }),
                     h('span', {}, at.toLocaleTimeString(undefined, { hour12: false })),
                 );
                 button.addEventListener('click', () =>
                     busy(button, playError, async () => {
-                        if (!hls) await startPlayer();
-                        await seekTo((at - range.start) / 1000);
+                        if (reachesNow) return startPlayer('LIVE_REPLAY', at);
+                        if (!hls || playing !== 'ON_DEMAND') await startPlayer();
+                        return seekTo((at - range.start) / 1000);
                     }),
                 );
                 return h('li', {}, button);
@@ -159,7 +169,12 @@ export async function recordingsPage(ctx, streamName) {
 
     const showPosition = () => {
         if (!range) return;
-        position.textContent = fmt(new Date(range.start.getTime() + Number(scrub.value) * 1000));
+        // LIVE and LIVE_REPLAY: the wall-clock time of the played frame, from the playlist's
+        // EXT-X-PROGRAM-DATE-TIME (the fragments' producer timestamps).
+        const at = playing === 'ON_DEMAND' ? new Date(range.start.getTime() + Number(scrub.value) * 1000) : hls && hls.playingDate;
+        if (!at) return;
+        position.textContent = fmt(at);
+        position.dataset.at = String(at.getTime());
     };
     video.addEventListener('timeupdate', () => {
         if (document.activeElement !== scrub) scrub.value = String(video.currentTime);
@@ -173,21 +188,35 @@ export async function recordingsPage(ctx, streamName) {
 
     refresh.addEventListener('click', () => busy(refresh, error, load));
     windowSelect.addEventListener('change', () => busy(refresh, error, load));
-    async function startPlayer() {
-        if (!range) return;
-        const url = await api.hlsUrl(streamName, range.start, range.end);
+    async function startPlayer(wanted = 'ON_DEMAND', from = null) {
+        if (wanted !== 'LIVE' && !range) return;
+        const url =
+            wanted === 'LIVE'
+                ? await api.hlsUrl(streamName, null, null, 'LIVE')
+                : wanted === 'LIVE_REPLAY'
+                  ? await api.hlsUrl(streamName, from, null, 'LIVE_REPLAY')
+                  : await api.hlsUrl(streamName, range.start, range.end);
         stopPlayer();
+        playing = wanted;
+        mode.textContent = wanted === 'LIVE_REPLAY' ? `LIVE_REPLAY from ${fmt(from)}` : wanted === 'LIVE' ? 'LIVE (newest fragments)' : 'ON_DEMAND (the listed range)';
+        mode.dataset.mode = wanted;
+        position.textContent = '';
+        delete position.dataset.at;
         if (!Hls.isSupported()) throw new Error('This browser cannot play HLS (no Media Source Extensions).');
-        hls = new Hls();
+        // LIVE_REPLAY's playlist is live (no end) but starts at the chosen time: play it from its
+        // first fragment, not from hls.js's default of near its newest.
+        hls = new Hls(wanted === 'LIVE_REPLAY' ? { startPosition: 0 } : {});
         hls.on(Hls.Events.ERROR, (_event, data) => {
             if (data.fatal) showError(playError, new Error(`Playback failed: ${data.type} ${data.details}`));
         });
         hls.loadSource(url);
         hls.attachMedia(video);
-        scrub.disabled = false;
+        // The slider scrubs the listed range: only in ON_DEMAND.
+        scrub.disabled = wanted !== 'ON_DEMAND';
         await video.play().catch(() => {});
     }
-    play.addEventListener('click', () => busy(play, playError, startPlayer));
+    play.addEventListener('click', () => busy(play, playError, () => startPlayer()));
+    jumpLive.addEventListener('click', () => busy(jumpLive, playError, () => startPlayer('LIVE')));
     download.addEventListener('click', () =>
         busy(download, playError, async () => {
             if (!range) return;
