@@ -422,6 +422,17 @@ def test_console_live_replay_and_jump_to_live(
     assert abs(replay["at"] - start - replay["advanced"] * 1000) < 2_500, (replay, start)
     # The newest fragment then was well after: the replay did not jump to the live edge.
     assert newest_before(replay["now"]) - replay["at"] > 3_000, replay
+    # A click on the timeline's fourth fragment: LIVE_REPLAY from a time within it.
+    fourth = producer.frags[3]
+    clicked = steps["timelineFrom"]
+    assert (
+        fourth.producer_ts_ms - 1_000
+        <= clicked
+        <= fourth.producer_ts_ms + fourth.duration_ms + 1_000
+    )
+    timeline = steps["timeline"]
+    assert timeline["mode"] == "LIVE_REPLAY" and timeline["advanced"] > 2
+    assert abs(timeline["at"] - clicked - timeline["advanced"] * 1000) < 2_500, (timeline, clicked)
     # Jump to live: LIVE plays, near the newest fragment's timestamp when sampled.
     live = steps["live"]
     assert live["mode"] == "LIVE" and live["modeText"].startswith("LIVE ")

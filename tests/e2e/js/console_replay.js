@@ -68,6 +68,12 @@ async function main() {
         await second.click();
         result.steps.replay = await played(page, 3);
 
+        // A click on the timeline (on its fourth fragment): LIVE_REPLAY from that time.
+        await page.locator('.timeline .span').nth(3).click();
+        await page.waitForFunction((t) => document.querySelector('output.mode').dataset.from && Number(document.querySelector('output.mode').dataset.from) !== t, result.steps.replayFrom, { timeout: 15000 });
+        result.steps.timelineFrom = Number(await page.getByLabel('Playback mode').getAttribute('data-from'));
+        result.steps.timeline = await played(page, 2);
+
         // Jump to live: LIVE, at the newest fragments.
         await page.getByRole('button', { name: 'Jump to live' }).click();
         await page.waitForFunction(() => document.querySelector('output.mode').dataset.mode === 'LIVE', null, { timeout: 15000 });

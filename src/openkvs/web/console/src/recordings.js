@@ -66,6 +66,7 @@ export async function recordingsPage(ctx, streamName) {
     let hls = null;
     let range = null;
     let reachesNow = false;
+    let windowOf = null; // the listed window: {start, span}, to map a timeline click to a time
     let playing = 'ON_DEMAND';
     const stopPlayer = () => {
         if (hls) hls.destroy();
@@ -107,6 +108,7 @@ export async function recordingsPage(ctx, streamName) {
         fragments.sort((a, b) => a.ProducerTimestamp - b.ProducerTimestamp);
         const gaps = gapsOf(fragments);
         const span = end - start;
+        windowOf = { start, span };
         for (const f of fragments) {
             const left = ((f.ProducerTimestamp - start) / span) * 100;
             const width = Math.max((f.FragmentLengthInMilliseconds / span) * 100, 0.2);
@@ -186,6 +188,19 @@ export async function recordingsPage(ctx, streamName) {
         showPosition();
     });
 
+    // A click on the timeline plays from that time: LIVE_REPLAY when the range reaches now,
+    // else a seek in the range (the thumbnails and the slider do the same from the keyboard).
+    timeline.addEventListener('click', (event) => {
+        if (!range || !windowOf) return;
+        const box = timeline.getBoundingClientRect();
+        const at = new Date(windowOf.start.getTime() + ((event.clientX - box.left) / box.width) * windowOf.span);
+        if (at < range.start || at > range.end) return;
+        busy(play, playError, async () => {
+            if (reachesNow) return startPlayer('LIVE_REPLAY', at);
+            if (!hls || playing !== 'ON_DEMAND') await startPlayer();
+            return seekTo((at - range.start) / 1000);
+        });
+    });
     refresh.addEventListener('click', () => busy(refresh, error, load));
     windowSelect.addEventListener('change', () => busy(refresh, error, load));
     async function startPlayer(wanted = 'ON_DEMAND', from = null) {
@@ -200,6 +215,8 @@ export async function recordingsPage(ctx, streamName) {
         playing = wanted;
         mode.textContent = wanted === 'LIVE_REPLAY' ? `LIVE_REPLAY from ${fmt(from)}` : wanted === 'LIVE' ? 'LIVE (newest fragments)' : 'ON_DEMAND (the listed range)';
         mode.dataset.mode = wanted;
+        if (from) mode.dataset.from = String(from.getTime());
+        else delete mode.dataset.from;
         position.textContent = '';
         delete position.dataset.at;
         if (!Hls.isSupported()) throw new Error('This browser cannot play HLS (no Media Source Extensions).');
