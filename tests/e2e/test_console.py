@@ -183,6 +183,9 @@ def test_console_in_chromium(make_server: Any, console_dir: Path, tmp_path: Path
     assert steps["thumbnails"] == 8 and set(steps["thumbnailWidths"]) == {160}
     assert 7 <= steps["thumbnailSeek"] < 11, steps["thumbnailSeek"]
     assert steps["scrubbedTo"] >= 10 and steps["scrubbedHome"] < 3 and steps["position"]
+    # The download reports its progress, then the size it received (the file's size).
+    size_mb = Path(steps["clip"]).stat().st_size / 1e6
+    assert steps["clipProgress"] == f"Downloaded {size_mb:.1f} MB", steps["clipProgress"]
     probe = ffprobe_json(steps["clip"], "-show_streams", "-show_format")
     assert any(s["codec_type"] == "video" for s in probe["streams"])
     assert float(probe["format"]["duration"]) > 10

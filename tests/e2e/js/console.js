@@ -155,6 +155,7 @@ async function main() {
         const clip = path.join(cfg.downloads, download.suggestedFilename());
         await download.saveAs(clip);
         result.steps.clip = clip;
+        result.steps.clipProgress = (await page.getByLabel('Clip download').textContent()).trim();
 
         // Sign out; a key whose policy denies DeleteStream sees AccessDenied inline.
         await page.goto(cfg.url);

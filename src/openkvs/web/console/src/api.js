@@ -174,7 +174,8 @@ export class Api {
         return r.HLSStreamingSessionURL;
     }
 
-    async clip(streamName, start, end) {
+    // The clip of [start, end] as an MP4 Blob; onProgress(bytes received so far) as it arrives.
+    async clip(streamName, start, end, onProgress) {
         const client = await this.archived(streamName, 'GET_CLIP');
         const r = await client.send(
             new GetClipCommand({
@@ -185,7 +186,17 @@ export class Api {
                 },
             }),
         );
-        return r.Payload.transformToByteArray();
+        const reader = r.Payload.transformToWebStream().getReader();
+        const chunks = [];
+        let received = 0;
+        for (;;) {
+            const { done, value } = await reader.read();
+            if (done) break;
+            chunks.push(value);
+            received += value.length;
+            if (onProgress) onProgress(received);
+        }
+        return new Blob(chunks, { type: 'video/mp4' });
     }
 
     // Up to `count` JPEG thumbnails spread over [start, end] (GetImages takes at most 300 s).

@@ -62,6 +62,7 @@ export async function recordingsPage(ctx, streamName) {
     const jumpLive = h('button', { type: 'button' }, 'Jump to live');
     const mode = h('output', { class: 'mode', 'aria-label': 'Playback mode', 'aria-live': 'polite' }, 'Stopped');
     const download = h('button', { type: 'button' }, 'Download clip');
+    const clipProgress = h('output', { 'aria-label': 'Clip download', 'aria-live': 'polite' }, '');
     const playError = errorSlot();
     let hls = null;
     let range = null;
@@ -92,7 +93,7 @@ export async function recordingsPage(ctx, streamName) {
             video,
             h('div', { class: 'scrub' }, field('Position (seconds)', scrub), position),
             h('p', {}, 'Mode: ', mode),
-            h('div', { class: 'inline-form' }, play, jumpLive, download),
+            h('div', { class: 'inline-form' }, play, jumpLive, download, clipProgress),
             playError,
         ),
     );
@@ -237,8 +238,19 @@ export async function recordingsPage(ctx, streamName) {
     download.addEventListener('click', () =>
         busy(download, playError, async () => {
             if (!range) return;
-            const bytes = await api.clip(streamName, range.start, range.end);
-            const url = URL.createObjectURL(new Blob([bytes], { type: 'video/mp4' }));
+            const mb = (n) => `${(n / 1e6).toFixed(1)} MB`;
+            clipProgress.textContent = 'Preparing the clip…';
+            let blob;
+            try {
+                blob = await api.clip(streamName, range.start, range.end, (received) => {
+                    clipProgress.textContent = `Downloading: ${mb(received)}`;
+                });
+            } catch (err) {
+                clipProgress.textContent = '';
+                throw err;
+            }
+            clipProgress.textContent = `Downloaded ${mb(blob.size)}`;
+            const url = URL.createObjectURL(blob);
             const stamp = range.start.toISOString().replace(/[:.]/g, '-');
             const a = h('a', { href: url, download: `${streamName}-${stamp}.mp4` });
             document.body.append(a);
