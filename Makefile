@@ -58,7 +58,7 @@ npm-packages: system-packages
 test: $(STAMP_TEST) system-packages npm-packages
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
-	$(TEST_ENV) $(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
 
 # The fuzz suites with many more cases than the test run gives them (OPENKVS_FUZZ_EXAMPLES).
 FUZZ_EXAMPLES ?= 20000
