@@ -6,7 +6,11 @@ from typing import Any
 
 import pytest
 
-from .engines import postgres_url, postgres_urls  # noqa: F401 - fixtures for every test
+from .engines import (  # noqa: F401 - fixtures for every test
+    postgres_admin_url,
+    postgres_url,
+    postgres_urls,
+)
 from .support import ServerThread, make_settings
 
 # SeaweedFS (S3) fixtures: seaweed, s3_env
