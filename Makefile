@@ -46,7 +46,8 @@ console:
 		node src/openkvs/web/console/build.mjs || echo "the web console (/console/) was not built"; \
 	else echo "npm is not installed: the web console (/console/) is not built (apt-get install npm)"; fi
 
-# FFmpeg, coturn, Chromium, Node.js/npm (Debian packages); only looks when all are there.
+# FFmpeg, coturn, Chromium, Node.js/npm, Redis, PostgreSQL (Debian packages); only looks when all
+# are there.
 system-packages:
 	@.ci/system-packages test
 
