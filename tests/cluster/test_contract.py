@@ -170,6 +170,22 @@ async def test_failed_duty_still_ends_its_renewal(make_node: MakeNode) -> None:
     assert await b.duties.run("d", 0.3, ok) and ran == [1]
 
 
+async def test_cancelled_duty_stays_cancelled(make_node: MakeNode) -> None:
+    # Cancelled while it waits for its lease renewal to end (the work done): the cancellation
+    # reaches the caller; a retention loop stopped at that moment would otherwise run on.
+    a = await make_node()
+    loop = asyncio.get_running_loop()
+    outer: asyncio.Task[bool] | None = None
+
+    async def work() -> None:
+        assert outer is not None
+        loop.call_soon(outer.cancel)
+
+    outer = asyncio.create_task(a.duties.run("d", 1.0, work))
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+
+
 class CountingRetention(RetentionTask):
     def __init__(self, interval: float, duties: DutyLock, runs: list[float]) -> None:
         super().__init__(None, interval, duties)  # type: ignore[arg-type]
