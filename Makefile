@@ -46,7 +46,8 @@ console:
 		node src/openkvs/web/console/build.mjs || echo "the web console (/console/) was not built"; \
 	else echo "npm is not installed: the web console (/console/) is not built (apt-get install npm)"; fi
 
-# FFmpeg, coturn, Chromium, Node.js/npm (Debian packages); only looks when all are there.
+# FFmpeg, coturn, Chromium, Node.js/npm, Redis, PostgreSQL (Debian packages); only looks when all
+# are there.
 system-packages:
 	@.ci/system-packages test
 
@@ -58,7 +59,7 @@ npm-packages: system-packages
 test: $(STAMP_TEST) system-packages npm-packages
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
-	$(TEST_ENV) $(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
 
 # The fuzz suites with many more cases than the test run gives them (OPENKVS_FUZZ_EXAMPLES).
 FUZZ_EXAMPLES ?= 20000

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from .engines import (  # noqa: F401 - fixtures for every test
+    postgres_admin_url,
     postgres_url,
     postgres_urls,
     redis_prefix,

