@@ -30,7 +30,7 @@ from typing import Any
 import asyncpg
 from tests.dataplane import mediafiles
 from tests.dataplane.producer import Producer
-from tests.engines import create_database, drop_database
+from tests.engines import ADMIN_URL, create_database, drop_database
 from tests.seaweed import Seaweed, _start, _stop, _wait, weed_binary
 from tests.support import free_port
 from tests.webrtc.procserver import ProcessServer
@@ -48,11 +48,12 @@ BUS_PREFIX = "okvsbench"
 
 @contextlib.contextmanager
 def postgres() -> Iterator[str]:
-    url = create_database()
+    """A fresh database on the machine's PostgreSQL (``OPENKVS_TEST_POSTGRES_URL``)."""
+    url = create_database(ADMIN_URL)
     try:
         yield url
     finally:
-        drop_database(url)
+        drop_database(ADMIN_URL, url)
 
 
 @contextlib.contextmanager

@@ -52,7 +52,7 @@ from botocore.config import Config
 from openkvs.app import generated_principal
 from openkvs.config import Settings
 
-from ..engines import _run, create_database, delete_redis_prefix, drop_database, need_postgres
+from ..engines import _run, create_database, delete_redis_prefix, drop_database
 from ..seaweed import Seaweed
 from ..support import CI, free_port
 
@@ -320,17 +320,18 @@ def _env_value(value: Any) -> str:
 
 
 @contextlib.contextmanager
-def fresh_engines(seaweed: Seaweed, redis_url: str | None) -> Iterator[ClusterEngines]:
-    """A new PostgreSQL database, S3 bucket name and Redis key prefix (on ``redis_url``, the
-    ``redis_server`` fixture's); the database is dropped and the prefix's keys deleted after.
-    Skips (fails under CI=true) without PostgreSQL or Redis."""
-    need_postgres()
+def fresh_engines(
+    seaweed: Seaweed, redis_url: str | None, postgres_admin_url: str
+) -> Iterator[ClusterEngines]:
+    """A new PostgreSQL database (on the ``postgres_admin_url`` fixture's server), S3 bucket name
+    and Redis key prefix (on ``redis_url``, the ``redis_server`` fixture's); the database is
+    dropped and the prefix's keys deleted after. Skips (fails under CI=true) without Redis."""
     if redis_url is None:
         reason = "no Redis answers and redis-server is not installed"
         if CI:
             pytest.fail(f"{reason} (required under CI=true)")
         pytest.skip(reason)
-    database_url = create_database()
+    database_url = create_database(postgres_admin_url)
     prefix = "openkvs-test-" + uuid.uuid4().hex[:12]
     engines = ClusterEngines(
         database_url, seaweed, f"okvs-{uuid.uuid4().hex[:16]}", "media", redis_url, prefix
@@ -338,7 +339,7 @@ def fresh_engines(seaweed: Seaweed, redis_url: str | None) -> Iterator[ClusterEn
     try:
         yield engines
     finally:
-        drop_database(database_url)
+        drop_database(postgres_admin_url, database_url)
         delete_redis_prefix(redis_url, prefix)
 
 
@@ -353,9 +354,11 @@ def running_cluster(engines: ClusterEngines, root: Path) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def cluster_engines(seaweed: Seaweed, redis_server: str | None) -> Iterator[ClusterEngines]:
+def cluster_engines(
+    seaweed: Seaweed, redis_server: str | None, postgres_admin_url: str
+) -> Iterator[ClusterEngines]:
     """A fresh PostgreSQL database, S3 bucket name and Redis key prefix for this test."""
-    with fresh_engines(seaweed, redis_server) as engines:
+    with fresh_engines(seaweed, redis_server, postgres_admin_url) as engines:
         yield engines
 
 

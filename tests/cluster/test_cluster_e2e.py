@@ -38,10 +38,13 @@ SETTINGS: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def nodes(
-    seaweed: Seaweed, redis_server: str | None, tmp_path_factory: pytest.TempPathFactory
+    seaweed: Seaweed,
+    redis_server: str | None,
+    postgres_admin_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[list[Node]]:
     with (
-        fresh_engines(seaweed, redis_server) as engines,
+        fresh_engines(seaweed, redis_server, postgres_admin_url) as engines,
         running_cluster(engines, tmp_path_factory.mktemp("cluster")) as cluster,
     ):
         yield cluster.start(3, **SETTINGS)
