@@ -20,6 +20,7 @@ from ..support import ServerThread
 
 ROOT = Path(__file__).resolve().parents[2]
 JS = Path(__file__).parent / "js"
+CONSOLE_EVENTS = ROOT / "src" / "openkvs" / "web" / "console" / "src" / "events.js"
 PACKAGES = (
     "amazon-kinesis-video-streams-webrtc",
     "@aws-sdk/client-kinesis-video",
@@ -55,7 +56,8 @@ def build_app(out_dir: Path) -> Path:
             "--platform=browser",
             "--format=iife",
             "--target=chrome120",
-            f"--alias:events={JS / 'events.js'}",
+            # The console's EventEmitter shim (one copy for both bundles).
+            f"--alias:events={CONSOLE_EVENTS}",
             # The SDK reads its version from process.env (its own webpack build defines it).
             f"--define:process.env.PACKAGE_VERSION={json.dumps(json.dumps(sdk_version()))}",
             f"--outfile={out_dir / 'bundle.js'}",
