@@ -62,3 +62,25 @@ export async function busy(button, slot, fn) {
 export function errorSlot() {
     return h('p', { class: 'error', role: 'alert', hidden: true });
 }
+
+// Render a channel page's loading state and list the channels: {channels, status, pageError},
+// or null once the page says why there is nothing to show (no channels, or the call failed).
+export async function loadChannels(ctx, title, emptyText) {
+    const status = h('p', { class: 'status', role: 'status' }, 'Loading channels…');
+    const pageError = errorSlot();
+    ctx.render(title, status, pageError);
+    let channels;
+    try {
+        channels = await ctx.api.listChannels();
+    } catch (err) {
+        if (ctx.expired(err)) return null;
+        status.textContent = '';
+        showError(pageError, err);
+        return null;
+    }
+    if (!channels.length) {
+        status.textContent = emptyText;
+        return null;
+    }
+    return { channels, status, pageError };
+}

@@ -2,7 +2,7 @@
 // SignalingClient as VIEWER + JoinStorageSessionAsViewer), with opt-in talk-back audio and
 // readouts from RTCPeerConnection.getStats().
 import { Role, SignalingClient } from 'amazon-kinesis-video-streams-webrtc';
-import { busy, errorSlot, field, h, showError } from './dom.js';
+import { busy, errorSlot, field, h, loadChannels, showError } from './dom.js';
 
 const OFFER_WAIT_MS = 6000; // join again when no offer came in this time (as the KVS sample does)
 const MAX_JOINS = 5;
@@ -199,22 +199,9 @@ class Viewer {
 
 export async function livePage(ctx, channelName) {
     const { api } = ctx;
-    const status = h('p', { class: 'status', role: 'status' }, 'Loading channels…');
-    const pageError = errorSlot();
-    ctx.render('Live', status, pageError);
-    let channels;
-    try {
-        channels = await api.listChannels();
-    } catch (err) {
-        if (ctx.expired(err)) return;
-        status.textContent = '';
-        showError(pageError, err);
-        return;
-    }
-    if (!channels.length) {
-        status.textContent = 'No signaling channels yet: create one on the Channels and streams page.';
-        return;
-    }
+    const loaded = await loadChannels(ctx, 'Live', 'No signaling channels yet: create one on the Channels and streams page.');
+    if (loaded === null) return;
+    const { channels, status, pageError } = loaded;
     const select = h('select', { name: 'channel' }, channels.map((c) => h('option', { value: c.ChannelName }, c.ChannelName)));
     if (channelName && channels.some((c) => c.ChannelName === channelName)) select.value = channelName;
     const talk = h('input', { type: 'checkbox', name: 'talkBack', id: 'talk-back' });

@@ -1,7 +1,7 @@
 // Sessions: a channel's storage sessions (POST /describeStorageSessions): who is connected (the
 // master and the viewers with an active session), each session's state, selected candidate
 // pair, bitrate, loss, keyframe interval and, for one that failed, its verdict.
-import { busy, errorSlot, field, h, showError } from './dom.js';
+import { busy, errorSlot, field, h, loadChannels, showError } from './dom.js';
 
 const REFRESH_MS = 5000;
 
@@ -47,22 +47,9 @@ function sessionRow(s) {
 
 export async function sessionsPage(ctx, channelName) {
     const { api } = ctx;
-    const status = h('p', { class: 'status', role: 'status' }, 'Loading channels…');
-    const pageError = errorSlot();
-    ctx.render('Sessions', status, pageError);
-    let channels;
-    try {
-        channels = await api.listChannels();
-    } catch (err) {
-        if (ctx.expired(err)) return;
-        status.textContent = '';
-        showError(pageError, err);
-        return;
-    }
-    if (!channels.length) {
-        status.textContent = 'No signaling channels yet.';
-        return;
-    }
+    const loaded = await loadChannels(ctx, 'Sessions', 'No signaling channels yet.');
+    if (loaded === null) return;
+    const { channels, status, pageError } = loaded;
     const select = h('select', { name: 'channel' }, channels.map((c) => h('option', { value: c.ChannelARN }, c.ChannelName)));
     const chosen = channels.find((c) => c.ChannelName === channelName);
     if (chosen) select.value = chosen.ChannelARN;
