@@ -38,6 +38,7 @@ from ..config import ConfigError
 from ..errors import ResourceInUseException, ResourceNotFoundException
 from ..records import Channel, Fragment, Stream
 from .base import LimitReached, StaleRecord
+from .cache import RecordCache
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -225,10 +226,11 @@ async def migrate(conn: Any) -> int:
         return len(MIGRATIONS)
 
 
-class PostgresMetadataStore:
+class PostgresMetadataStore(RecordCache):
     shared = True
 
     def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
+        super().__init__()
         self._url = url
         self._where = describe_url(url)
         self._pool_size = pool_size
@@ -251,12 +253,6 @@ class PostgresMetadataStore:
         # Deleted records, oldest first: their tombstones leave ``_rev`` after DEAD_KEEP seconds
         # (long enough that no load begun before the deletion is still under way).
         self._dead: collections.deque[tuple[float, tuple[str, int]]] = collections.deque()
-        self._channels: dict[str, Channel] = {}
-        self._channel_names: dict[str, str] = {}
-        self._channel_ids: dict[int, str] = {}
-        self._streams: dict[str, Stream] = {}
-        self._stream_names: dict[str, str] = {}
-        self._stream_ids: dict[int, str] = {}
 
     # -- lifecycle ------
 
@@ -421,12 +417,7 @@ class PostgresMetadataStore:
         if full:
             self._rev.clear()
             self._dead.clear()
-            self._channels.clear()
-            self._channel_names.clear()
-            self._channel_ids.clear()
-            self._streams.clear()
-            self._stream_names.clear()
-            self._stream_ids.clear()
+            self._clear_cache()
         for row in channels:
             self._apply_channel(_channel(row), row["change"])
         for row in streams:
@@ -444,15 +435,11 @@ class PostgresMetadataStore:
 
     def _apply_channel(self, c: Channel, change: int) -> None:
         if self._newer("c", c.id, change):
-            self._channels[c.arn] = c
-            self._channel_names[c.name] = c.arn
-            self._channel_ids[c.id] = c.arn
+            self._cache_channel(c)
 
     def _apply_stream(self, s: Stream, change: int) -> None:
         if self._newer("s", s.id, change):
-            self._streams[s.arn] = s
-            self._stream_names[s.name] = s.arn
-            self._stream_ids[s.id] = s.arn
+            self._cache_stream(s)
 
     def _drop(self, kind: str, rid: int, change: int) -> None:
         if not self._newer(kind, rid, change):
@@ -462,15 +449,9 @@ class PostgresMetadataStore:
         while self._dead and self._dead[0][0] < now - DEAD_KEEP:
             self._rev.pop(self._dead.popleft()[1], None)
         if kind == "c":
-            arn = self._channel_ids.pop(rid, None)
-            c = self._channels.pop(arn, None) if arn is not None else None
-            if c is not None and self._channel_names.get(c.name) == c.arn:
-                del self._channel_names[c.name]
+            self._uncache_channel(rid)
         else:
-            arn = self._stream_ids.pop(rid, None)
-            s = self._streams.pop(arn, None) if arn is not None else None
-            if s is not None and self._stream_names.get(s.name) == s.arn:
-                del self._stream_names[s.name]
+            self._uncache_stream(rid)
 
     async def _change(self, fn: Callable[[Any, int], Awaitable[T]]) -> tuple[T, int]:
         """Run ``fn(conn, change)`` in a transaction holding the next change number (and the
@@ -513,16 +494,6 @@ class PostgresMetadataStore:
         )
 
     # -- channels ------
-
-    def channel_by_arn(self, arn: str) -> Channel | None:
-        return self._channels.get(arn)
-
-    def channel_by_name(self, name: str) -> Channel | None:
-        arn = self._channel_names.get(name)
-        return None if arn is None else self._channels.get(arn)
-
-    def channels(self) -> list[Channel]:
-        return sorted(self._channels.values(), key=lambda c: c.name)
 
     async def insert_channel(self, channel: Channel, *, limit: int | None = None) -> Channel:
         async def run(conn: Any, change: int) -> int:
@@ -605,20 +576,6 @@ class PostgresMetadataStore:
         self._drop("c", channel.id, change)
 
     # -- streams ------
-
-    def stream_by_arn(self, arn: str) -> Stream | None:
-        return self._streams.get(arn)
-
-    def stream_by_name(self, name: str) -> Stream | None:
-        arn = self._stream_names.get(name)
-        return None if arn is None else self._streams.get(arn)
-
-    def stream_by_id(self, stream_id: int) -> Stream | None:
-        arn = self._stream_ids.get(stream_id)
-        return None if arn is None else self._streams.get(arn)
-
-    def streams(self) -> list[Stream]:
-        return sorted(self._streams.values(), key=lambda s: s.name)
 
     async def insert_stream(self, stream: Stream, *, limit: int | None = None) -> Stream:
         async def run(conn: Any, change: int) -> int:

@@ -27,6 +27,7 @@ from ..errors import ResourceInUseException
 from ..privatefile import read_or_create
 from ..records import Channel, Fragment, Stream
 from .base import LimitReached
+from .cache import RecordCache
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -135,10 +136,11 @@ def _check_limit(conn: sqlite3.Connection, table: str, limit: int | None) -> Non
             raise LimitReached(table)
 
 
-class SqliteMetadataStore:
+class SqliteMetadataStore(RecordCache):
     shared = False
 
     def __init__(self, path: Path, readers: int = 2, secrets_dir: Path | None = None) -> None:
+        super().__init__()
         self._path = path
         self._secrets_dir = secrets_dir if secrets_dir is not None else path.parent
         self._duties: dict[str, asyncio.Lock] = {}
@@ -150,11 +152,6 @@ class SqliteMetadataStore:
         self._reader_conns: list[sqlite3.Connection] = []
         self._reader_lock = threading.Lock()
         self._wconn: sqlite3.Connection | None = None
-        self._channels: dict[str, Channel] = {}
-        self._channel_names: dict[str, str] = {}
-        self._streams: dict[str, Stream] = {}
-        self._stream_names: dict[str, str] = {}
-        self._stream_ids: dict[int, str] = {}
 
     # -- lifecycle ------
 
@@ -220,20 +217,6 @@ class SqliteMetadataStore:
 
     # -- channels ------
 
-    def _cache_channel(self, c: Channel) -> None:
-        self._channels[c.arn] = c
-        self._channel_names[c.name] = c.arn
-
-    def channel_by_arn(self, arn: str) -> Channel | None:
-        return self._channels.get(arn)
-
-    def channel_by_name(self, name: str) -> Channel | None:
-        arn = self._channel_names.get(name)
-        return None if arn is None else self._channels.get(arn)
-
-    def channels(self) -> list[Channel]:
-        return sorted(self._channels.values(), key=lambda c: c.name)
-
     async def insert_channel(self, channel: Channel, *, limit: int | None = None) -> Channel:
         def run() -> int:
             _check_limit(self._wc(), "channels", limit)
@@ -289,29 +272,9 @@ class SqliteMetadataStore:
         await self._write(
             lambda: self._wc().execute("DELETE FROM channels WHERE id=?", (channel.id,))
         )
-        self._channels.pop(channel.arn, None)
-        self._channel_names.pop(channel.name, None)
+        self._uncache_channel(channel.id)
 
     # -- streams ------
-
-    def _cache_stream(self, s: Stream) -> None:
-        self._streams[s.arn] = s
-        self._stream_names[s.name] = s.arn
-        self._stream_ids[s.id] = s.arn
-
-    def stream_by_arn(self, arn: str) -> Stream | None:
-        return self._streams.get(arn)
-
-    def stream_by_name(self, name: str) -> Stream | None:
-        arn = self._stream_names.get(name)
-        return None if arn is None else self._streams.get(arn)
-
-    def stream_by_id(self, stream_id: int) -> Stream | None:
-        arn = self._stream_ids.get(stream_id)
-        return None if arn is None else self._streams.get(arn)
-
-    def streams(self) -> list[Stream]:
-        return sorted(self._streams.values(), key=lambda s: s.name)
 
     async def insert_stream(self, stream: Stream, *, limit: int | None = None) -> Stream:
         def run() -> int:
@@ -401,9 +364,7 @@ class SqliteMetadataStore:
             return keys
 
         keys = await self._write(run)
-        self._streams.pop(stream.arn, None)
-        self._stream_names.pop(stream.name, None)
-        self._stream_ids.pop(stream.id, None)
+        self._uncache_stream(stream.id)
         return keys
 
     # -- fragments ------
