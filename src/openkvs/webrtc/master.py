@@ -120,12 +120,7 @@ class MasterSession(StorageSession):
         """When the master captured the video frame with this RTP timestamp (Unix seconds in
         its own clock, from its latest sender report), or None before its first report."""
         report = self.video_report
-        if report is None:
-            return None
-        delta = (rtp_ts - report.rtp_timestamp) & 0xFFFFFFFF
-        if delta >= 0x80000000:
-            delta -= 1 << 32
-        return report.ntp_seconds + delta / VIDEO_CLOCK_RATE
+        return None if report is None else report.time_of(rtp_ts, VIDEO_CLOCK_RATE)
 
     def _on_video(self, annexb: bytes, rtp_ts: int) -> None:
         self.recorder.on_video(annexb, rtp_ts)

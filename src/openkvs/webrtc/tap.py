@@ -92,6 +92,14 @@ class SenderReport:
     ntp_seconds: float  # sender's wall clock (NTP epoch converted to Unix seconds)
     rtp_timestamp: int
 
+    def time_of(self, rtp_timestamp: int, clock_rate: int) -> float:
+        """The sender's wall-clock time (Unix seconds) of an RTP timestamp of the same source
+        (any width: compared modulo 2**32, within half the timestamp range of the report)."""
+        delta = (rtp_timestamp - self.rtp_timestamp) & 0xFFFFFFFF
+        if delta >= 0x80000000:
+            delta -= 1 << 32
+        return self.ntp_seconds + delta / clock_rate
+
 
 # (Annex B access unit or Opus packet, its unwrapped RTP timestamp)
 EncodedCallback = Callable[[bytes, int], None]
