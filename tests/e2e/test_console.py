@@ -279,7 +279,8 @@ def test_console_live_sessions_and_settings(
     make_server: Any, console_dir: Path, tmp_path: Path, cameras: list[Camera]
 ) -> None:
     """Live, Sessions and a channel's and a stream's settings and tags, in Chromium, with the
-    demo's synthetic camera recording into a channel with media storage."""
+    demo's synthetic camera recording into a channel with media storage. Live is watched twice:
+    the second time with the camera's clock (in its sender reports) set behind."""
     no_sessions = ("AKIANOSESSIONS000001", "no-sessions-secret")
     server: ServerThread = make_server(
         console_dir=console_dir,
@@ -319,13 +320,13 @@ def test_console_live_sessions_and_settings(
         "shiftDone": str(tmp_path / "shift-done"),
     }
 
+    finished = threading.Event()
+
     def shift_on_request() -> None:
         # Once the page asks (the first watch done), the camera's clock goes BEHIND s behind.
-        deadline = clock.monotonic() + 200
         while not (tmp_path / "shift-request").exists():
-            if clock.monotonic() > deadline:
+            if finished.wait(0.1):
                 return
-            threading.Event().wait(0.1)
         camera.set_clock(-BEHIND)
         (tmp_path / "shift-done").write_text("")
 
@@ -338,6 +339,8 @@ def test_console_live_sessions_and_settings(
         text=True,
         timeout=240,
     )
+    finished.set()
+    shifter.join(15)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     steps = result["steps"]
@@ -362,12 +365,12 @@ def test_console_live_sessions_and_settings(
     latency = statistics.median(steps["latencySamples"])
     assert 0 < latency < 3000, steps["latencySamples"]
     assert steps["latencyAfterStop"] == "—"
-    # The camera's clock BEHIND s behind: the same picture now looks that much older.
+    # The camera's clock BEHIND s behind: the same picture now looks that much older (one
+    # clock, so never less than that; on a loaded machine each watch's figure moves by tens of ms).
     shifted = statistics.median(steps["latencyShiftedSamples"])
-    assert abs(shifted - latency - BEHIND * 1000) < 250, (
-        steps["latencySamples"],
-        steps["latencyShiftedSamples"],
-    )
+    samples = (steps["latencySamples"], steps["latencyShiftedSamples"])
+    assert BEHIND * 1000 - 100 < shifted < BEHIND * 1000 + 3000, samples
+    assert abs(shifted - latency - BEHIND * 1000) < 300, samples
     assert "clocks agree" in steps["latencyExplained"], steps["latencyExplained"]
     assert steps["talkBackDefault"] is False
     # Keyboard: Channel, Talk back, Watch in Tab order; Enter on Watch started it.

@@ -3,7 +3,9 @@
 // object with what each step saw; screenshots of each page at 1280 and 375 px go to cfg.shots.
 //
 // Usage: node console_live.js '<json config>'
-//   {url, shots, keys: [akid, secret], limited: [akid, secret], channel, stream}
+//   {url, shots, keys: [akid, secret], limited: [akid, secret], channel, stream,
+//    shiftRequest, shiftDone}: after the first watch the script creates the file shiftRequest
+//   and waits for shiftDone (the test has set the camera's clock behind), then watches again.
 'use strict';
 
 const fs = require('node:fs');
