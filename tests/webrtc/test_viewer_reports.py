@@ -53,12 +53,12 @@ async def test_viewer_sender_reports_carry_the_masters_capture_clock(make_server
         return [at - r.ntp_seconds for at, r in reports if at >= since]
 
     # The camera's clock 700 ms behind: the viewer's reports are too, by the same amount plus
-    # the relay's delay (loopback: well under 300 ms). Without the mapping they would carry the
-    # server's send time, about 0 ms before arrival.
+    # the relay's delay (loopback: well under 500 ms even on a loaded machine). Without the
+    # mapping they would carry the server's send time, about 0 ms before arrival.
     start = time.time() + SETTLE
     await wait_for(lambda: len(lags(start)) >= 3, 20)
     behind = lags(start)
-    assert all(BEHIND - 0.02 < lag < BEHIND + 0.3 for lag in behind), behind
+    assert all(BEHIND - 0.02 < lag < BEHIND + 0.5 for lag in behind), behind
 
     # Consecutive reports map RTP timestamps at the video clock's rate (90 kHz), in one clock.
     pairs = [r for at, r in reports if at >= start]
@@ -71,7 +71,7 @@ async def test_viewer_sender_reports_carry_the_masters_capture_clock(make_server
     start = time.time() + SETTLE
     await wait_for(lambda: len(lags(start)) >= 3, 20)
     right = lags(start)
-    assert all(-0.02 < lag < 0.3 for lag in right), right
+    assert all(-0.02 < lag < 0.5 for lag in right), right
 
     stats = [s for s in sessions(srv).stats() if s["role"] == "viewer"]
     assert stats and stats[0]["sender_reports_with_capture_time"] >= 6, stats

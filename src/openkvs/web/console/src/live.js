@@ -259,7 +259,7 @@ export async function livePage(ctx, channelName) {
     const explain = h(
         'p',
         { class: 'hint', id: 'latency-note' },
-        'The latency is from the moment the camera captured the frame on screen to now: the capture time comes from the camera’s RTCP sender reports (relayed by the server) and is compared with this computer’s clock, so it is only right when the camera’s and this computer’s clocks agree (both NTP-synced). A camera clock that is behind adds to it, one that is ahead takes from it. It shows — until the camera’s first sender report has come through.',
+        'The latency is from the moment the camera captured the frame on screen to now: the capture time comes from the camera’s RTCP sender reports (relayed by the server) and is compared with this computer’s clock, so it is only right when the camera’s and this computer’s clocks agree (both NTP-synced). A camera clock that is behind adds to it, one that is ahead takes from it. It shows — until the browser has two of the server’s sender reports (a second or two); in a camera’s first seconds, before the server has the camera’s own first report, the server’s send time stands in for the capture time.',
     );
     const explainDelay = h(
         'p',
