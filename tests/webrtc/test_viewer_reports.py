@@ -78,3 +78,24 @@ async def test_viewer_sender_reports_carry_the_masters_capture_clock(make_server
     await viewer.close()
     await cam.close()
     await wait_for(lambda: not sessions(srv).masters and not sessions(srv).viewers, 15)
+
+
+def test_check_internals_fails_loudly_when_sender_internals_move(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import aiortc.rtcrtpsender as rs
+
+    tap.check_internals()
+
+    async def run_rtcp(self: object) -> None:  # builds no sender report of its own
+        pass
+
+    monkeypatch.setattr(rs.RTCRtpSender, "_run_rtcp", run_rtcp)
+    with pytest.raises(RuntimeError, match="_run_rtcp no longer uses RtcpSrPacket"):
+        tap.check_internals()
+    monkeypatch.undo()
+    monkeypatch.delattr(rs.RTCRtpSender, "_next_encoded_frame")
+    with pytest.raises(RuntimeError, match="no _next_encoded_frame"):
+        tap.check_internals()
+    monkeypatch.undo()
+    tap.check_internals()

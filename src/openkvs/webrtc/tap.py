@@ -262,6 +262,9 @@ def _check_sender_internals() -> None:
     # packets carry timestamp origin + frame.timestamp and the last one sent is kept in
     # __rtp_timestamp; the RTCP loop builds its SR from __ntp_timestamp/__rtp_timestamp, keeps
     # __lsr for the RTT and sends through the instance's _send_rtcp.
+    for method in ("_next_encoded_frame", "_send_rtcp", "_run_rtp", "_run_rtcp"):
+        if not callable(getattr(rs.RTCRtpSender, method, None)):
+            raise RuntimeError(f"aiortc RTCRtpSender has no {method}()")
     rtp = set(rs.RTCRtpSender._run_rtp.__code__.co_names)
     for name in ("_next_encoded_frame", "timestamp", "uint32_add", _S_RTP, _S_PACKETS):
         if name not in rtp:
