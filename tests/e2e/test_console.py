@@ -12,6 +12,7 @@ import asyncio
 import json
 import re
 import ssl
+import statistics
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import requests
 
 from openkvs import clock, demo, testpattern
 from openkvs.auth.credentials import Principal
+from openkvs.webrtc import tap
 
 from ..playback.media import append, recorded
 from ..playback.support import create_stream, ffprobe_json
@@ -45,6 +47,7 @@ PACKAGES = (
     "amazon-kinesis-video-streams-webrtc",
 )
 LIMITED = ("AKIANODELETE00000001", "no-delete-secret")
+BEHIND = 0.7  # seconds the camera's clock is set behind while the console watches again
 
 
 def build_console(out_dir: Path) -> Path:
@@ -233,6 +236,25 @@ class Camera:
 
         self._run(connected(), timeout + 5)
 
+    def set_clock(self, offset: float) -> None:
+        """Make the camera's video sender reports give capture times ``offset`` seconds off the
+        real ones, as a camera whose clock is off would."""
+
+        async def hook() -> None:
+            pc = self.master._pc
+            assert pc is not None
+            sender = next(t.sender for t in pc.getTransceivers() if t.kind == "video")
+            started = sender.track._t0  # the test pattern's start (monotonic), once it started
+
+            def captured(timestamp: int) -> float | None:
+                if not started:
+                    return None
+                return clock.now() - clock.monotonic() + started[0] + timestamp / 90000 + offset
+
+            tap.map_sender_reports(sender, captured)
+
+        self._run(hook(), 10)
+
     def close(self) -> None:
         try:
             self._run(self.master.stop(), 30)
@@ -257,7 +279,8 @@ def test_console_live_sessions_and_settings(
     make_server: Any, console_dir: Path, tmp_path: Path, cameras: list[Camera]
 ) -> None:
     """Live, Sessions and a channel's and a stream's settings and tags, in Chromium, with the
-    demo's synthetic camera recording into a channel with media storage."""
+    demo's synthetic camera recording into a channel with media storage. Live is watched twice:
+    the second time with the camera's clock (in its sender reports) set behind."""
     no_sessions = ("AKIANOSESSIONS000001", "no-sessions-secret")
     server: ServerThread = make_server(
         console_dir=console_dir,
@@ -293,7 +316,22 @@ def test_console_live_sessions_and_settings(
         "limited": list(no_sessions),
         "channel": "porch",
         "stream": "porch-rec",
+        "shiftRequest": str(tmp_path / "shift-request"),
+        "shiftDone": str(tmp_path / "shift-done"),
     }
+
+    finished = threading.Event()
+
+    def shift_on_request() -> None:
+        # Once the page asks (the first watch done), the camera's clock goes BEHIND s behind.
+        while not (tmp_path / "shift-request").exists():
+            if finished.wait(0.1):
+                return
+        camera.set_clock(-BEHIND)
+        (tmp_path / "shift-done").write_text("")
+
+    shifter = threading.Thread(target=shift_on_request, daemon=True)
+    shifter.start()
     proc = subprocess.run(
         ["node", str(JS / "console_live.js"), json.dumps(config)],
         cwd=ROOT,
@@ -301,6 +339,8 @@ def test_console_live_sessions_and_settings(
         text=True,
         timeout=240,
     )
+    finished.set()
+    shifter.join(15)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     steps = result["steps"]
@@ -313,12 +353,25 @@ def test_console_live_sessions_and_settings(
     assert video["advanced"] > 1.0, video
     assert video["variance"] > 100, video
     readouts = steps["readouts"]
-    assert set(readouts) == {"bitrate", "resolution", "fps", "latency"}, readouts
+    assert set(readouts) == {"bitrate", "resolution", "fps", "latency", "delay"}, readouts
     assert all(v and v != "—" for v in readouts.values()), readouts
     assert readouts["resolution"] == "320×240"
     assert int(readouts["bitrate"].split()[0]) > 0, readouts
     assert float(readouts["fps"].split()[0]) > 5, readouts
-    assert readouts["latency"].endswith(")") and "ms" in readouts["latency"], readouts
+    assert readouts["delay"].endswith(")") and "ms" in readouts["delay"], readouts
+    # Capture → display, from the camera's capture clock (relayed in the server's sender
+    # reports) against the browser's: on loopback, one clock, a plausible figure.
+    assert re.fullmatch(r"-?\d+ ms", readouts["latency"]), readouts
+    latency = statistics.median(steps["latencySamples"])
+    assert 0 < latency < 3000, steps["latencySamples"]
+    assert steps["latencyAfterStop"] == "—"
+    # The camera's clock BEHIND s behind: the same picture now looks that much older (one
+    # clock, so never less than that; on a loaded machine each watch's figure moves by tens of ms).
+    shifted = statistics.median(steps["latencyShiftedSamples"])
+    samples = (steps["latencySamples"], steps["latencyShiftedSamples"])
+    assert BEHIND * 1000 - 100 < shifted < BEHIND * 1000 + 3000, samples
+    assert abs(shifted - latency - BEHIND * 1000) < 300, samples
+    assert "clocks agree" in steps["latencyExplained"], steps["latencyExplained"]
     assert steps["talkBackDefault"] is False
     # Keyboard: Channel, Talk back, Watch in Tab order; Enter on Watch started it.
     assert steps["liveTabStops"] == ["Talk back (send my microphone)", "Watch"]

@@ -15,6 +15,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
 from openkvs.testpattern import encoded_packet
+from openkvs.webrtc import tap
 
 from ..mediagen import EncodedFrame
 
@@ -54,6 +55,13 @@ class PacketTrack(MediaStreamTrack):
         self.sent.append((frame.data, pts_ms))
         return encoded_packet(self.kind, frame.data, pts_ms)
 
+    def capture_time(self, timestamp: int) -> float | None:
+        """Wall-clock time (Unix seconds) at which the frame with this 90 kHz timestamp was
+        due, i.e. captured by this camera; None before the first frame."""
+        if self._start is None:
+            return None
+        return time.time() - time.monotonic() + self._start + timestamp / 90000
+
     @property
     def done(self) -> bool:
         return self._i >= len(self._frames) * self._loops
@@ -67,8 +75,15 @@ class FakeMaster:
         *,
         loops: int = 1,
         configuration: RTCConfiguration | None = None,
+        clock_offset: float | None = None,
+        on_video_report: tap.ReportCallback | None = None,
     ) -> None:
+        """``clock_offset``: the video's RTCP sender reports give capture times this many
+        seconds off the real ones (a camera whose clock is off; changeable while it runs).
+        ``on_video_report``: called with each sender report the received video comes with."""
         self.pc = RTCPeerConnection(configuration)
+        self.clock_offset = clock_offset
+        self._on_video_report = on_video_report
         self.offer_sdp: str | None = None
         self.video_track = PacketTrack("video", video, loops=loops) if video else None
         self.audio_track = PacketTrack("audio", audio, loops=loops) if audio else None
@@ -93,9 +108,13 @@ class FakeMaster:
         self.offer_sdp = offer_sdp
         await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
         for t in self.pc.getTransceivers():
+            if t.kind == "video" and self._on_video_report is not None:
+                tap.observe_sender_reports(t.receiver, self._on_video_report)
             if t.kind == "video" and self.video_track is not None:
                 t.sender.replaceTrack(self.video_track)
                 t.direction = "sendonly"
+                if self.clock_offset is not None:
+                    tap.map_sender_reports(t.sender, self._shifted_capture_time)
             elif t.kind == "audio" and self.audio_track is not None:
                 t.sender.replaceTrack(self.audio_track)
                 t.direction = "sendrecv"
@@ -123,6 +142,11 @@ class FakeMaster:
                 except Exception:  # noqa: BLE001 - candidates before the offer are harmless to drop
                     pass
         return None
+
+    def _shifted_capture_time(self, timestamp: int) -> float | None:
+        assert self.video_track is not None
+        captured = self.video_track.capture_time(timestamp)
+        return None if captured is None else captured + (self.clock_offset or 0.0)
 
     async def wait_sent(self, limit: float = 60) -> None:
         async with asyncio.timeout(limit):

@@ -14,6 +14,7 @@ from aiortc import RTCConfiguration
 
 from openkvs.media import h264, mkv
 from openkvs.records import Fragment
+from openkvs.webrtc import tap
 
 from ..mediagen import EncodedFrame
 from ..signaling.kvs import Client, enable_storage, setup_channel, unb64json
@@ -34,11 +35,20 @@ class Camera:
         loops: int = 1,
         client_id: str | None = None,
         configuration: RTCConfiguration | None = None,
+        clock_offset: float | None = None,
+        on_video_report: tap.ReportCallback | None = None,
     ) -> None:
         self.client_id = client_id
         self.server = server
         self.channel_arn = channel_arn
-        self.master = FakeMaster(video, audio, loops=loops, configuration=configuration)
+        self.master = FakeMaster(
+            video,
+            audio,
+            loops=loops,
+            configuration=configuration,
+            clock_offset=clock_offset,
+            on_video_report=on_video_report,
+        )
         # (perf_counter, messageType, decoded payload) of every storage-session message
         self.messages: list[tuple[float, str, Any]] = []
         self.client: Client | None = None

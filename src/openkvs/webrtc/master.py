@@ -24,7 +24,10 @@ from .recorder import Recorder
 from .seams import FragmentSink
 from .session import StorageSession
 
-VideoListener = Callable[[bytes, int], None]
+# (Annex B access unit, its unwrapped RTP timestamp, its capture time in the master's clock as
+# Unix seconds or None before the master's first sender report)
+VideoListener = Callable[[bytes, int, float | None], None]
+VIDEO_CLOCK_RATE = 90000
 
 
 class MasterSession(StorageSession):
@@ -76,10 +79,8 @@ class MasterSession(StorageSession):
         self.feedback = tap.count_feedback(self.video.receiver)
         self.opus_in = OpusIn(pool, self._on_audio_frames, live=lambda: self.audio_mix.viewers > 0)
         tap.tap_audio(self.audio.receiver, self._on_opus)
-        tap.observe_sender_reports(
-            self.video.receiver,
-            lambda r: self.recorder.on_sender_report("video", r.ntp_seconds, r.rtp_timestamp),
-        )
+        self.video_report: tap.SenderReport | None = None
+        tap.observe_sender_reports(self.video.receiver, self._on_video_report)
         tap.observe_sender_reports(
             self.audio.receiver,
             lambda r: self.recorder.on_sender_report("audio", r.ntp_seconds, r.rtp_timestamp),
@@ -111,10 +112,22 @@ class MasterSession(StorageSession):
             return f"maximum session duration of {limit:g} s reached"
         return None
 
+    def _on_video_report(self, report: tap.SenderReport) -> None:
+        self.video_report = report
+        self.recorder.on_sender_report("video", report.ntp_seconds, report.rtp_timestamp)
+
+    def capture_time(self, rtp_ts: int) -> float | None:
+        """When the master captured the video frame with this RTP timestamp (Unix seconds in
+        its own clock, from its latest sender report), or None before its first report."""
+        report = self.video_report
+        return None if report is None else report.time_of(rtp_ts, VIDEO_CLOCK_RATE)
+
     def _on_video(self, annexb: bytes, rtp_ts: int) -> None:
         self.recorder.on_video(annexb, rtp_ts)
-        for listener in self.video_listeners:
-            listener(annexb, rtp_ts)
+        if self.video_listeners:
+            captured = self.capture_time(rtp_ts)
+            for listener in self.video_listeners:
+                listener(annexb, rtp_ts, captured)
 
     def _on_opus(self, data: bytes, rtp_ts: int) -> None:
         self.recorder.audio_arrived(rtp_ts)

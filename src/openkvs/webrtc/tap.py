@@ -30,6 +30,9 @@ set-up section below): a certificate passed in rather than generated per connect
 addresses enumerated once a few seconds rather than per gatherer, a video receiver's bitrate
 estimator built on its first packet rather than with the receiver, and ICE credentials drawn
 with one CSPRNG call per string rather than per character.
+On the send path it reaches into ``RTCRtpSender`` once: :func:`map_sender_reports` makes the
+sender reports of a relayed track carry the capture times of the frames they describe (in the
+clock of the peer that captured them) instead of the time the last packet left this server.
 ``check_internals()`` fails loudly if a new aiortc or aioice release moves any of this; a test
 calls it.
 """
@@ -49,7 +52,7 @@ from typing import Any
 
 import aiortc
 import aiortc.codecs
-from aiortc import RTCRtpReceiver
+from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 
@@ -69,7 +72,13 @@ _KIND = _PREFIX + "kind"
 _RTCP_SSRC = _PREFIX + "rtcp_ssrc"
 _ESTIMATOR = _PREFIX + "remote_bitrate_estimator"
 _RTX_SSRC = _PREFIX + "rtx_ssrc"
+_SENDER = "_RTCRtpSender__"
+_S_NTP = _SENDER + "ntp_timestamp"
+_S_RTP = _SENDER + "rtp_timestamp"
+_S_LSR = _SENDER + "lsr"
+_S_PACKETS = _SENDER + "packet_count"
 REMB_MIN_INTERVAL_MS = 500
+NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900-01-01 (NTP) to 1970-01-01 (Unix)
 ESTIMATOR_SAMPLE_MS = 5
 
 # H.264 profile-level-ids KVS accepts (constrained-baseline, baseline, main, high,
@@ -82,6 +91,14 @@ class SenderReport:
     ssrc: int
     ntp_seconds: float  # sender's wall clock (NTP epoch converted to Unix seconds)
     rtp_timestamp: int
+
+    def time_of(self, rtp_timestamp: int, clock_rate: int) -> float:
+        """The sender's wall-clock time (Unix seconds) of an RTP timestamp of the same source
+        (any width: compared modulo 2**32, within half the timestamp range of the report)."""
+        delta = (rtp_timestamp - self.rtp_timestamp) & 0xFFFFFFFF
+        if delta >= 0x80000000:
+            delta -= 1 << 32
+        return self.ntp_seconds + delta / clock_rate
 
 
 # (Annex B access unit or Opus packet, its unwrapped RTP timestamp)
@@ -229,8 +246,35 @@ def check_internals() -> None:
         raise RuntimeError("aiortc.rtcrtpreceiver.decoder_worker is gone")
     if "video" not in aiortc.codecs.CODECS:
         raise RuntimeError("aiortc.codecs.CODECS changed shape")
+    _check_sender_internals()
     _check_ice_internals()
     _check_setup_internals()
+
+
+def _check_sender_internals() -> None:
+    import aiortc.rtcrtpsender as rs
+
+    init = set(rs.RTCRtpSender.__init__.__code__.co_names)
+    for attr in (_S_NTP, _S_RTP, _S_LSR, _S_PACKETS, "_ssrc"):
+        if attr not in init:
+            raise RuntimeError(f"aiortc RTCRtpSender no longer sets {attr}")
+    # map_sender_reports: each frame comes through the instance's _next_encoded_frame, its
+    # packets carry timestamp origin + frame.timestamp and the last one sent is kept in
+    # __rtp_timestamp; the RTCP loop builds its SR from __ntp_timestamp/__rtp_timestamp, keeps
+    # __lsr for the RTT and sends through the instance's _send_rtcp.
+    for method in ("_next_encoded_frame", "_send_rtcp", "_run_rtp", "_run_rtcp"):
+        if not callable(getattr(rs.RTCRtpSender, method, None)):
+            raise RuntimeError(f"aiortc RTCRtpSender has no {method}()")
+    rtp = set(rs.RTCRtpSender._run_rtp.__code__.co_names)
+    for name in ("_next_encoded_frame", "timestamp", "uint32_add", _S_RTP, _S_PACKETS):
+        if name not in rtp:
+            raise RuntimeError(f"aiortc RTCRtpSender._run_rtp no longer uses {name}")
+    rtcp = set(rs.RTCRtpSender._run_rtcp.__code__.co_names)
+    for name in ("RtcpSrPacket", "RtcpSenderInfo", "_send_rtcp", _S_NTP, _S_RTP, _S_LSR):
+        if name not in rtcp:
+            raise RuntimeError(f"aiortc RTCRtpSender._run_rtcp no longer uses {name}")
+    if "timestamp" not in rs.RTCEncodedFrame.__init__.__code__.co_names:
+        raise RuntimeError("aiortc RTCEncodedFrame has no timestamp")
 
 
 SUPPORTED_AIOICE = ("0.13",)
@@ -360,7 +404,7 @@ def observe_sender_reports(receiver: RTCRtpReceiver, on_report: ReportCallback) 
                 on_report(
                     SenderReport(
                         ssrc=packet.ssrc,
-                        ntp_seconds=info.ntp_timestamp / (1 << 32) - 2_208_988_800,
+                        ntp_seconds=info.ntp_timestamp / (1 << 32) - NTP_UNIX_OFFSET,
                         rtp_timestamp=info.rtp_timestamp,
                     )
                 )
@@ -369,6 +413,82 @@ def observe_sender_reports(receiver: RTCRtpReceiver, on_report: ReportCallback) 
         await original(packet)
 
     receiver._handle_rtcp_packet = handle  # type: ignore[method-assign]
+
+
+# A relayed frame's media timestamp (the track's pts in the codec's clock, as aiortc's encoder
+# hands it to the sender, taken modulo 2**32) -> when it was captured (Unix seconds, in the
+# capturing peer's clock), or None if that is not known.
+CaptureClock = Callable[[int], float | None]
+
+
+def ntp64(unix_seconds: float) -> int:
+    """The 64-bit NTP timestamp of a Unix time."""
+    return int(round((unix_seconds + NTP_UNIX_OFFSET) * (1 << 32))) & 0xFFFF_FFFF_FFFF_FFFF
+
+
+class _ReportMapper:
+    """Keeps what relates the sender's RTP timestamps to its track's frames."""
+
+    def __init__(self, sender: RTCRtpSender, capture_time: CaptureClock) -> None:
+        self._sender = sender
+        self._capture_time = capture_time
+        self._last_frame: int | None = None  # timestamp of the frame whose packets went last
+        self.origin: int | None = None  # RTP timestamp = origin + frame timestamp (mod 2**32)
+        self.mapped = 0  # sender reports sent with a capture time
+
+    async def next_frame(self, original: Any, codec: Any) -> Any:
+        if self._last_frame is not None and getattr(self._sender, _S_PACKETS):
+            # The previous frame's packets are all out: the last one's timestamp gives the
+            # sender's (random, fixed) timestamp origin.
+            self.origin = (getattr(self._sender, _S_RTP) - self._last_frame) & 0xFFFFFFFF
+        frame = await original(codec)
+        if frame is not None:
+            self._last_frame = frame.timestamp & 0xFFFFFFFF
+        return frame
+
+    def rewrite(self, packets: list[Any]) -> None:
+        if self.origin is None:
+            return
+        for packet in packets:
+            if not isinstance(packet, RtcpSrPacket) or packet.ssrc != self._sender._ssrc:
+                continue
+            info = packet.sender_info
+            captured = self._capture_time((info.rtp_timestamp - self.origin) & 0xFFFFFFFF)
+            if captured is None:
+                continue
+            info.ntp_timestamp = ntp64(captured)
+            # The receiver's reports echo the middle 32 bits of the SR's NTP time (LSR): keep
+            # aiortc's round-trip estimate matching them.
+            setattr(self._sender, _S_LSR, (info.ntp_timestamp >> 16) & 0xFFFFFFFF)
+            self.mapped += 1
+
+
+def map_sender_reports(sender: RTCRtpSender, capture_time: CaptureClock) -> _ReportMapper:
+    """Make the sender's RTCP sender reports map its RTP timestamps to capture times.
+
+    aiortc's SR pairs the RTP timestamp of the last packet sent with the time it was sent, which
+    for a relayed track is this server's send time, not when the camera captured the frame. Here
+    the SR's NTP time becomes ``capture_time`` of the frame its RTP timestamp belongs to; while
+    that is None (no report from the camera yet) the SR stays aiortc's. Call before the sender
+    starts.
+    """
+    mapper = _ReportMapper(sender, capture_time)
+    next_frame = sender._next_encoded_frame
+    send_rtcp = sender._send_rtcp
+
+    async def next_encoded_frame(codec: Any) -> Any:
+        return await mapper.next_frame(next_frame, codec)
+
+    async def send(packets: list[Any]) -> None:
+        try:
+            mapper.rewrite(packets)
+        except Exception:  # noqa: BLE001 - a bad mapping must not stop the RTCP loop
+            logger.exception("sender-report mapping failed")
+        await send_rtcp(packets)
+
+    sender._next_encoded_frame = next_encoded_frame  # type: ignore[method-assign]
+    sender._send_rtcp = send  # type: ignore[method-assign]
+    return mapper
 
 
 @dataclasses.dataclass

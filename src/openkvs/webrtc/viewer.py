@@ -57,6 +57,9 @@ class ViewerSession(StorageSession):
         self._listener = f"viewer:{client_id}"
         self.relay = VideoRelayTrack()
         self.video = self.pc.addTransceiver(self.relay, "sendonly")
+        # The viewer's sender reports carry the master's capture times (its clock), so the
+        # viewer can tell how long ago a frame was captured, not just relayed.
+        self.reports = tap.map_sender_reports(self.video.sender, self.relay.capture_time)
         self.audio = self.pc.addTransceiver(audio.track_for(self._listener), "sendrecv")
         self.video.setCodecPreferences(h264_preferences())
         self.audio.setCodecPreferences(opus_preferences())
@@ -110,5 +113,6 @@ class ViewerSession(StorageSession):
             "client_id": self.client_id,
             "video_frames_forwarded": self.relay.frames_in - self.relay.frames_dropped,
             "video_frames_dropped": self.relay.frames_dropped,
+            "sender_reports_with_capture_time": self.reports.mapped,
             "has_master": self.master is not None,
         }

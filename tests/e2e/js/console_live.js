@@ -3,9 +3,12 @@
 // object with what each step saw; screenshots of each page at 1280 and 375 px go to cfg.shots.
 //
 // Usage: node console_live.js '<json config>'
-//   {url, shots, keys: [akid, secret], limited: [akid, secret], channel, stream}
+//   {url, shots, keys: [akid, secret], limited: [akid, secret], channel, stream,
+//    shiftRequest, shiftDone}: after the first watch the script creates the file shiftRequest
+//   and waits for shiftDone (the test has set the camera's clock behind), then watches again.
 'use strict';
 
+const fs = require('node:fs');
 const path = require('node:path');
 const { launch } = require('../../js/chromium.js');
 
@@ -45,6 +48,30 @@ async function readouts(page) {
     });
 }
 
+async function waitForFile(file, ms) {
+    const deadline = Date.now() + ms;
+    while (!fs.existsSync(file)) {
+        if (Date.now() > deadline) throw new Error(`${file} did not appear`);
+        await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+}
+
+// The capture → display latency readout (ms), once shown, then `n` more samples a second apart.
+async function latencySamples(page, n = 5) {
+    await page.waitForFunction(
+        () => /^-?\d+ ms$/.test(document.querySelector('dd[data-readout="latency"]')?.textContent || ''),
+        null,
+        { timeout: 30000 },
+    );
+    const samples = [];
+    for (let i = 0; i < n; i++) {
+        await page.waitForTimeout(1000);
+        const text = await page.getByLabel('Latency (capture → display)').textContent();
+        samples.push(Number(/^(-?\d+) ms$/.exec(text.trim())[1]));
+    }
+    return samples;
+}
+
 // The value shown for `label` in the page's facts (or whether it is `expected`, when given).
 const FACT = ([label, expected]) => {
     const dt = Array.from(document.querySelectorAll('.facts dt')).find((d) => d.textContent === label);
@@ -82,7 +109,7 @@ async function main() {
         const talk = page.getByLabel('Talk back (send my microphone)');
         await talk.waitFor();
         steps.talkBackDefault = await talk.isChecked();
-        steps.latencyExplained = await page.locator('.hint').first().textContent();
+        steps.latencyExplained = (await page.locator('.hint').allTextContents()).join(' ');
         // By keyboard: from the channel list, Tab to the talk-back box and to Watch, then Enter.
         await page.getByLabel('Channel', { exact: true }).focus();
         steps.liveTabStops = [];
@@ -122,7 +149,7 @@ async function main() {
             return { width: v.videoWidth, height: v.videoHeight, advanced: v.currentTime - start, variance: sq / n - mean * mean };
         }, t0);
         await page.waitForFunction(
-            () => ['bitrate', 'resolution', 'fps', 'latency'].every((k) => {
+            () => ['bitrate', 'resolution', 'fps', 'latency', 'delay'].every((k) => {
                 const t = document.querySelector(`dd[data-readout="${k}"]`)?.textContent;
                 return t && t !== '—';
             }),
@@ -130,7 +157,8 @@ async function main() {
             { timeout: 20000 },
         );
         const all = await readouts(page);
-        steps.readouts = { bitrate: all.bitrate, resolution: all.resolution, fps: all.fps, latency: all.latency };
+        steps.readouts = { bitrate: all.bitrate, resolution: all.resolution, fps: all.fps, latency: all.latency, delay: all.delay };
+        steps.latencySamples = await latencySamples(page);
         steps.talkOff = all.talk;
         await shoot(page, 'live');
         // Talk-back on while watching: the microphone's packets go out on the same connection.
@@ -150,6 +178,15 @@ async function main() {
         await other.waitForFunction(() => /1 viewer \(console-/.test(document.querySelector('.connected')?.textContent || ''), null, { timeout: 15000 });
         steps.connectedWhileWatching = (await other.locator('.connected').textContent()).trim();
         await other.close();
+        await page.getByRole('button', { name: 'Stop' }).click();
+        steps.latencyAfterStop = (await readouts(page)).latency;
+        // The camera's clock set behind (its sender reports say so): watched again, the
+        // capture → display latency grows by as much.
+        fs.writeFileSync(cfg.shiftRequest, '');
+        await waitForFile(cfg.shiftDone, 15000);
+        await page.waitForTimeout(2500); // a sender report of the camera's new clock
+        await page.getByRole('button', { name: 'Watch' }).click();
+        steps.latencyShiftedSamples = await latencySamples(page);
         await page.getByRole('button', { name: 'Stop' }).click();
 
         // Sessions: the master's session, connected, with its selected pair.

@@ -7,6 +7,7 @@ import { busy, errorSlot, field, h, loadChannels, showError } from './dom.js';
 const OFFER_WAIT_MS = 6000; // join again when no offer came in this time (as the KVS sample does)
 const MAX_JOINS = 5;
 const STATS_EVERY_MS = 1000;
+const NTP_UNIX_OFFSET_MS = 2208988800000; // from 1900-01-01 (NTP) to 1970-01-01 (Unix)
 
 function clientId() {
     const bytes = crypto.getRandomValues(new Uint8Array(6));
@@ -178,7 +179,15 @@ class Viewer {
         if (inbound.framesPerSecond !== undefined) out.fps = inbound.framesPerSecond;
         if (inbound.frameWidth) out.resolution = `${inbound.frameWidth}×${inbound.frameHeight}`;
         if (out.jitter !== undefined) {
-            out.latency = (out.jitter + (out.decode || 0) + (rtt !== null ? rtt / 2 : 0)) * 1000;
+            out.delay = (out.jitter + (out.decode || 0) + (rtt !== null ? rtt / 2 : 0)) * 1000;
+        }
+        // Capture → display: the frame being played out, by the sender's NTP clock (the
+        // server's sender reports map the relayed video's RTP timestamps to the camera's
+        // capture clock), against this computer's clock at the time of the stats.
+        const playout = inbound.estimatedPlayoutTimestamp;
+        if (typeof playout === 'number' && playout > 0) {
+            const playoutNtp = playout < NTP_UNIX_OFFSET_MS ? playout + NTP_UNIX_OFFSET_MS : playout;
+            out.latency = now + NTP_UNIX_OFFSET_MS - playoutNtp;
         }
         out.rtt = rtt !== null ? rtt * 1000 : null;
         this.ui.stats(out);
@@ -220,7 +229,17 @@ export async function livePage(ctx, channelName) {
     const video = h('video', { playsinline: true, controls: true, 'aria-label': 'Live video' });
     const live = h('p', { class: 'status', role: 'status', 'aria-live': 'polite' }, 'Not watching.');
     const readout = (key) => h('dd', { dataset: { readout: key } }, '—');
-    const r = { bitrate: readout('bitrate'), resolution: readout('resolution'), fps: readout('fps'), latency: readout('latency'), talk: readout('talk') };
+    const r = {
+        bitrate: readout('bitrate'),
+        resolution: readout('resolution'),
+        fps: readout('fps'),
+        latency: readout('latency'),
+        delay: readout('delay'),
+        talk: readout('talk'),
+    };
+    r.latency.setAttribute('aria-labelledby', 'latency-label');
+    r.latency.setAttribute('aria-describedby', 'latency-note');
+    r.delay.setAttribute('aria-describedby', 'delay-note');
     const facts = h(
         'dl',
         { class: 'facts', 'aria-label': 'Live readouts' },
@@ -230,15 +249,22 @@ export async function livePage(ctx, channelName) {
         r.resolution,
         h('dt', {}, 'Frame rate'),
         r.fps,
-        h('dt', {}, 'Delay, server → screen (estimate)'),
+        h('dt', { id: 'latency-label' }, 'Latency (capture → display)'),
         r.latency,
+        h('dt', {}, 'Delay, server → screen (estimate)'),
+        r.delay,
         h('dt', {}, 'Talk-back'),
         r.talk,
     );
     const explain = h(
         'p',
-        { class: 'hint' },
-        'The delay estimate is the receive jitter buffer’s delay plus decoding time plus half the round-trip time to the server (from getStats). It measures the server → screen part; the camera → server leg is not included.',
+        { class: 'hint', id: 'latency-note' },
+        'The latency is from the moment the camera captured the frame on screen to now: the capture time comes from the camera’s RTCP sender reports (relayed by the server) and is compared with this computer’s clock, so it is only right when the camera’s and this computer’s clocks agree (both NTP-synced). A camera clock that is behind adds to it, one that is ahead takes from it. It shows — until the browser has two of the server’s sender reports (a second or two); in a camera’s first seconds, before the server has the camera’s own first report, the server’s send time stands in for the capture time.',
+    );
+    const explainDelay = h(
+        'p',
+        { class: 'hint', id: 'delay-note' },
+        'The delay estimate is the receive jitter buffer’s delay plus decoding time plus half the round-trip time to the server (from getStats). It measures the server → screen part only, and needs no clocks to agree.',
     );
 
     let viewer = null;
@@ -259,8 +285,9 @@ export async function livePage(ctx, channelName) {
             if (s.bitrate !== undefined) r.bitrate.textContent = `${Math.round(s.bitrate)} kbit/s`;
             if (s.resolution) r.resolution.textContent = s.resolution;
             if (s.fps !== undefined) r.fps.textContent = `${s.fps.toFixed(1)} frames/s`;
-            if (s.latency !== undefined) {
-                r.latency.textContent = `${Math.round(s.latency)} ms` + (s.rtt !== null ? ` (round trip ${Math.round(s.rtt)} ms)` : '');
+            if (s.latency !== undefined) r.latency.textContent = `${Math.round(s.latency)} ms`;
+            if (s.delay !== undefined) {
+                r.delay.textContent = `${Math.round(s.delay)} ms` + (s.rtt !== null ? ` (round trip ${Math.round(s.rtt)} ms)` : '');
             }
         },
     };
@@ -290,6 +317,6 @@ export async function livePage(ctx, channelName) {
         if (viewer) viewer.setTalkBack(talk.checked).catch((err) => showError(error, err));
     });
     status.textContent = 'Watch a channel’s master live through its storage session (the channel needs media storage enabled and a connected master).';
-    ctx.render('Live', status, pageError, h('section', { 'aria-label': 'Live view' }, form, live, video, facts, explain));
+    ctx.render('Live', status, pageError, h('section', { 'aria-label': 'Live view' }, form, live, video, facts, explain, explainDelay));
     ctx.onLeave(stopWatching);
 }
