@@ -122,6 +122,13 @@ class LiveEdge:
         async with edge.changed:
             edge.changed.notify_all()
 
+    async def open(self, stream_id: int, number: int, *, server_ts: int, producer_ts: int) -> bool:
+        """Begin the fragment's parts if the stream is watched (``livecut.PartSink``)."""
+        if not self.watched(stream_id):
+            return False
+        await self.begin(stream_id, number, server_ts=server_ts, producer_ts=producer_ts)
+        return True
+
     async def begin(
         self,
         stream_id: int,
