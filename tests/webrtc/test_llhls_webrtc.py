@@ -2,7 +2,7 @@
 JoinStorageSession while a client follows the LIVE playlist with blocking reloads
 (_HLS_msn/_HLS_part). Parts are listed and served before their fragment is stored, their H.264
 samples are exactly the stored fragment's, in-process and with a worker process; ffprobe reads a
-part and the playlist."""
+part and the playlist; hls.js in low-latency mode plays the recording in Chromium."""
 
 from __future__ import annotations
 
@@ -17,11 +17,22 @@ import pytest
 from openkvs.media import mkv
 
 from ..mediagen import h264_clip, opus_packets
-from ..playback.support import ffprobe_json, get, hls_url, resolve, uris
+from ..playback.support import (
+    CustomerPage,
+    customer_page,
+    ffprobe_json,
+    get,
+    hls_url,
+    player_result,
+    resolve,
+    start_player,
+    uris,
+)
 from ..playback.test_llhls import packets, parse_parts, segment_numbers
 from .harness import Camera, fragment_bytes, fragments_of, storage_channel
 
 pytestmark = pytest.mark.slow
+__all__ = ["customer_page"]  # the fixture, for the browser test
 
 SECONDS = 8.0
 
@@ -141,3 +152,45 @@ async def test_webrtc_recording_parts_are_the_stored_fragments_frames(
     assert int(stream["nb_read_frames"]) == len(packets(init, fetched[key]))
     probe = ffprobe_json(media_url, "-show_streams")
     assert probe["streams"][0]["codec_name"] == "h264"
+
+
+@pytest.mark.browser
+async def test_hls_js_low_latency_mode_plays_a_webrtc_recording(
+    make_server: Any, customer_page: CustomerPage
+) -> None:
+    srv = make_server(storage_fragment_duration=1.0)
+    ch, _ = storage_channel(srv, "llrtc-player")
+    # 24 s of 640x360 video (a 4 s clip sent six times, timestamps running on).
+    cam = Camera(srv, ch, h264_clip(width=640, height=360, seconds=4.0), None, loops=6)
+    await cam.connect()
+    await asyncio.to_thread(cam.join)
+    try:
+        url = None
+        for _ in range(200):  # LIVE needs one stored fragment first
+            try:
+                url = await asyncio.to_thread(
+                    hls_url, srv, "llrtc-player-stream", PlaybackMode="LIVE"
+                )
+                break
+            except Exception:  # noqa: BLE001 - ResourceNotFound until the first is stored
+                await asyncio.sleep(0.1)
+        assert url is not None
+        player = start_player(customer_page.url("hls", url, ll=True), 14)
+        result = await asyncio.to_thread(player_result, player, 90)
+    finally:
+        await cam.close()
+    samples = result["samples"]
+    last = samples[-1]
+    assert "fatal" not in result, result.get("fatal")
+    assert result["pageErrors"] == [] and result["failedRequests"] == [], result
+    # As for PutMedia's parts (tests/playback/test_llhls.py): hls.js's non-fatal stalls at a
+    # 1 s live edge on a loaded machine are bounded by the progress checks below.
+    assert all(not e.get("fatal") for e in last["errors"]), last["errors"]
+    others = [e for e in last["errors"] if e.get("details") != "bufferStalledError"]
+    assert len(others) <= 3, last["errors"]
+    assert (last["videoWidth"], last["videoHeight"]) == (640, 360), last
+    playing = [s["currentTime"] for s in samples if s["currentTime"] > 0]
+    assert playing and max(playing) - min(playing) >= 7, playing
+    assert all(b >= a for a, b in zip(playing, playing[1:], strict=False)), playing
+    assert last["decodedFrames"] > 30 * 7, last
+    assert last["parts"] >= 10, last  # hls.js loaded parts (EXT-X-PART), not only segments
