@@ -4,6 +4,8 @@ silence is not encoded: see ``media.aac``), fragments.
 Called on the event loop with encoded video access units (from the tap), audio packet arrivals
 (from the tap) and the decoded audio frames (from ``OpusIn``); AAC encoding, MKV serialisation
 and storage run in worker threads. The fragment writer keeps fragments in order and is bounded.
+Each fragment's number is reserved as it opens (in order), so that, given a live edge
+(``live``), the fragment being recorded is published as LL-HLS parts under it (``liveparts``).
 """
 
 from __future__ import annotations
