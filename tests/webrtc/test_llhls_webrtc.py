@@ -175,6 +175,13 @@ async def test_hls_js_low_latency_mode_plays_a_webrtc_recording(
             except Exception:  # noqa: BLE001 - ResourceNotFound until the first is stored
                 await asyncio.sleep(0.1)
         assert url is not None
+        # Parts start with the fragment after the first LIVE playlist request: the player starts
+        # once they are listed (hls.js picks its distance to the live edge at its first load).
+        master = (await asyncio.to_thread(get, url)).text
+        media_url = resolve(url, next(u for u in uris(master) if "TrackNumber=1" in u))
+        async with asyncio.timeout(15):
+            while "#EXT-X-PART:" not in (await asyncio.to_thread(get, media_url)).text:
+                await asyncio.sleep(0.1)
         player = start_player(customer_page.url("hls", url, ll=True), 14)
         result = await asyncio.to_thread(player_result, player, 90)
     finally:

@@ -171,57 +171,71 @@ def test_parts_hold_the_encoded_audio_and_equal_the_stored_fragment(
         assert all(before[f.number] >= 1 for f in kept), before  # listed before stored
 
 
+async def drive(
+    parts: RecorderParts,
+    edge: liveedge.LiveEdge,
+    *,
+    seconds: float = 3.0,
+    pace_s: float = 0.01,
+    alter: Callable[[int, bytes], bytes] = lambda _, data: data,
+) -> dict[int, int]:
+    """Drive ``parts`` as the recorder does (stream 5, video with AAC frames 100 ms behind);
+    returns how many parts each fragment had listed when it was stored."""
+    video = h264_clip(width=160, height=120, seconds=seconds, gop=15, noise=2.0)
+    loop = asyncio.get_running_loop()
+    fragmenter = Fragmenter(target_ms=1000)
+    fragmenter.set_audio_config(b"\x11\x90", 48000, 2)  # AAC-LC, 48 kHz, stereo
+    numbers: dict[int, int] = {}
+    listed: dict[int, int] = {}
+    serial = None
+
+    def store(done: list[FragmentData]) -> None:
+        for frag in done:
+            number = numbers[frag.serial]
+            live = edge.fragment(5, number)
+            listed[number] = len(live.parts) if live is not None else 0
+            parts.stored(frag.serial, alter(number, frag.to_mkv()))
+
+    for v in video:
+        out = fragmenter.video(v.pts_ms, v.data)
+        if fragmenter.open_serial != serial:
+            parts.closed(fragmenter, out)
+            serial = fragmenter.open_serial
+            assert serial is not None
+            numbers[serial] = 100 + serial
+            future: asyncio.Future[int] = loop.create_future()
+            future.set_result(numbers[serial])
+            parts.opened(serial, fragmenter.video_times(serial)[0], future)
+        parts.video(fragmenter, out)
+        out += fragmenter.audio(v.pts_ms - 100, b"\x21\x00" * 20)
+        await asyncio.sleep(pace_s)
+        store(out)
+    last = fragmenter.flush()
+    parts.closed(fragmenter, last)
+    store(last)
+    return listed
+
+
 def test_parts_of_a_fragment_stored_differently_are_withdrawn() -> None:
-    """``RecorderParts`` driven as the recorder drives it; every other fragment is stored
-    without its first audio frame (which a part showed): its parts are withdrawn."""
-    video = h264_clip(width=160, height=120, seconds=3.0, gop=15, noise=2.0)
+    """Every other fragment is stored without its first audio frame (which a part showed): its
+    parts are withdrawn."""
+
+    def alter(number: int, data: bytes) -> bytes:
+        if number % 2:
+            return data
+        old = mkv.read_fragment(data)
+        first = min(i for i, b in enumerate(old.blocks) if b.track == 2)
+        blocks = [b for i, b in enumerate(old.blocks) if i != first]
+        return mkv.write_fragment(old.tracks, blocks, timecode=old.cluster_timecode)
 
     async def run() -> tuple[liveedge.LiveEdge, dict[int, int]]:
-        loop = asyncio.get_running_loop()
         edge = liveedge.LiveEdge()
         edge.watch(5)
-        pool = ThreadPoolExecutor(1)
-        parts = RecorderParts(edge, 5, pool)
-        parts.start()
-        fragmenter = Fragmenter(target_ms=1000)
-        fragmenter.set_audio_config(b"\x11\x90", 48000, 2)  # AAC-LC, 48 kHz, stereo
-        numbers: dict[int, int] = {}
-        listed: dict[int, int] = {}
-        serial = None
-
-        async def store(done: list[FragmentData]) -> None:
-            for frag in done:
-                number = numbers[frag.serial]
-                live = edge.fragment(5, number)
-                listed[number] = len(live.parts) if live is not None else 0
-                data = frag.to_mkv()
-                if number % 2 == 0:
-                    old = mkv.read_fragment(data)
-                    first = min(i for i, b in enumerate(old.blocks) if b.track == 2)
-                    blocks = [b for i, b in enumerate(old.blocks) if i != first]
-                    data = mkv.write_fragment(old.tracks, blocks, timecode=old.cluster_timecode)
-                parts.stored(frag.serial, data)
-
-        for v in video:
-            out = fragmenter.video(v.pts_ms, v.data)
-            if fragmenter.open_serial != serial:
-                parts.closed(fragmenter, out)
-                serial = fragmenter.open_serial
-                assert serial is not None
-                numbers[serial] = 100 + serial
-                future: asyncio.Future[int] = loop.create_future()
-                future.set_result(numbers[serial])
-                parts.opened(serial, fragmenter.video_times(serial)[0], future)
-            parts.video(fragmenter, out)
-            # AAC frames for this frame's span, encoded 100 ms behind video.
-            out += fragmenter.audio(v.pts_ms - 100, b"\x21\x00" * 20)
-            await asyncio.sleep(0.01)
-            await store(out)
-        last = fragmenter.flush()
-        parts.closed(fragmenter, last)
-        await store(last)
-        await parts.close()
-        pool.shutdown()
+        with ThreadPoolExecutor(1) as pool:
+            parts = RecorderParts(edge, 5, pool)
+            parts.start()
+            listed = await drive(parts, edge, alter=alter)
+            await parts.close()
         return edge, listed
 
     edge, listed = asyncio.run(run())
@@ -233,6 +247,41 @@ def test_parts_of_a_fragment_stored_differently_are_withdrawn() -> None:
             assert live is None, number
         elif number >= max(listed) - 1:  # the edge keeps the last few
             assert live is not None and live.done and live.parts, number
+
+
+class StuckEdge(liveedge.LiveEdge):
+    """A live edge whose first part is taken only once ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def publish(
+        self, stream_id: int, number: int, part: liveedge.Part, *, last: bool
+    ) -> None:
+        await self.release.wait()
+        await super().publish(stream_id, number, part, last=last)
+
+
+def test_parts_that_fall_behind_are_bounded_and_withdrawn() -> None:
+    async def run() -> tuple[StuckEdge, RecorderParts, dict[int, int]]:
+        edge = StuckEdge()
+        edge.watch(5)
+        with ThreadPoolExecutor(1) as pool:
+            parts = RecorderParts(edge, 5, pool)
+            parts.start()
+            listed = await drive(parts, edge, seconds=8.0, pace_s=0.0)
+            assert parts.skipped > 0  # the steps waiting were bounded
+            edge.release.set()
+            await parts.close()
+        return edge, parts, listed
+
+    edge, parts, listed = asyncio.run(run())
+    assert len(listed) >= 7 and set(listed.values()) == {0}
+    stream = edge.edge(5)
+    assert stream is not None
+    # What was dropped was withdrawn: the fragments left are complete (and stored).
+    assert all(f.done for f in stream.fragments.values())
 
 
 def test_unwatched_stream_gets_no_parts(make_server: Callable[..., ServerThread]) -> None:

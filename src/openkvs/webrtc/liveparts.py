@@ -13,9 +13,10 @@ more: unless the parts are exactly its first frames, they are withdrawn; a fragm
 dropped or fails to be stored has them withdrawn too.
 
 The work runs in order on one task, off the media path: serialising and reading back in the
-recorder's thread pool. At most ``MAX_EVENTS`` steps wait; a cut that finds the queue full is
-skipped (its frames go into the next part). Only fragments of streams someone follows live are
-cut (the sink says so when a fragment opens).
+recorder's thread pool. At most ``MAX_EVENTS`` steps wait for a cut to be queued, else it is
+skipped (its frames go into the next part); past ``MAX_QUEUED`` waiting steps (the work is
+stuck), they are dropped and the parts withdrawn. Only fragments of streams someone follows
+live are cut (the sink says so when a fragment opens).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from ..playback.mkv import ParsedFragment, parse_fragment
 
 logger = logging.getLogger(__name__)
 
-MAX_EVENTS = 16
+MAX_EVENTS = 16  # waiting steps beyond which a due part is skipped (merged into the next)
+MAX_QUEUED = 64  # waiting steps beyond which they are all dropped (the work is stuck)
 MAX_CUTTERS = 8  # fragments with parts at once: the open one, closed ones waiting for audio
 DRAIN_S = 5.0  # how long a closing recording waits for its last parts
 
@@ -69,7 +71,13 @@ class _Stored:
     data: bytes | None  # None: not stored
 
 
-_Event = _Open | _Part | _Close | _Stored
+class _Reset:
+    """The steps waiting were dropped: every fragment's parts are withdrawn."""
+
+    serial = -1
+
+
+_Event = _Open | _Part | _Close | _Stored | _Reset
 
 
 class RecorderParts:
@@ -139,10 +147,19 @@ class RecorderParts:
 
     def stored(self, serial: int, data: bytes | None) -> None:
         """The fragment ``serial`` is stored as ``data`` (None: it was not stored)."""
-        self._skip.discard(serial)
+        if serial in self._skip:
+            self._skip.discard(serial)
+            return
         self._push(_Stored(serial, data))
 
     def _push(self, event: _Event) -> None:
+        if len(self._events) >= MAX_QUEUED:
+            logger.warning("%slive parts fall behind; withdrawn", self._prefix)
+            self.skipped += len(self._events)
+            self._events.clear()
+            self._events.append(_Reset())
+            if not isinstance(event, _Open):
+                return
         self._events.append(event)
         self._idle.clear()
         self._wake.set()
@@ -169,6 +186,12 @@ class RecorderParts:
         return await asyncio.get_running_loop().run_in_executor(self._pool, _read, frag)
 
     async def _step(self, event: _Event) -> None:
+        if isinstance(event, _Reset):
+            dropped = list(self._cutters.values())
+            self._cutters.clear()
+            for each in dropped:
+                await each.abandon()
+            return
         if isinstance(event, _Open):
             try:
                 number: int | None = await event.number
