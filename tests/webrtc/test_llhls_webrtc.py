@@ -155,9 +155,12 @@ async def test_webrtc_recording_parts_are_the_stored_fragments_frames(
 
 
 @pytest.mark.browser
-async def test_hls_js_low_latency_mode_plays_a_webrtc_recording(
-    make_server: Any, customer_page: CustomerPage
+@pytest.mark.parametrize("low_latency", [True, False])
+async def test_hls_js_plays_a_webrtc_recording_with_and_without_low_latency_mode(
+    make_server: Any, customer_page: CustomerPage, low_latency: bool
 ) -> None:
+    """hls.js in low-latency mode plays the parts; without it (a player that ignores the LL-HLS
+    tags) it plays the same playlist's whole segments, as before parts existed."""
     srv = make_server(storage_fragment_duration=1.0)
     ch, _ = storage_channel(srv, "llrtc-player")
     # 24 s of 640x360 video (a 4 s clip sent six times, timestamps running on).
@@ -182,14 +185,21 @@ async def test_hls_js_low_latency_mode_plays_a_webrtc_recording(
         async with asyncio.timeout(15):
             while "#EXT-X-PART:" not in (await asyncio.to_thread(get, media_url)).text:
                 await asyncio.sleep(0.1)
-        player = start_player(customer_page.url("hls", url, ll=True), 14)
+        player = start_player(customer_page.url("hls", url, ll=low_latency), 14)
         result = await asyncio.to_thread(player_result, player, 90)
     finally:
         await cam.close()
     samples = result["samples"]
     last = samples[-1]
     assert "fatal" not in result, result.get("fatal")
-    assert result["pageErrors"] == [] and result["failedRequests"] == [], result
+    # A blocking playlist reload still waiting when the page closes (or one hls.js gives up for
+    # a newer one) is aborted by the browser; every other request succeeded.
+    failed = [
+        r
+        for r in result["failedRequests"]
+        if not r.endswith("getHLSMediaPlaylist.m3u8 net::ERR_ABORTED")
+    ]
+    assert result["pageErrors"] == [] and failed == [], result
     # As for PutMedia's parts (tests/playback/test_llhls.py): hls.js's non-fatal stalls at a
     # 1 s live edge on a loaded machine are bounded by the progress checks below.
     assert all(not e.get("fatal") for e in last["errors"]), last["errors"]
@@ -200,4 +210,7 @@ async def test_hls_js_low_latency_mode_plays_a_webrtc_recording(
     assert playing and max(playing) - min(playing) >= 7, playing
     assert all(b >= a for a, b in zip(playing, playing[1:], strict=False)), playing
     assert last["decodedFrames"] > 30 * 7, last
-    assert last["parts"] >= 10, last  # hls.js loaded parts (EXT-X-PART), not only segments
+    if low_latency:
+        assert last["parts"] >= 10, last  # hls.js loaded parts (EXT-X-PART), not only segments
+    else:
+        assert last["parts"] == 0, last
