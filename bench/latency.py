@@ -1,5 +1,7 @@
 """Latency: JoinStorageSession → SDP_OFFER at the master; fragment end → listed by ListFragments;
-a frame's capture time → its fragment in the LIVE HLS playlist (1 s fragments).
+a frame's capture time → its fragment in the LIVE HLS playlist (1 s fragments); a part's first
+frame's capture time → the LL-HLS part listed and fetched by a client chaining blocking reloads
+(WebRTC storage session, in-process and in a worker process).
 
 The server is a separate process; the masters, pollers and the camera process are its clients.
 """
@@ -191,9 +193,126 @@ def live_latency(quick: bool) -> dict[str, Any]:
     }
 
 
+_PART = re.compile(
+    r'#EXT-X-PART:DURATION=([0-9.]+),URI="([^"]*FragmentNumber=(\d+)&PartNumber=(\d+)[^"]*)"'
+)
+_SEGMENT = re.compile(r"^getMP4MediaFragment\.mp4\?FragmentNumber=(\d+)", re.M)
+
+
+def _follow_parts(
+    srv: Any,
+    name: str,
+    seen: dict[tuple[int, int], tuple[float, float, float]],
+    stop: threading.Event,
+) -> int:
+    """Chain LL-HLS blocking reloads of the LIVE video playlist; fetch each part as soon as it is
+    listed. ``seen``: (fragment, part) → (listed, fetched, duration)."""
+    am = srv.client("kinesis-video-archived-media")
+    url = None
+    while url is None and not stop.is_set():
+        try:
+            url = am.get_hls_streaming_session_url(
+                StreamName=name, PlaybackMode="LIVE", ContainerFormat="FRAGMENTED_MP4", Expires=600
+            )["HLSStreamingSessionURL"]
+        except am.exceptions.ResourceNotFoundException:
+            time.sleep(0.05)
+    if url is None:
+        return 0
+    http = requests.Session()
+    master = http.get(url, timeout=10, verify=srv.ca).text
+    media_uri = next(line for line in master.splitlines() if line and not line.startswith("#"))
+    base = url.rsplit("/", 1)[0] + "/"
+    media_url = base + media_uri
+    polls = 0
+    query = ""
+    while not stop.is_set():
+        body = http.get(media_url + query, timeout=10, verify=srv.ca).text
+        t = time.time()
+        polls += 1
+        stored = {int(n) for n in _SEGMENT.findall(body)}
+        parts = [
+            (int(m.group(3)), int(m.group(4)), float(m.group(1)), m.group(2))
+            for m in _PART.finditer(body)
+        ]
+        for frag, index, duration, uri in parts:
+            if (frag, index) not in seen:
+                http.get(base + uri, timeout=10, verify=srv.ca).raise_for_status()
+                seen[(frag, index)] = (t, time.time(), duration)
+        if not parts:
+            time.sleep(0.02)
+            query = ""
+            continue
+        seq = int(re.search(r"#EXT-X-MEDIA-SEQUENCE:(\d+)", body).group(1))  # type: ignore[union-attr]
+        pending = [p for p in parts if p[0] not in stored]
+        part = pending[-1][1] + 1 if pending else 0
+        query = f"&_HLS_msn={seq + len(stored)}&_HLS_part={part}"
+    return polls
+
+
+def ll_parts_latency(quick: bool, workers: int = 0) -> dict[str, Any]:
+    """One camera (1 s fragments) recorded by a WebRTC storage session; a client follows the
+    LIVE playlist's LL-HLS parts. A part's latency is from its first frame's capture to the
+    part listed (the blocking reload's answer) and to its media fetched (playable)."""
+    send_seconds = 8.0 if quick else 20.0
+    seen: dict[tuple[int, int], tuple[float, float, float]] = {}
+    stop = threading.Event()
+    with (
+        common.tmpdir("llparts-") as tmp,
+        common.server(
+            tmp / "data", storage_fragment_duration="1.0", webrtc_workers=str(workers)
+        ) as srv,
+    ):
+        arns = common.provision(srv, 1, prefix="llparts")
+        name = common.stream_names(arns)[0]
+        cam = common.start_cameras(srv, arns, send_seconds=send_seconds, linger=2.5)
+        assert cam.stdout is not None
+        polls: dict[str, int] = {}
+        thread = threading.Thread(
+            target=lambda: polls.__setitem__("hls", _follow_parts(srv, name, seen, stop))
+        )
+        try:
+            read_event(cam.stdout, "joined")
+            thread.start()
+            sent = read_event(cam.stdout, "sent")["cameras"][0]
+            stop.set()
+            thread.join(30)
+            read_event(cam.stdout, "done")
+            cam.wait(30)
+        finally:
+            stop.set()
+            if cam.poll() is None:
+                cam.kill()
+                cam.wait()
+        rows = common.fragment_rows(srv.data_dir, [name])[name]
+    if not rows:
+        raise RuntimeError("the LL-HLS camera stored no fragments")
+    offset_ms = rows[0]["producer_ts"] - sent["first_video_wall"] * 1000
+    # The last fragment's last part waits for the session's end (no next frame cuts it).
+    starts = {r["number"]: r["producer_ts"] for r in rows[:-1]}
+    listed: list[float] = []
+    fetched: list[float] = []
+    for (frag, index), (t_listed, t_fetched, _) in seen.items():
+        if frag not in starts:
+            continue  # withdrawn, or the last one
+        into_ms = sum(seen[(frag, i)][2] for i in range(index) if (frag, i) in seen) * 1000
+        capture_s = (starts[frag] + into_ms - offset_ms) / 1000
+        listed.append(t_listed - capture_s)
+        fetched.append(t_fetched - capture_s)
+    return {
+        "webrtc_workers": workers,
+        "fragment_duration_s": 1.0,
+        "parts": len(listed),
+        "polls": polls,
+        "capture_to_part_listed": summary_ms(listed),
+        "capture_to_part_fetched": summary_ms(fetched),
+    }
+
+
 def run(quick: bool) -> dict[str, Any]:
     log("latency: JoinStorageSession -> SDP_OFFER")
     join = join_latency(quick)
     log(f"latency: join->offer p50 {join['p50_ms']} ms p99 {join['p99_ms']} ms; live next")
     live = live_latency(quick)
-    return {"join_to_offer": join, **live}
+    log("latency: LL-HLS parts of a WebRTC recording (in-process, then one worker process)")
+    parts = [ll_parts_latency(quick, workers) for workers in (0, 1)]
+    return {"join_to_offer": join, **live, "ll_hls_parts": parts}

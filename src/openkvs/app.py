@@ -225,12 +225,17 @@ def build_services(settings: Settings, sessions: StorageSessions | None = None) 
                 services.fragments,
                 services.hub,
                 turn=lambda: ice.storage_turn(live_only=False),
+                live=services.dataplane.live,
             )
         else:
             from .webrtc.manager import StorageSessionManager
 
             services.sessions = StorageSessionManager(
-                settings, services.fragments, services.hub, turn=services.ice.storage_turn
+                settings,
+                services.fragments,
+                services.hub,
+                turn=services.ice.storage_turn,
+                live=services.dataplane.live,
             )
     return services
 

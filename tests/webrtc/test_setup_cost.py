@@ -199,6 +199,9 @@ class _Hub:
 
 
 class _Fragments:
+    async def next_number(self, stream_id: int) -> int:
+        raise AssertionError("no media in this test")
+
     async def append(self, stream: Stream, data: bytes, **kw: Any) -> Fragment:
         raise AssertionError("no media in this test")
 

@@ -23,6 +23,7 @@ class FragmentData:
     end_ms: int
     video_frames: int
     audio_frames: int
+    serial: int = 0  # which fragment of the session (counted from 1 as they open)
 
     @property
     def duration_ms(self) -> int:
@@ -44,6 +45,7 @@ class _Open:
     video_frames: int = 0
     audio_frames: int = 0
     end_ms: int | None = None  # set when closed
+    serial: int = 0
 
 
 @dataclasses.dataclass
@@ -74,6 +76,7 @@ class Fragmenter:
         self._closed: list[_Open] = []
         self._last_audio_ms: int | None = None
         self._frame_interval = 33
+        self._serials = 0
 
     def set_audio_config(self, asc: bytes, sample_rate: int, channels: int) -> None:
         self._audio_track = mkv.Track(
@@ -133,7 +136,7 @@ class Fragmenter:
                 if o is not None:
                     o.end_ms = t
                     self._closed.append(o)
-                self._open = _Open(self._video_track, t)
+                self._open = self._new(self._video_track, t)
         o = self._open
         if o is None:
             self.stats.dropped_video += 1
@@ -143,7 +146,7 @@ class Fragmenter:
             # keyframe) rather than dropping them.
             o.end_ms = t
             self._closed.append(o)
-            self._open = o = _Open(o.video_track, t)
+            self._open = o = self._new(o.video_track, t)
         if o.video_frames:
             self._frame_interval = (
                 max(1, min(1000, t - o.last_video_ms))
@@ -156,6 +159,45 @@ class Fragmenter:
         self.stats.video_frames += 1
         out += self._emit_ready(video_ms=t)
         return out
+
+    def _new(self, track: mkv.Track, t: int) -> _Open:
+        self._serials += 1
+        return _Open(track, t, serial=self._serials)
+
+    @property
+    def open_serial(self) -> int | None:
+        """The serial of the fragment open now (taking video), if any."""
+        return None if self._open is None else self._open.serial
+
+    def snapshot(self, serial: int, *, video_frames: int | None = None) -> FragmentData | None:
+        """The fragment ``serial`` (open, or closed and waiting for audio) as it stands: its
+        first ``video_frames`` video frames (all by default) and the audio before the next
+        video frame (all of it when all video is taken). The blocks are a copy."""
+        found = next(
+            (o for o in [*self._closed, self._open] if o is not None and o.serial == serial), None
+        )
+        if found is None:
+            return None
+        video = [b for b in found.blocks if b.track == 1]
+        audio = [b for b in found.blocks if b.track != 1]
+        end = found.end_ms if found.end_ms is not None else found.last_video_ms
+        if video_frames is not None and video_frames < len(video):
+            end = video[video_frames].timecode
+            video = video[:video_frames]
+            audio = [b for b in audio if b.timecode < end]
+        tracks: tuple[mkv.Track, ...] = (found.video_track,)
+        if self._audio_track is not None:
+            tracks += (self._audio_track,)
+        return FragmentData(
+            tracks, video + audio, found.start_ms, end, len(video), len(audio), found.serial
+        )
+
+    def video_times(self, serial: int) -> list[int]:
+        """The times (ms) of the open fragment's video frames, if it is ``serial``."""
+        o = self._open
+        if o is None or o.serial != serial:
+            return []
+        return [b.timecode for b in o.blocks if b.track == 1]
 
     def audio(self, ms: float, aac: bytes) -> list[FragmentData]:
         t = int(round(ms))
@@ -198,7 +240,9 @@ class Fragmenter:
         if self._audio_track is not None:
             tracks += (self._audio_track,)
         self.stats.fragments += 1
-        return FragmentData(tracks, o.blocks, o.start_ms, o.end_ms, o.video_frames, o.audio_frames)
+        return FragmentData(
+            tracks, o.blocks, o.start_ms, o.end_ms, o.video_frames, o.audio_frames, o.serial
+        )
 
     def flush(self) -> list[FragmentData]:
         """Close everything (session end): the partial last fragment is kept."""

@@ -1,6 +1,8 @@
 """The live edge of a stream: the parts of the fragment being written, for LL-HLS.
 
-An in-process writer (PutMedia) publishes the fragment it is receiving while it arrives: each
+A writer (PutMedia, ``dataplane.liveparts``; a WebRTC recorder, ``webrtc.liveparts``, whose
+parts reach this process over the worker link when it runs in a worker process; both through
+``livecut.PartCutter``) publishes the fragment it is writing while it arrives: each
 part is a run of whole frames, cut at a frame boundary once it lasts ``PART_CUT_MS``, with the
 identity the stored fragment will have (its number and timestamps) and the frames exactly as the
 stored fragment will hold them (the writer reads them back from the fragment assembled so far,
@@ -121,6 +123,13 @@ class LiveEdge:
         edge.version += 1
         async with edge.changed:
             edge.changed.notify_all()
+
+    async def open(self, stream_id: int, number: int, *, server_ts: int, producer_ts: int) -> bool:
+        """Begin the fragment's parts if the stream is watched (``livecut.PartSink``)."""
+        if not self.watched(stream_id):
+            return False
+        await self.begin(stream_id, number, server_ts=server_ts, producer_ts=producer_ts)
+        return True
 
     async def begin(
         self,

@@ -395,9 +395,10 @@ class PlaybackService:
         msn: int | None = None,
         part: int | None = None,
     ) -> str:
-        """The media playlist; LIVE fMP4 video playlists of a stream written in this process
-        carry LL-HLS parts, and a blocking reload (``msn``/``part``) waits, at most three target
-        durations, until the playlist holds that segment or part."""
+        """The media playlist; LIVE fMP4 video playlists of a stream written on this server
+        (PutMedia, WebRTC storage sessions) carry LL-HLS parts, and a blocking reload
+        (``msn``/``part``) waits, at most three target durations, until the playlist holds that
+        segment or part."""
         if part is not None and msn is None:
             raise InvalidArgumentException("The _HLS_part parameter requires _HLS_msn.")
         spec = None

@@ -22,6 +22,7 @@ from .. import clock
 from ..config import Settings
 from ..control.fragments import FragmentStore
 from ..errors import ClientLimitExceededException, InvalidArgumentException
+from ..playback.livecut import PartSink
 from ..records import Channel, Stream
 from ..signaling.hub import SignalingHub
 from ..signaling.ice import external_turn
@@ -53,6 +54,7 @@ class StorageSessionManager:
         *,
         number_base: int = 0,
         turn: Callable[[], TurnAccess | None] | None = None,
+        live: PartSink | None = None,
     ) -> None:
         self.settings = settings
         # The TURN server the storage peer allocates on (asked per session: the embedded one is
@@ -60,6 +62,7 @@ class StorageSessionManager:
         self.turn = turn or (lambda: external_turn(settings))
         self.fragments = fragments
         self.hub = hub
+        self.live = live  # where recordings publish LL-HLS parts (the server's live edge)
         # Called with a session's final stats (plus "current": whether it was still the
         # channel's session when it ended); worker processes report them to the server.
         self.on_session_end: Callable[[dict[str, Any]], None] | None = None
@@ -186,6 +189,7 @@ class StorageSessionManager:
             is_current=is_current,
             audio=self.audio.setdefault(arn, ChannelAudio()),
             certificate=self.certificates.current(),
+            live=self.live,
         )
         previous = self.masters.get(arn)
         self.masters[arn] = session

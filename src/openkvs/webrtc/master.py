@@ -15,6 +15,7 @@ import av
 from aiortc import RTCCertificate
 
 from ..config import Settings
+from ..playback.livecut import PartSink
 from ..records import Channel, Stream
 from . import tap
 from .audio import MASTER, ChannelAudio
@@ -48,6 +49,7 @@ class MasterSession(StorageSession):
         is_current: Callable[[], bool] | None = None,
         audio: ChannelAudio | None = None,
         certificate: RTCCertificate | None = None,
+        live: PartSink | None = None,
     ) -> None:
         super().__init__(
             channel=channel,
@@ -74,6 +76,7 @@ class MasterSession(StorageSession):
             request_keyframe=self.request_keyframe,
             log_prefix=self.prefix,
             on_disk_full=self._disk_full,
+            live=live,
         )
         tap.tap_video(self.video.receiver, self._on_video)
         self.feedback = tap.count_feedback(self.video.receiver)

@@ -4,6 +4,8 @@ silence is not encoded: see ``media.aac``), fragments.
 Called on the event loop with encoded video access units (from the tap), audio packet arrivals
 (from the tap) and the decoded audio frames (from ``OpusIn``); AAC encoding, MKV serialisation
 and storage run in worker threads. The fragment writer keeps fragments in order and is bounded.
+Each fragment's number is reserved as it opens (in order), so that, given a live edge
+(``live``), the fragment being recorded is published as LL-HLS parts under it (``liveparts``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from ..control.fragments import is_disk_full
 from ..media.aac import AacEncoder, is_dual_mono
 from ..media.fragmenter import FragmentData, Fragmenter
 from ..media.timeline import SessionClock
+from ..playback.livecut import PartSink
 from ..records import Fragment, Stream
+from .liveparts import RecorderParts
 from .seams import FragmentSink
 
 logger = logging.getLogger(__name__)
@@ -78,6 +82,7 @@ class Recorder:
         log_prefix: str = "",
         on_fragment: Callable[[Fragment, FragmentData], None] | None = None,
         on_disk_full: Callable[[BaseException], None] | None = None,
+        live: PartSink | None = None,
     ) -> None:
         self.stream = stream
         self.fragments = fragments
@@ -100,9 +105,19 @@ class Recorder:
         self._audio_next_ms: float | None = None  # where the next AAC frame may start
         self._closed = False
         self.written: list[Fragment] = []
+        # Each fragment's number is reserved when it opens (in order), so that its LL-HLS parts
+        # carry it while it is recorded; the writer stores it under that number.
+        self._numbers: dict[int, asyncio.Future[int]] = {}  # by fragment serial
+        self._last_number: asyncio.Future[int] | None = None
+        self._open_serial: int | None = None
+        self.parts = (
+            None if live is None else RecorderParts(live, stream.id, pool, log_prefix=log_prefix)
+        )
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name=f"recorder {self.stream.name}")
+        if self.parts is not None:
+            self.parts.start()
 
     # -- media in (event loop) -----------------------------------------------------------------
 
@@ -123,7 +138,35 @@ class Recorder:
             self.stats.last_keyframe_ms = ms
         if not self._fragmenter.started or self._fragmenter.waiting_for_keyframe:
             self._ask_keyframe()
+        serial = self._fragmenter.open_serial
+        if serial != self._open_serial:
+            if self.parts is not None:
+                self.parts.closed(self._fragmenter, ready)
+            self._open_serial = serial
+            if serial is not None:
+                number = self._numbers[serial] = self._reserve()
+                if self.parts is not None:
+                    start_ms = self._fragmenter.video_times(serial)[0]
+                    self.parts.opened(serial, start_ms, number)
+        if self.parts is not None:
+            self.parts.video(self._fragmenter, ready)
         self._enqueue(ready)
+
+    def _reserve(self) -> asyncio.Future[int]:
+        """The number of the fragment that opens now: reserved after the previous one's."""
+        previous = self._last_number
+
+        async def reserve() -> int:
+            if previous is not None:
+                await asyncio.wait([previous])
+            return await self.fragments.next_number(self.stream.id)
+
+        task = asyncio.ensure_future(reserve())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved
+        self._last_number = task
+        while len(self._numbers) > 2 * MAX_PENDING_FRAGMENTS:  # bounded (normally a few)
+            self._numbers.pop(next(iter(self._numbers)))
+        return task
 
     def on_sender_report(self, kind: str, ntp_seconds: float, rtp_ts: int) -> None:
         track = self.clock.video if kind == "video" else self.clock.audio
@@ -232,6 +275,9 @@ class Recorder:
             if len(self._queue) >= MAX_PENDING_FRAGMENTS:
                 self.stats.dropped_fragments += 1
                 logger.error("%sstore is not keeping up; dropping a fragment", self._prefix)
+                self._numbers.pop(frag.serial, None)
+                if self.parts is not None:
+                    self.parts.stored(frag.serial, None)
                 continue
             self._queue.append(frag)
             self._wake.set()
@@ -243,6 +289,7 @@ class Recorder:
             self._wake.clear()
             while self._queue:
                 frag = self._queue.popleft()
+                reserved = self._numbers.pop(frag.serial, None)
                 try:
                     data = await loop.run_in_executor(self._pool, frag.to_mkv)
                     stored = await self.fragments.append(
@@ -251,8 +298,11 @@ class Recorder:
                         producer_ts_ms=frag.start_ms,
                         server_ts_ms=frag.start_ms,
                         duration_ms=frag.duration_ms,
+                        number=await self._number(reserved),
                     )
                 except Exception as exc:  # noqa: BLE001
+                    if self.parts is not None:
+                        self.parts.stored(frag.serial, None)
                     self.stats.store_errors += 1
                     if is_disk_full(exc) and self._on_disk_full is not None:
                         logger.error("%sfailed to store a fragment: %s", self._prefix, exc)
@@ -260,6 +310,8 @@ class Recorder:
                     else:
                         logger.exception("%sfailed to store a fragment", self._prefix)
                     continue
+                if self.parts is not None:
+                    self.parts.stored(frag.serial, data)
                 self.stats.fragments += 1
                 self.stats.fragment_bytes += len(data)
                 if self.stats.first_fragment_at is None:
@@ -270,6 +322,17 @@ class Recorder:
                     self._on_fragment(stored, frag)
             if self._closed:
                 return
+
+    async def _number(self, reserved: asyncio.Future[int] | None) -> int | None:
+        """The fragment's reserved number; None (one is taken as it is stored) if it could not
+        be reserved."""
+        if reserved is None:
+            return None
+        try:
+            return await reserved
+        except Exception as exc:  # noqa: BLE001 - the store may be back by now
+            logger.warning("%scould not reserve a fragment number: %s", self._prefix, exc)
+            return None
 
     async def close(self) -> None:
         """Flush the partial last fragment (kept) and wait until everything is stored."""
@@ -286,7 +349,10 @@ class Recorder:
         batch, self._audio_batch = self._audio_batch, []
         with contextlib.suppress(Exception):
             await self._encode_audio(batch, final=True)
-        self._enqueue(self._fragmenter.flush())
+        ready = self._fragmenter.flush()
+        if self.parts is not None:
+            self.parts.closed(self._fragmenter, ready)
+        self._enqueue(ready)
         fs = self._fragmenter.stats
         self.stats.dropped_video = fs.dropped_video
         self.stats.dropped_audio += fs.dropped_audio
@@ -294,3 +360,5 @@ class Recorder:
         if self._writer is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
+        if self.parts is not None:
+            await self.parts.close()

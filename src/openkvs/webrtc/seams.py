@@ -21,6 +21,10 @@ class SignalingSink(Protocol):
 
 
 class FragmentSink(Protocol):
+    async def next_number(self, stream_id: int) -> int:
+        """A new fragment number for the stream, above every number it has."""
+        ...
+
     async def append(
         self,
         stream: Stream,

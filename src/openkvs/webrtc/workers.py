@@ -10,18 +10,26 @@ The two sides talk over a socket pair with length-prefixed JSON messages::
     server → worker   join_master, join_viewer, on_message, on_disconnect, channel_closed,
                       stats, stop                                     (requests, answered)
     worker → server   send (signaling), next_number, commit (a fragment whose blob the worker
-                      has made durable), ended (a session's final stats)
+                      has made durable), ended (a session's final stats), live_open,
+                      live_publish, live_finish, live_abandon (LL-HLS parts of the fragment
+                      being recorded, for the server's live edge)
 
 A worker writes fragment blobs itself (fsync + rename into the shared media folder) and asks the
 server to commit the metadata row, so the server stays the only writer of the index and wakes
 live readers. Service errors raised in a worker travel back by name and are raised again here,
 so STATUS_RESPONSEs and API errors are the same as in-process. A worker that dies is replaced;
 its sessions end (their committed fragments stay).
+
+LL-HLS parts travel as the fragments' rows do: each step is a request, answered once the
+server's live edge has it, so a recording has at most one step in flight; a part's frames go
+base64-encoded, and a part too large for one message (``MAX_PART_BYTES``) has its fragment's
+parts withdrawn instead (its segment is listed as usual once stored).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import itertools
@@ -37,6 +45,9 @@ from typing import Any
 from .. import errors, heap, logwriter
 from ..config import Settings
 from ..control.fragments import FragmentStore, blob_key
+from ..playback.livecut import PartSink
+from ..playback.liveedge import Part
+from ..playback.mkv import Frame
 from ..records import Channel, Fragment, Stream
 from ..signaling.ice import external_turn
 from ..signaling.turn import TurnAccess
@@ -44,6 +55,7 @@ from ..signaling.turn import TurnAccess
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE = 1 << 20
+MAX_PART_BYTES = 600_000  # a part's frames, before base64 (4/3 of it must fit a message)
 _HEADER = struct.Struct(">I")
 
 
@@ -155,6 +167,34 @@ class Link:
             await self._writer.wait_closed()
 
 
+def _part_to_json(part: Part) -> dict[str, Any]:
+    return {
+        "index": part.index,
+        "frames": {
+            str(track): [[f.pts_ns, base64.b64encode(f.data).decode(), f.key] for f in frames]
+            for track, frames in part.frames.items()
+        },
+        "start_ns": part.start_ns,
+        "end_ns": part.end_ns,
+        "independent": part.independent,
+        "published_ms": part.published_ms,
+    }
+
+
+def _part_from_json(d: dict[str, Any]) -> Part:
+    return Part(
+        index=int(d["index"]),
+        frames={
+            int(track): tuple(Frame(int(p), base64.b64decode(b), bool(k)) for p, b, k in frames)
+            for track, frames in d["frames"].items()
+        },
+        start_ns=int(d["start_ns"]),
+        end_ns=int(d["end_ns"]),
+        independent=bool(d["independent"]),
+        published_ms=int(d["published_ms"]),
+    )
+
+
 def _channel(d: dict[str, Any]) -> Channel:
     return Channel(**d)
 
@@ -184,8 +224,10 @@ class WorkerPool:
         hub: Any,
         *,
         turn: Callable[[], TurnAccess | None] | None = None,
+        live: PartSink | None = None,
     ) -> None:
         self.settings = settings
+        self.live = live  # the server's live edge, which the workers' recordings feed
         self.turn = turn or (lambda: external_turn(settings))
         self.fragments = fragments
         self.hub = hub
@@ -284,6 +326,8 @@ class WorkerPool:
         if op == "commit":
             await self.fragments.commit(Fragment(**args["fragment"]))
             return None
+        if op.startswith("live_"):
+            return await self._live(op, args)
         if op == "ended":
             stats = args["stats"]
             self.ended.append(stats)
@@ -299,6 +343,29 @@ class WorkerPool:
             self._release(arn)
             return None
         raise errors.InvalidArgumentException(f"unknown worker request {op}")
+
+    async def _live(self, op: str, args: dict[str, Any]) -> Any:
+        live = self.live
+        stream_id, number = int(args["stream_id"]), int(args["number"])
+        if op == "live_open":
+            return live is not None and await live.open(
+                stream_id,
+                number,
+                server_ts=int(args["server_ts"]),
+                producer_ts=int(args["producer_ts"]),
+            )
+        if live is None:
+            return None
+        if op == "live_publish":
+            part = _part_from_json(args["part"])
+            await live.publish(stream_id, number, part, last=bool(args["last"]))
+        elif op == "live_finish":
+            await live.finish(stream_id, number)
+        elif op == "live_abandon":
+            await live.abandon(stream_id, number)
+        else:
+            raise errors.InvalidArgumentException(f"unknown worker request {op}")
+        return None
 
     # -- StorageSessions -----------------------------------------------------------------------
 
@@ -395,12 +462,49 @@ class _RemoteHub:
         return None
 
 
+class _RemoteLive:
+    """The server's live edge, over the link (``livecut.PartSink``)."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+
+    async def open(self, stream_id: int, number: int, *, server_ts: int, producer_ts: int) -> bool:
+        return bool(
+            await self.link.request(
+                "live_open",
+                stream_id=stream_id,
+                number=number,
+                server_ts=server_ts,
+                producer_ts=producer_ts,
+            )
+        )
+
+    async def publish(self, stream_id: int, number: int, part: Part, *, last: bool) -> None:
+        size = sum(len(f.data) for frames in part.frames.values() for f in frames)
+        if size > MAX_PART_BYTES:
+            logger.info("a part of %d bytes is too large to send; parts withdrawn", size)
+            await self.abandon(stream_id, number)
+            raise ValueError("part too large")
+        await self.link.request(
+            "live_publish", stream_id=stream_id, number=number, part=_part_to_json(part), last=last
+        )
+
+    async def finish(self, stream_id: int, number: int) -> None:
+        await self.link.request("live_finish", stream_id=stream_id, number=number)
+
+    async def abandon(self, stream_id: int, number: int) -> None:
+        await self.link.request("live_abandon", stream_id=stream_id, number=number)
+
+
 class _RemoteFragments:
     """Writes the blob here, durably, and has the server commit the row."""
 
     def __init__(self, link: Link, blobs: Any) -> None:
         self.link = link
         self.blobs = blobs
+
+    async def next_number(self, stream_id: int) -> int:
+        return int(await self.link.request("next_number", stream_id=stream_id))
 
     async def append(
         self,
@@ -416,7 +520,7 @@ class _RemoteFragments:
 
         server_ts = clock.now_ms() if server_ts_ms is None else server_ts_ms
         if number is None:
-            number = int(await self.link.request("next_number", stream_id=stream.id))
+            number = await self.next_number(stream.id)
         fragment = Fragment(
             stream_id=stream.id,
             number=number,
@@ -501,6 +605,7 @@ async def _worker(
         _RemoteHub(link),
         number_base=(index + 1) * 1_000_000_000,
         turn=lambda: turn,
+        live=_RemoteLive(link),
     )
     manager.on_session_end = lambda stats: link.notify("ended", stats=stats)
     await manager.start()
