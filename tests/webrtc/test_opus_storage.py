@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from openkvs.media import opus
@@ -22,6 +20,7 @@ from ..mediagen import h264_clip, opus_packets
 from ..playback.support import (
     archived,
     dash_url,
+    dominant_hz,
     ffmpeg_decode_errors,
     ffprobe_json,
     get,
@@ -48,21 +47,6 @@ TONE_HZ = 660.0
 SECONDS = 4.0
 PACKET_S = 0.02
 DASH_NS = {"d": "urn:mpeg:dash:schema:mpd:2011"}
-
-
-def dominant_hz(target: str | Path, *args: str) -> tuple[float, float]:
-    """The strongest frequency of the decoded audio (mono mix), and the audio's length (s)."""
-    out = subprocess.run(
-        [tool("ffmpeg"), "-nostdin", "-v", "error", *args, "-i", str(target), "-map", "0:a:0"]
-        + ["-ac", "1", "-ar", "48000", "-f", "f32le", "-"],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
-    pcm = np.frombuffer(out.stdout, dtype="<f4")
-    assert len(pcm) > 4800, len(pcm)
-    spectrum = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm))))
-    return float(np.argmax(spectrum)) * 48000 / len(pcm), len(pcm) / 48000
 
 
 def audio_packets(target: Path) -> list[tuple[float, int]]:
