@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from openkvs.media import opus
@@ -232,3 +233,43 @@ async def test_opus_is_stored_as_received_and_played_back(
     probed = ffprobe_json(mpd_url, "-show_streams")
     assert sorted(s["codec_name"] for s in probed["streams"]) == ["h264", "opus"]
     assert dominant_hz(mpd_url)[0] == pytest.approx(TONE_HZ, abs=3)
+
+
+async def test_opus_storage_with_a_viewer(make_server: Any) -> None:
+    """The master's Opus is decoded only while a viewer listens to it live; the recording keeps
+    the master's packets as sent (the viewer's voice is not mixed in)."""
+    srv = make_server(storage_fragment_duration=1.0, storage_audio="opus")
+    ch, _ = storage_channel(srv, "opv")
+    cam = Camera(
+        srv, ch, h264_clip(width=320, height=240, seconds=6.0), opus_packets(6.0, freq=TONE_HZ)
+    )
+    await cam.connect()
+    await asyncio.to_thread(cam.join)
+    audio_track = cam.master.audio_track
+    assert audio_track is not None
+    await wait_for(lambda: len(audio_track.sent) > 50, 20)
+
+    def master_stats() -> dict[str, Any]:
+        (stats,) = [s for s in sessions(srv).stats() if s["role"] == "master"]
+        return stats
+
+    alone = master_stats()
+    assert alone["opus_frames"] > 25 and alone["opus_packets"] == 0  # stored, none decoded
+    viewer = Camera(srv, ch, None, opus_packets(3.0, freq=440.0), client_id="talker")
+    await viewer.connect()
+    await asyncio.to_thread(viewer.join)
+    await wait_for(lambda: len(viewer.master.received_audio) >= 100, 30)
+    await wait_for(lambda: len(cam.master.received_audio) >= 25, 20)  # the master hears it
+    assert master_stats()["opus_packets"] > 0  # decoded for the viewer
+    # What the viewer hears of the master is the master's tone.
+    pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in viewer.master.received_audio[-50:]])
+    spectrum = np.abs(np.fft.rfft(pcm[::2].astype(np.float64)))  # one channel of s16 stereo
+    assert float(np.argmax(spectrum)) * 48000 / len(pcm[::2]) == pytest.approx(TONE_HZ, abs=25)
+    await viewer.close()
+    await cam.master.wait_sent()
+    await cam.close()
+    await wait_for(lambda: not sessions(srv).masters and not sessions(srv).viewers, 15)
+    _, _, parsed = stored_video(srv, fragments_of(srv, "opv-stream"))
+    stored = [b.data for p in parsed for b in p.blocks if b.track == 2]
+    sent = [data for data, _ in audio_track.sent]
+    assert is_subsequence(stored, sent) and len(stored) >= len(sent) - 15
