@@ -137,3 +137,39 @@ def test_dops_matches_what_ffmpeg_writes(tmp_path: Path) -> None:
     assert (spec.codec, spec.timescale, spec.channels) == ("opus", 48000, 2)
     assert spec.opus.dops() == theirs
     assert _box(fmp4.init_segment(spec), path) == theirs
+
+
+def test_fmp4_keeps_a_transmission_gap(tmp_path: Path) -> None:
+    """Discontinuous transmission: 200 ms of packets, 400 ms without any, 200 ms more. The
+    fMP4 segment keeps every packet at its own time (the packet before the gap lasts until
+    the next one), and FFmpeg decodes it."""
+    ffprobe, ffmpeg = need_tool("ffprobe"), need_tool("ffmpeg")
+    if ffprobe is None or ffmpeg is None:
+        pytest.skip("ffprobe or ffmpeg is not installed")
+    from openkvs.playback.mkv import Frame
+    from openkvs.playback.mkv import Track as PlaybackTrack
+
+    from ..mediagen import opus_packets
+
+    packets = [p.data for p in opus_packets(1.0)]
+    times_ms = [i * 20 for i in range(10)] + [600 + i * 20 for i in range(10)]
+    frames = [Frame(t * 1_000_000, d, True) for t, d in zip(times_ms, packets, strict=False)]
+    track = PlaybackTrack(2, 2, "A_OPUS", opus.opus_head(2).to_bytes(), sample_rate=48000)
+    spec = fmp4.track_spec(track)
+    samples = fmp4.audio_samples(spec, frames, 1000)
+    assert samples.dts == [48 * (1000 + t) for t in times_ms]
+    assert samples.durations == [960] * 9 + [960 * 21] + [960] * 10
+    path = tmp_path / "gap.mp4"
+    path.write_bytes(fmp4.init_segment(spec) + fmp4.media_segment(spec, samples, 1))
+    out = subprocess.run(
+        [ffprobe, "-v", "error", "-select_streams", "a", "-show_entries", "packet=pts"]
+        + ["-of", "csv=p=0", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert [int(x) for x in out.stdout.split()] == samples.dts
+    decoded = subprocess.run(
+        [ffmpeg, "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True
+    )
+    assert decoded.returncode == 0 and decoded.stderr == b""
