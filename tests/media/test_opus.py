@@ -173,3 +173,34 @@ def test_fmp4_keeps_a_transmission_gap(tmp_path: Path) -> None:
         [ffmpeg, "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True
     )
     assert decoded.returncode == 0 and decoded.stderr == b""
+
+
+def _answer(fmtp: str | None) -> str:
+    lines = [
+        "v=0",
+        "o=- 1 1 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+        "c=IN IP4 0.0.0.0",
+        "a=mid:0",
+        "a=rtpmap:111 opus/48000/2",
+    ]
+    if fmtp is not None:
+        lines.append(f"a=fmtp:111 {fmtp}")
+    return "\r\n".join(lines) + "\r\n"
+
+
+@pytest.mark.parametrize(
+    "fmtp,channels",
+    [
+        (None, 2),  # opus/48000/2, as FFmpeg reads it
+        ("minptime=10;useinbandfec=1", 2),  # Chromium's answer
+        ("sprop-stereo=1;stereo=1", 2),
+        ("minptime=10;sprop-stereo=0", 1),  # the sender says it sends mono
+    ],
+)
+def test_stored_opus_channels_from_the_answer(fmtp: str | None, channels: int) -> None:
+    from openkvs.webrtc.master import opus_channels
+
+    assert opus_channels(_answer(fmtp)) == channels
