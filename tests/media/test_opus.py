@@ -204,3 +204,23 @@ def test_stored_opus_channels_from_the_answer(fmtp: str | None, channels: int) -
     from openkvs.webrtc.master import opus_channels
 
     assert opus_channels(_answer(fmtp)) == channels
+
+
+def test_laced_opus_packets_are_timed_by_their_own_durations() -> None:
+    """A Xiph-laced block of Opus packets (20 ms, 60 ms, 20 ms) in a track without
+    DefaultDuration: each frame starts where the one before it ends."""
+    from openkvs.media import ebml
+
+    track = mkv.Track(2, mkv.CODEC_OPUS, opus.opus_head(2).to_bytes(), mkv.TRACK_TYPE_AUDIO)
+    track = dataclasses.replace(track, sample_rate=48000.0, channels=2)
+    packets = [bytes([31 << 3, 1, 2]), bytes([3 << 3, 9]), bytes([31 << 3, 7, 7, 7])]
+    lace = bytes([len(packets) - 1, len(packets[0]), len(packets[1])])
+    block = bytes([0x82, 0, 0, 0x80 | 0x02]) + lace + b"".join(packets)
+    data = mkv.write_fragment([track], [], timecode=0)
+    data += ebml.element(
+        mkv.CLUSTER, ebml.uint(mkv.TIMECODE, 0) + ebml.element(mkv.SIMPLE_BLOCK, block)
+    )
+    parsed = parse_fragment(data)
+    frames = parsed.frames[2]
+    assert [f.data for f in frames] == packets
+    assert [f.pts_ns for f in frames] == [0, 20_000_000, 80_000_000]
