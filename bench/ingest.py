@@ -80,6 +80,7 @@ def trial(
             if cam.poll() is None:
                 cam.kill()
                 cam.wait()
+            cam.stdout.close()
         common.wait_sessions_ended(srv, names)
         srv.stop()  # flushes whatever is still open
         store = common.read_back(srv.data_dir, names, [c.get("send_walls") for c in sent])
