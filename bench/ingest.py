@@ -8,6 +8,8 @@ capacity search and the storage-overhead figures use the same function.
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import os
 import subprocess
@@ -35,9 +37,14 @@ def trial(
     settings: dict[str, str] | None = None,
     profile_out: Path | None = None,
     linger: float = 3.0,
+    storage_audio: str | None = None,
 ) -> dict[str, Any]:
-    """N concurrent storage sessions; CPU and RSS over ``window`` s; then the store read back."""
-    with common.tmpdir("ingest-") as tmp, common.server(tmp / "data", **(settings or {})) as srv:
+    """N concurrent storage sessions; CPU and RSS over ``window`` s; then the store read back.
+    ``storage_audio``: the server's setting ("aac", its default, or "opus")."""
+    settings = dict(settings or {})
+    if storage_audio is not None:
+        settings["storage_audio"] = storage_audio
+    with common.tmpdir("ingest-") as tmp, common.server(tmp / "data", **settings) as srv:
         assert srv.proc is not None
         pid = srv.proc.pid
         arns = common.provision(srv, n)
@@ -73,6 +80,7 @@ def trial(
             if cam.poll() is None:
                 cam.kill()
                 cam.wait()
+            cam.stdout.close()
         common.wait_sessions_ended(srv, names)
         srv.stop()  # flushes whatever is still open
         store = common.read_back(srv.data_dir, names, [c.get("send_walls") for c in sent])
@@ -101,7 +109,8 @@ def trial(
     frames_equal = all(p["sent_video_frames"] == p["stored_video_frames"] for p in per_stream)
     return {
         "sessions": n,
-        "webrtc_workers": int((settings or {}).get("webrtc_workers", 0)),
+        "webrtc_workers": int(settings.get("webrtc_workers", 0)),
+        "storage_audio": settings.get("storage_audio", "aac"),
         "window_s": round(elapsed, 2),
         "join_all_s": round(joined_s, 2),
         "server_cpu_s": round(cpu, 3),
@@ -270,3 +279,53 @@ def run(quick: bool) -> dict[str, Any]:
         "ratio_to_video_only_floor": round(cost / floor_video, 1),
         "cpus": os.cpu_count(),
     }
+
+
+def compare_storage_audio(
+    n: int, *, rounds: int, window: float, warmup: float = 3.0
+) -> dict[str, Any]:
+    """Server CPU per stream-second with ``storage_audio`` aac (decode + AAC encode) and opus
+    (packets stored as received), ``rounds`` trials of ``n`` sessions each, alternated so that
+    the machine's other load falls on both alike."""
+    runs: dict[str, list[dict[str, Any]]] = {"aac": [], "opus": []}
+    for r in range(rounds):
+        order = ("aac", "opus") if r % 2 == 0 else ("opus", "aac")
+        for mode in order:
+            load = round(os.getloadavg()[0], 2)
+            res = trial(n, window=window, warmup=warmup, storage_audio=mode)
+            res["loadavg_start"] = load
+            runs[mode].append(res)
+            log(
+                f"storage_audio={mode}: {res['cpu_per_stream_second']} CPU-s/stream-s "
+                f"({n} sessions, load {load} → {res['loadavg_end']}, "
+                f"frames lost {res['frames_lost']})"
+            )
+    out: dict[str, Any] = {"sessions": n, "window_s": window, "rounds": rounds}
+    for mode, trials in runs.items():
+        costs = sorted(t["cpu_per_stream_second"] for t in trials)
+        out[mode] = {
+            "cpu_per_stream_second": costs,
+            "median": costs[len(costs) // 2],
+            "loadavg": [[t["loadavg_start"], t["loadavg_end"]] for t in trials],
+            "frames_lost": sum(t["frames_lost"] for t in trials),
+            "rss_per_session_mb": [t["rss_per_session_mb"] for t in trials],
+        }
+    out["opus_to_aac"] = round(out["opus"]["median"] / out["aac"]["median"], 3)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.ingest --compare-storage-audio [--sessions 8] [--rounds 3]``."""
+    p = argparse.ArgumentParser(prog="python -m bench.ingest")
+    p.add_argument("--compare-storage-audio", action="store_true", required=True)
+    p.add_argument("--sessions", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--window", type=float, default=15.0)
+    args = p.parse_args(argv)
+    result = compare_storage_audio(args.sessions, rounds=args.rounds, window=args.window)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

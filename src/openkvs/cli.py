@@ -76,6 +76,14 @@ SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         {"type": int, "help": "port of the embedded TURN server, UDP and TCP (default 3478)"},
     ),
     (
+        "--storage-audio",
+        "storage_audio",
+        {
+            "help": "the recording's audio: aac (default; Opus decoded and encoded to AAC) or "
+            "opus (the camera's Opus stored as received, no audio decoding or encoding)"
+        },
+    ),
+    (
         "--metrics-listen",
         "metrics_listen",
         {"help": "serve GET /metrics on the http (default), tls or both ports, or off"},

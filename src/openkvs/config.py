@@ -37,6 +37,7 @@ CLIENT_ENV = frozenset({ENDPOINT_ENV, HTTP_ENDPOINT_ENV})
 _HOST = re.compile(r"[A-Za-z0-9_.:-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+STORAGE_AUDIO = ("aac", "opus")
 
 
 class ConfigError(ValueError):
@@ -109,6 +110,10 @@ class Settings:
     # 0: storage sessions run in the server process; N: spread over N worker processes
     webrtc_workers: int = 0
     storage_fragment_duration: float = 2.0
+    # The recording's audio: "aac" (the camera's Opus decoded and encoded to AAC, with the
+    # viewers' audio mixed in) or "opus" (the camera's Opus packets stored as received: no audio
+    # decoding or encoding, the viewers' audio is not recorded)
+    storage_audio: str = "aac"
     storage_max_session_duration: float = 0.0
     storage_media_timeout: float = 10.0
     storage_connect_timeout: float = 30.0
@@ -202,6 +207,8 @@ class Settings:
             raise ConfigError("account_id must be 12 digits")
         if not 0 <= self.webrtc_workers <= 64:
             raise ConfigError("webrtc_workers must be between 0 and 64")
+        if self.storage_audio not in STORAGE_AUDIO:
+            raise ConfigError(f"storage_audio must be aac or opus, got {self.storage_audio!r}")
         if self.storage_fragment_duration <= 0:
             raise ConfigError("storage_fragment_duration must be positive")
         if not 0 < self.putmedia_idle_ack_interval <= self.putmedia_idle_timeout:

@@ -42,8 +42,10 @@ def producer_mkv(
     fps: int = 30,
     audio: bool = True,
     live: bool = True,
+    audio_codec: str = "aac",
 ) -> bytes:
-    """H.264 (+ AAC) in MKV, one Cluster per GOP, timecodes starting at ``start_ms``.
+    """H.264 (+ a 440 Hz tone in AAC, or Opus with ``audio_codec="libopus"``) in MKV, one Cluster
+    per GOP, timecodes starting at ``start_ms``.
 
     ``live`` writes to a non-seekable sink (unknown-size Segment, as a camera streams it);
     otherwise to a file (known sizes, SeekHead, Cues).
@@ -62,19 +64,20 @@ def producer_mkv(
         "preset": "veryfast",
         "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0",
     }
-    a = out.add_stream("aac", rate=48000) if audio else None
+    a = out.add_stream(audio_codec, rate=48000) if audio else None
     if a is not None:
         a.layout = "stereo"
+    frame = 960 if audio_codec == "libopus" else 1024
     rng = np.random.default_rng(7)
     n_video = round(seconds * fps)
     # Audio runs a little past the last video frame so the last cluster has both tracks.
-    n_audio = int((seconds + 0.1) * 48000 / 1024) + 1 if audio else 0
-    t = np.arange(1024) / 48000
+    n_audio = int((seconds + 0.1) * 48000 / frame) + 1 if audio else 0
+    t = np.arange(frame) / 48000
     vbase = start_ms * fps // 1000
     abase = start_ms * 48
     vi = ai = 0
     while vi < n_video or ai < n_audio:
-        if vi < n_video and (ai >= n_audio or vi / fps <= ai * 1024 / 48000):
+        if vi < n_video and (ai >= n_audio or vi / fps <= ai * frame / 48000):
             img = np.full((height, width, 3), (vi * 3) % 255, np.uint8)
             x = (vi * 4) % max(1, width - 20)
             img[:, x : x + 20] = 255
@@ -87,10 +90,15 @@ def producer_mkv(
             vi += 1
         else:
             assert a is not None
-            s = (0.3 * np.sin(2 * np.pi * 440 * (t + ai * 1024 / 48000))).astype(np.float32)
-            af = av.AudioFrame.from_ndarray(np.stack([s, s]), format="fltp", layout="stereo")
+            s = (0.3 * np.sin(2 * np.pi * 440 * (t + ai * frame / 48000))).astype(np.float32)
+            if audio_codec == "libopus":  # takes interleaved samples
+                af = av.AudioFrame.from_ndarray(
+                    np.stack([s, s], axis=1).reshape(1, -1), format="flt", layout="stereo"
+                )
+            else:
+                af = av.AudioFrame.from_ndarray(np.stack([s, s]), format="fltp", layout="stereo")
             af.sample_rate = 48000
-            af.pts = abase + ai * 1024
+            af.pts = abase + ai * frame
             af.time_base = fractions.Fraction(1, 48000)
             for pkt in a.encode(af):
                 out.mux(pkt)

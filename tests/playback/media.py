@@ -1,4 +1,5 @@
-"""Realistic stored fragments for tests: H.264 (libx264) + AAC, one MKV file per GOP.
+"""Realistic stored fragments for tests: H.264 (libx264) + AAC (or Opus, ``audio_codec="libopus"``),
+one MKV file per GOP.
 
 Frames come from FFmpeg's ``testsrc2`` (moving content, so a wrong frame is visibly wrong) and
 a ``sine`` tone; both are encoded once, continuously, then each GOP is muxed with PyAV into its own
@@ -50,6 +51,7 @@ def _encode(
     audio: bool,
     sample_rate: int,
     channels: int,
+    audio_codec: str = "aac",
 ) -> tuple[Any, Any, list[Any], list[Any], Any]:
     template = av.open(io.BytesIO(), "w", format="matroska")
     vs = as_ = None
@@ -65,7 +67,7 @@ def _encode(
             "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}",
         }
     if audio:
-        as_ = template.add_stream("aac", rate=sample_rate)
+        as_ = template.add_stream(audio_codec, rate=sample_rate)
         as_.codec_context.layout = "mono" if channels == 1 else "stereo"
         as_.codec_context.bit_rate = 64_000
     if vs is not None:
@@ -84,7 +86,9 @@ def _encode(
         src = av.open(
             f"sine=frequency=440:sample_rate={sample_rate}:duration={seconds}", format="lavfi"
         )
-        resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
+        resampler = av.AudioResampler(
+            format="fltp" if audio_codec == "aac" else "flt", layout=layout, rate=sample_rate
+        )
         for frame in src.decode(audio=0):
             for out in resampler.resample(frame):
                 apackets += as_.encode(out)
@@ -109,6 +113,7 @@ def generate(
     audio: bool = True,
     sample_rate: int = 48_000,
     channels: int = 1,
+    audio_codec: str = "aac",
     relative_timecodes: bool = True,
     server_delay_ms: tuple[int, int] = (40, 70),
     seed: int = 1,
@@ -133,6 +138,7 @@ def generate(
         audio=audio,
         sample_rate=sample_rate,
         channels=channels,
+        audio_codec=audio_codec,
     )
     # Fragment boundaries, in seconds: keyframes for video, fixed chunks for audio-only.
     if video:

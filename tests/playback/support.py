@@ -118,6 +118,21 @@ def ffmpeg_decode_errors(target: str | Path, *args: str, output: Sequence[str] =
     return out.stderr.strip()
 
 
+def dominant_hz(target: str | Path, *args: str) -> tuple[float, float]:
+    """The strongest frequency of the decoded audio (mono mix), and the audio's length (s)."""
+    out = subprocess.run(
+        [tool("ffmpeg"), "-nostdin", "-v", "error", *args, "-i", str(target), "-map", "0:a:0"]
+        + ["-ac", "1", "-ar", "48000", "-f", "f32le", "-"],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    pcm = np.frombuffer(out.stdout, dtype="<f4")
+    assert len(pcm) > 4800, len(pcm)
+    spectrum = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm))))
+    return float(np.argmax(spectrum)) * 48000 / len(pcm), len(pcm) / 48000
+
+
 def gray(image: bytes) -> np.ndarray:
     """A JPEG or PNG decoded to 8-bit gray levels, as float64."""
     with av.open(io.BytesIO(image)) as container:

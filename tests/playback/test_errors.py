@@ -411,3 +411,41 @@ def test_unsupported_codec(server: ServerThread) -> None:
         },
     )
     assert response["Error"]["Code"] == "UnsupportedStreamMediaTypeException"
+
+
+@pytest.mark.parametrize(
+    ("private", "code"),
+    [
+        (b"", "MissingCodecPrivateDataException"),
+        (b"OpusHead\x01", "InvalidCodecPrivateDataException"),
+        (
+            b"OpusHead\x01\x03\x00\x00\x80\xbb\x00\x00\x00\x00\x00",
+            "InvalidCodecPrivateDataException",
+        ),
+    ],
+)
+def test_unusable_opus_head(server: ServerThread, private: bytes, code: str) -> None:
+    """An audio-only stream whose A_OPUS track has no usable OpusHead (none, truncated, three
+    channels with mapping family 0)."""
+    from openkvs.media import mkv
+
+    create_stream(server, "cam")
+    track = mkv.Track(
+        1, mkv.CODEC_OPUS, private, mkv.TRACK_TYPE_AUDIO, sample_rate=48000.0, channels=2
+    )
+    data = mkv.write_fragment(
+        [track], [mkv.Block(1, 0, bytes([31 << 3, 1, 2, 3]), True)], timecode=0
+    )
+    t0 = clock.now_ms() - 5000
+    stream = server.services.control.get_stream(name="cam")
+    server.call(server.services.fragments.append(stream, data, producer_ts_ms=t0, duration_ms=20))
+    response = raw_api(
+        server,
+        "GetHLSStreamingSessionURL",
+        {
+            "StreamName": "cam",
+            "PlaybackMode": "ON_DEMAND",
+            "HLSFragmentSelector": on_demand(t0, t0 + 1000),
+        },
+    )
+    assert response["Error"]["Code"] == code

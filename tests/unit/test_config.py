@@ -75,3 +75,23 @@ def test_turn_settings_from_flag_env_and_file(tmp_path: Path) -> None:
     s = _settings(args, [("--turn-port", "turn_port", {})])
     assert s.no_turn is True and s.turn_port == 5349
     assert _settings(build_parser().parse_args(["serve"]), []).no_turn is False
+
+
+def test_storage_audio_from_flag_env_and_file(tmp_path: Path) -> None:
+    from openkvs.cli import SERVE_FLAGS, _settings, build_parser
+
+    assert Settings.load({}).storage_audio == "aac"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('storage_audio = "opus"\n')
+    assert Settings.load({}, cfg).storage_audio == "opus"
+    cfg.write_text('[storage]\naudio = "opus"\n')
+    assert Settings.load({}, cfg).storage_audio == "opus"
+    assert Settings.load({"OPENKVS_STORAGE_AUDIO": "opus"}).storage_audio == "opus"
+    args = build_parser().parse_args(["serve", "--storage-audio", "opus"])
+    assert _settings(args, SERVE_FLAGS).storage_audio == "opus"
+    for bad in ("mp3", "OPUS", ""):
+        with pytest.raises(ConfigError, match="storage_audio must be aac or opus"):
+            Settings.load({"OPENKVS_STORAGE_AUDIO": bad})
+    cfg.write_text("storage_audio = 1\n")
+    with pytest.raises(ConfigError, match="storage_audio"):
+        Settings.load({}, cfg)

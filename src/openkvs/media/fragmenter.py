@@ -1,18 +1,19 @@
 """Cut a session's media into keyframe-aligned fragments (pure: timestamps are passed in).
 
-Video access units arrive as Annex B bytes with media-clock milliseconds; AAC frames arrive with
-theirs. A fragment opens at a keyframe and closes at the first keyframe at least ``target_ms``
-later (or at once when the SPS changes, i.e. a resolution change, so the next fragment gets new
-codec private data). A closed fragment waits for audio to catch up with its end (AAC encoding
-runs behind) for at most ``audio_grace_ms`` of video, then is emitted. Frames before the first
-keyframe, and audio older than the open fragment, are dropped and counted.
+Video access units arrive as Annex B bytes with media-clock milliseconds; audio frames (AAC, or
+Opus packets as received) arrive with theirs. A fragment opens at a keyframe and closes at the
+first keyframe at least ``target_ms`` later (or at once when the SPS changes, i.e. a resolution
+change, so the next fragment gets new codec private data). A closed fragment waits for audio to
+catch up with its end (AAC encoding runs behind) for at most ``audio_grace_ms`` of video, then is
+emitted. Frames before the first keyframe, and audio older than the open fragment, are dropped
+and counted.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from . import h264, mkv
+from . import h264, mkv, opus
 
 
 @dataclasses.dataclass
@@ -87,6 +88,21 @@ class Fragmenter:
             sample_rate=float(sample_rate),
             channels=channels,
             name="audio",
+        )
+
+    def set_opus_config(self, channels: int) -> None:
+        """Opus packets stored as received: an A_OPUS track whose OpusHead has no pre-skip
+        (the packets come from the middle of the sender's stream, its encoder primed long
+        before), hence no CodecDelay."""
+        self._audio_track = mkv.Track(
+            2,
+            mkv.CODEC_OPUS,
+            opus.opus_head(channels).to_bytes(),
+            mkv.TRACK_TYPE_AUDIO,
+            sample_rate=float(opus.RATE),
+            channels=channels,
+            name="audio",
+            seek_pre_roll_ns=opus.SEEK_PRE_ROLL_NS,
         )
 
     @property
@@ -199,7 +215,7 @@ class Fragmenter:
             return []
         return [b.timecode for b in o.blocks if b.track == 1]
 
-    def audio(self, ms: float, aac: bytes) -> list[FragmentData]:
+    def audio(self, ms: float, frame: bytes) -> list[FragmentData]:
         t = int(round(ms))
         self._last_audio_ms = t if self._last_audio_ms is None else max(self._last_audio_ms, t)
         target = None
@@ -213,7 +229,7 @@ class Fragmenter:
         if target is None or self._audio_track is None:
             self.stats.dropped_audio += 1
         else:
-            target.blocks.append(mkv.Block(2, t, aac, True))
+            target.blocks.append(mkv.Block(2, t, frame, True))
             target.audio_frames += 1
             self.stats.audio_frames += 1
         return self._emit_ready(video_ms=None)

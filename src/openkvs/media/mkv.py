@@ -51,6 +51,7 @@ CODEC_NAME = 0x258688
 TRACK_NAME = 0x536E
 DEFAULT_DURATION = 0x23E383
 CODEC_DELAY = 0x56AA
+SEEK_PRE_ROLL = 0x56BB
 VIDEO = 0xE0
 PIXEL_WIDTH = 0xB0
 PIXEL_HEIGHT = 0xBA
@@ -86,6 +87,7 @@ TRACK_TYPE_AUDIO = 2
 CODEC_H264 = "V_MPEG4/ISO/AVC"
 H264_CODEC_IDS = (CODEC_H264, "V_MPEG/ISO/AVC")
 CODEC_AAC = "A_AAC"
+CODEC_OPUS = "A_OPUS"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +104,7 @@ class Track:
     uid: int = 0
     default_duration_ns: int = 0
     codec_delay_ns: int = 0  # Matroska CodecDelay: to subtract from every block timestamp
+    seek_pre_roll_ns: int = 0  # Matroska SeekPreRoll: decoding to do before a seek target
 
     @property
     def is_video(self) -> bool:
@@ -170,6 +173,8 @@ def track_entry(t: Track) -> bytes:
         children.append(uint(DEFAULT_DURATION, t.default_duration_ns))
     if t.codec_delay_ns:
         children.append(uint(CODEC_DELAY, t.codec_delay_ns))
+    if t.seek_pre_roll_ns:
+        children.append(uint(SEEK_PRE_ROLL, t.seek_pre_roll_ns))
     if t.track_type == TRACK_TYPE_VIDEO:
         children.append(master(VIDEO, uint(PIXEL_WIDTH, t.width), uint(PIXEL_HEIGHT, t.height)))
     elif t.track_type == TRACK_TYPE_AUDIO:
@@ -354,6 +359,7 @@ _TRACK_FIELDS: dict[int, _Field] = {
     TRACK_NAME: ("name", ebml.read_string),
     DEFAULT_DURATION: ("default_duration_ns", ebml.read_uint),
     CODEC_DELAY: ("codec_delay_ns", ebml.read_uint),
+    SEEK_PRE_ROLL: ("seek_pre_roll_ns", ebml.read_uint),
 }
 _TRACK_SETTINGS: dict[int, _Field] = {
     PIXEL_WIDTH: ("width", ebml.read_uint),

@@ -4,7 +4,8 @@ and a progressive MP4 (moov before mdat, all tracks, for GetClip).
 Samples are remuxed, never re-encoded. Decode times come from the session timeline, so segment N
 ends exactly where segment N+1 starts (``tfdt``) whenever the fragments are contiguous. Video
 decode times are the sorted presentation times (composition offsets may be negative, so
-``trun``/``ctts`` version 1 are used); AAC frames keep their stored times.
+``trun``/``ctts`` version 1 are used); audio frames (AAC, or Opus in an ``Opus`` sample entry
+with its ``dOps`` box, timescale 48000) keep their stored times.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 import struct
 from collections.abc import Callable, Iterable, Sequence
 
+from ..media import opus
 from .codecs import AAC_CODEC_ID, H264_CODEC_IDS, AacConfig, AvcConfig, parse_asc, parse_avcc
 from .codecs import with_parameter_sets as _with_ps
 from .mkv import Frame, Track
@@ -24,7 +26,7 @@ _FLAGS_NON_SYNC = 0x01010000
 
 
 class UnsupportedCodec(ValueError):
-    """The track's codec cannot be served (only H.264 video and AAC audio are)."""
+    """The track's codec cannot be served (only H.264 video, AAC and Opus audio are)."""
 
 
 class MissingCodecPrivate(ValueError):
@@ -49,10 +51,23 @@ class TrackSpec:
     avc: AvcConfig | None
     aac: AacConfig | None
     codec_private: bytes
+    opus: opus.OpusHead | None = None
 
     @property
     def frame_length(self) -> int:
+        """Samples of a typical audio frame (an Opus packet's are its own: ``frame_ticks``)."""
+        if self.opus is not None:
+            return 960
         return self.aac.frame_length if self.aac else 1024
+
+    def frame_ticks(self, data: bytes) -> int:
+        """The duration of one audio frame in the track's timescale."""
+        if self.opus is not None:
+            try:
+                return opus.packet_samples(data)
+            except ValueError:
+                return self.frame_length
+        return self.frame_length
 
 
 @dataclasses.dataclass
@@ -96,9 +111,31 @@ def track_spec(track: Track, track_id: int | None = None) -> TrackSpec:
             None,
             track.codec_private,
         )
+    if track.is_audio and track.codec_id == opus.CODEC_ID:
+        if not track.codec_private:
+            raise MissingCodecPrivate(f"track {track.number} has no codec private data")
+        try:
+            head = opus.parse_opus_head(track.codec_private)
+        except ValueError as exc:
+            raise InvalidCodecPrivate(f"track {track.number}: {exc}") from exc
+        return TrackSpec(
+            tid,
+            False,
+            opus.RATE,
+            "opus",
+            0,
+            0,
+            head.channels,
+            None,
+            None,
+            track.codec_private,
+            head,
+        )
     if track.is_audio:
         if track.codec_id != AAC_CODEC_ID:
-            raise UnsupportedCodec(f"audio codec {track.codec_id} is not supported (AAC only)")
+            raise UnsupportedCodec(
+                f"audio codec {track.codec_id} is not supported (AAC and Opus only)"
+            )
         if not track.codec_private:
             raise MissingCodecPrivate(f"track {track.number} has no codec private data")
         try:
@@ -153,11 +190,12 @@ def video_samples(spec: TrackSpec, frames: Sequence[Frame], start: int, end: int
 
 
 def audio_samples(spec: TrackSpec, frames: Sequence[Frame], start_ms: int) -> Samples:
-    """AAC frames of a fragment placed at ``start_ms`` on the timeline.
+    """Audio frames of a fragment placed at ``start_ms`` on the timeline.
 
     Each frame's time depends only on the fragment's place and its own timestamp, so a frame
     that appears in two segments (see ``service.lead_in``) gets the same time in both; each
-    lasts until the next one (the last one its frame length).
+    lasts until the next one (the last one its own length). A gap between Opus packets
+    (discontinuous transmission) is taken by the packet before it.
     """
     base = start_ms * 1_000_000
     dts: list[int] = []
@@ -166,7 +204,7 @@ def audio_samples(spec: TrackSpec, frames: Sequence[Frame], start_ms: int) -> Sa
         dts.append(t if not dts or t > dts[-1] else dts[-1] + 1)
     durations = [b - a for a, b in zip(dts, dts[1:], strict=False)]
     if dts:
-        durations.append(spec.frame_length)
+        durations.append(spec.frame_ticks(frames[-1].data))
     return Samples(
         dts, durations, [0] * len(dts), [True] * len(dts), [bytes(f.data) for f in frames]
     )
@@ -296,8 +334,24 @@ def _mp4a(spec: TrackSpec, avg_bitrate: int = 0) -> bytes:
     )
 
 
+def _opus(spec: TrackSpec) -> bytes:
+    """Opus in ISO BMFF §4.3: an ``Opus`` AudioSampleEntry (16-bit, 48 kHz) with ``dOps``."""
+    assert spec.opus is not None
+    return box(
+        b"Opus",
+        b"\0" * 6,
+        struct.pack(">H", 1),
+        b"\0" * 8,
+        struct.pack(">HHHH", spec.channels, 16, 0, 0),
+        struct.pack(">I", opus.RATE << 16),
+        box(b"dOps", spec.opus.dops()),
+    )
+
+
 def _sample_entry(spec: TrackSpec) -> bytes:
-    return _avc1(spec) if spec.is_video else _mp4a(spec)
+    if spec.is_video:
+        return _avc1(spec)
+    return _opus(spec) if spec.opus is not None else _mp4a(spec)
 
 
 def _mvhd(duration_ms: int, next_track: int) -> bytes:

@@ -10,7 +10,8 @@ Pure bytes in, dataclasses out; malformed input raises ``ValueError`` with a pre
 The Matroska reading itself (EBML, tracks, clusters, blocks and lacing) is
 ``openkvs.media.mkv.scan_fragment``, shared with every other reader of stored fragments; this
 module keeps what only playback needs: nanosecond timing relative to the fragment start, Matroska
-CodecDelay, and a lace step for audio tracks without DefaultDuration.
+CodecDelay, and a lace step for audio tracks without DefaultDuration (an Opus packet's own
+duration).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..media import mkv as media_mkv
+from ..media import opus
 
 MAX_FRAMES = 100_000
 
@@ -103,6 +105,14 @@ def _lace_step_ns(track: Track) -> int:
     return 0
 
 
+def _opus_ns(packet: bytes) -> int:
+    """A laced Opus packet lasts what its TOC says."""
+    try:
+        return opus.packet_samples(packet) * 1_000_000_000 // opus.RATE
+    except ValueError:
+        return 20_000_000
+
+
 def _assemble(
     buf: bytes, tracks: dict[int, Track], raw: list[media_mkv.RawBlock], scale: int
 ) -> ParsedFragment:
@@ -123,7 +133,10 @@ def _assemble(
             s, e = spans[0]
             out.append(Frame(t0, buf[s:e], key))
             continue
-        step = _lace_step_ns(tracks[track])
-        for i, (s, e) in enumerate(spans):
-            out.append(Frame(t0 + i * step, buf[s:e], key))
+        info = tracks[track]
+        step = _lace_step_ns(info)
+        t = t0
+        for s, e in spans:
+            out.append(Frame(t, buf[s:e], key))
+            t += _opus_ns(buf[s:e]) if info.codec_id == opus.CODEC_ID else step
     return ParsedFragment(tracks, frames)

@@ -31,6 +31,7 @@ from ..errors import (
     ServiceError,
     UnsupportedStreamMediaTypeException,
 )
+from ..media import opus
 from ..records import Fragment, Stream
 from . import dash, hls, silence
 from .cache import ByteLRU
@@ -597,19 +598,27 @@ def _render_mp4(
         samples = video_samples(spec, frames, start_ms * 90, (start_ms + duration_ms) * 90)
     else:
         if tail_ns is not None:  # the frame playing at the next fragment's start goes there
-            length = _frame_ns(info)
-            frames = [f for f in frames if not f.pts_ns < tail_ns < f.pts_ns + length]
+            frames = [f for f in frames if not f.pts_ns < tail_ns < f.pts_ns + _frame_ns(info, f)]
         samples = drop_before(
             audio_samples(spec, lead + frames, start_ms), 0, spec.timescale // 1000
         )
-        assert spec.aac is not None  # track_spec sets it for every audio track
-        samples = cover_start(
-            spec, samples, start_ms, functools.partial(silence.aac_frame, spec.aac)
-        )
+        if spec.opus is not None:
+            make_silence = functools.partial(silence.opus_frame, spec.channels)
+        else:
+            assert spec.aac is not None  # track_spec sets it for every other audio track
+            make_silence = functools.partial(silence.aac_frame, spec.aac)
+        samples = cover_start(spec, samples, start_ms, make_silence)
     return media_segment(spec, samples, (start_ms + 1) & 0xFFFFFFFF)
 
 
-def _frame_ns(track: Track) -> int:
+def _frame_ns(track: Track, frame: Frame) -> int:
+    """How long one stored audio frame plays: an Opus packet's own duration, else an AAC
+    frame's 1024 samples."""
+    if track.codec_id == opus.CODEC_ID:
+        try:
+            return opus.packet_samples(frame.data) * 1_000_000_000 // opus.RATE
+        except ValueError:
+            return 0
     return 1024 * 1_000_000_000 // max(1, track.sample_rate)
 
 
@@ -625,11 +634,10 @@ def straddling(parsed: ParsedFragment, track: int, at_ns: int) -> list[Frame]:
     info = parsed.tracks.get(track)
     if info is None or not info.is_audio or not info.sample_rate:
         return []
-    length = _frame_ns(info)
     return [
         Frame(f.pts_ns - at_ns, f.data, f.key)
         for f in parsed.frames.get(track, [])
-        if f.pts_ns < at_ns < f.pts_ns + length
+        if f.pts_ns < at_ns < f.pts_ns + _frame_ns(info, f)
     ]
 
 

@@ -1,7 +1,8 @@
 """MPEG-TS segments for HLS (``ContainerFormat=MPEG_TS``): one fragment, all tracks, remuxed.
 
-H.264 goes in as Annex B with SPS/PPS in front of every keyframe and AAC as ADTS frames, so each
-segment decodes on its own; FFmpeg's mpegts muxer (through PyAV, into memory) writes PAT/PMT,
+H.264 goes in as Annex B with SPS/PPS in front of every keyframe, AAC as ADTS frames and Opus
+packets as stored (FFmpeg adds the control headers of Opus in MPEG-TS), so each segment decodes
+on its own; FFmpeg's mpegts muxer (through PyAV, into memory) writes PAT/PMT,
 PES packets and PCR. Timestamps are on the 90 kHz session timeline, shifted by ``TS_OFFSET`` so
 that reordered video (DTS before PTS) and early audio never go negative.
 """
@@ -51,8 +52,10 @@ def ts_segment(
             index += 1
         if audio is not None:
             spec, frames = audio
-            assert spec.aac is not None
-            out.add_mux_stream("aac", rate=spec.timescale)
+            aac = spec.aac
+            assert aac is not None or spec.opus is not None
+            # Opus goes in as received; the muxer writes its TS control headers.
+            out.add_mux_stream("aac" if aac is not None else "opus", rate=spec.timescale)
             start = start_ms * spec.timescale // 1000
             # Audio starting before the video would make players start the video late (a
             # hole): a frame early by timecode rounding is moved, an earlier one dropped.
@@ -61,7 +64,8 @@ def ts_segment(
             )
             for t, data in zip(samples.dts, samples.data, strict=True):
                 t90 = t * 90_000 // spec.timescale
-                packets.append((t90, t90, index, adts_frame(data, spec.aac), True))
+                payload = adts_frame(data, aac) if aac is not None else data
+                packets.append((t90, t90, index, payload, True))
         streams = list(out.streams)
         packets.sort(key=lambda p: (p[0], p[2]))
         for dts, pts, idx, data, key in packets:

@@ -106,8 +106,10 @@ class _Listener:
 
 
 class ChannelAudio:
-    def __init__(self) -> None:
-        self._listeners: dict[str, _Listener] = {RECORDING: _Listener()}
+    def __init__(self, *, recording: bool = True) -> None:
+        """``recording``: the recording takes the viewers' audio (mixed into the master's by
+        :meth:`recording_mix`); False when the recording keeps the master's Opus as received."""
+        self._listeners: dict[str, _Listener] = {RECORDING: _Listener()} if recording else {}
         self._recording_sources: set[str] = set()
 
     def push(self, source: str, frame: av.AudioFrame, *, to_recording: bool = True) -> None:
@@ -124,8 +126,8 @@ class ChannelAudio:
 
     def recording_mix(self, master_frame: av.AudioFrame) -> av.AudioFrame:
         """The master's frame with the viewers' concurrent audio mixed in (for the recording)."""
-        listener = self._listeners[RECORDING]
-        if not any(listener.sizes.values()):
+        listener = self._listeners.get(RECORDING)
+        if listener is None or not any(listener.sizes.values()):
             return master_frame
         pcm = to_pcm(master_frame)
         mixed = listener.mix(len(pcm), base=pcm)

@@ -328,6 +328,7 @@ class Timeline:
                 "rtx_packets",
                 "plis_sent",
                 "audio_frames",
+                "opus_frames",
                 "video_frames_forwarded",
             )
             if k in s

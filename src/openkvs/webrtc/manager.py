@@ -187,7 +187,7 @@ class StorageSessionManager:
             on_end=self._master_ended,
             number=next(self._numbers),
             is_current=is_current,
-            audio=self.audio.setdefault(arn, ChannelAudio()),
+            audio=self._channel_audio(arn),
             certificate=self.certificates.current(),
             live=self.live,
         )
@@ -221,7 +221,7 @@ class StorageSessionManager:
             ice_servers=self.ice_servers(),
             on_end=self._viewer_ended,
             number=next(self._numbers),
-            audio=self.audio.setdefault(arn, ChannelAudio()),
+            audio=self._channel_audio(arn),
             pool=self._pool,
             is_current=is_current,
             certificate=self.certificates.current(),
@@ -269,6 +269,13 @@ class StorageSessionManager:
         if not viewers:
             self.viewers.pop(session.channel.arn, None)
         self._forget_audio(session.channel.arn)
+
+    def _channel_audio(self, arn: str) -> ChannelAudio:
+        audio = self.audio.get(arn)
+        if audio is None:
+            # The viewers' audio goes into the recording only when it is re-encoded (AAC).
+            audio = self.audio[arn] = ChannelAudio(recording=self.settings.storage_audio == "aac")
+        return audio
 
     def _forget_audio(self, arn: str) -> None:
         if arn not in self.masters and arn not in self._pending and not self.viewers.get(arn):

@@ -2,7 +2,8 @@
 
 Video is received recvonly and stored as received (H.264, never decoded); audio is sendrecv
 (Opus in, decoded and re-encoded to AAC for the recording, mixed with the viewers' audio; the
-viewers' mixed audio out).
+viewers' mixed audio out). With ``storage_audio = "opus"`` the master's Opus packets are stored
+as received, and decoded only while viewers listen to the master live.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import av
 from aiortc import RTCCertificate
+from aiortc.sdp import SessionDescription
 
 from ..config import Settings
 from ..playback.livecut import PartSink
@@ -29,6 +31,19 @@ from .session import StorageSession
 # Unix seconds or None before the master's first sender report)
 VideoListener = Callable[[bytes, int, float | None], None]
 VIDEO_CLOCK_RATE = 90000
+
+
+def opus_channels(sdp: str) -> int:
+    """The channel count of the Opus the answer's sender sends: two (RFC 7587's opus/48000/2,
+    which is how FFmpeg reads such an SDP), or one when its fmtp says ``sprop-stereo=0`` (it
+    sends mono). An Opus decoder opened for two channels plays mono packets on both."""
+    for media in SessionDescription.parse(sdp).media:
+        if media.kind != "audio":
+            continue
+        for codec in media.rtp.codecs:
+            if codec.mimeType.lower() == "audio/opus":
+                return 1 if str(codec.parameters.get("sprop-stereo", "")) == "0" else 2
+    return 2
 
 
 class MasterSession(StorageSession):
@@ -68,6 +83,7 @@ class MasterSession(StorageSession):
         self.audio = self.pc.addTransceiver(self.audio_mix.track_for(MASTER), "sendrecv")
         self.video.setCodecPreferences(h264_preferences())
         self.audio.setCodecPreferences(opus_preferences())
+        self.opus_passthrough = settings.storage_audio == "opus"
         self.recorder = Recorder(
             stream,
             fragments,
@@ -77,6 +93,7 @@ class MasterSession(StorageSession):
             log_prefix=self.prefix,
             on_disk_full=self._disk_full,
             live=live,
+            opus_channels=2 if self.opus_passthrough else None,
         )
         tap.tap_video(self.video.receiver, self._on_video)
         self.feedback = tap.count_feedback(self.video.receiver)
@@ -98,6 +115,12 @@ class MasterSession(StorageSession):
         await self.opus_in.close()  # what arrived before the end goes into the recording
         self.audio_mix.remove(MASTER)
         await self.recorder.close()
+
+    async def on_message(self, message_type: str, payload: str) -> None:
+        await super().on_message(message_type, payload)
+        remote = self.pc.remoteDescription
+        if message_type == "SDP_ANSWER" and self.opus_passthrough and remote is not None:
+            self.recorder.set_opus_channels(opus_channels(remote.sdp))
 
     def _disk_full(self, exc: BaseException) -> None:
         self.stop(f"the disk is full: {exc}")
@@ -134,12 +157,17 @@ class MasterSession(StorageSession):
 
     def _on_opus(self, data: bytes, rtp_ts: int) -> None:
         self.recorder.audio_arrived(rtp_ts)
+        if self.opus_passthrough:
+            self.recorder.on_opus(data, rtp_ts)
+            if not self.audio_mix.viewers:
+                return  # nobody hears the master live: nothing to decode
         self.opus_in.add(data, rtp_ts)
 
     def _on_audio_frames(self, frames: list[av.AudioFrame]) -> None:
         for frame in frames:
             self.audio_mix.push(MASTER, frame, to_recording=False)
-        self.recorder.on_audio([self.audio_mix.recording_mix(frame) for frame in frames])
+        if not self.opus_passthrough:
+            self.recorder.on_audio([self.audio_mix.recording_mix(frame) for frame in frames])
 
     def request_keyframe(self) -> bool:
         return tap.request_keyframe(self.video.receiver)

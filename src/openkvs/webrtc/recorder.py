@@ -1,11 +1,13 @@
 """Records one master peer's media into a stream: H.264 as received, Opus → AAC (digital
-silence is not encoded: see ``media.aac``), fragments.
+silence is not encoded: see ``media.aac``) or Opus as received (``storage_audio = "opus"``),
+fragments.
 
 Called on the event loop with encoded video access units (from the tap), audio packet arrivals
-(from the tap) and the decoded audio frames (from ``OpusIn``); AAC encoding, MKV serialisation
-and storage run in worker threads. The fragment writer keeps fragments in order and is bounded.
-Each fragment's number is reserved as it opens (in order), so that, given a live edge
-(``live``), the fragment being recorded is published as LL-HLS parts under it (``liveparts``).
+(from the tap) and either the decoded audio frames (from ``OpusIn``) or the Opus packets
+themselves; AAC encoding, MKV serialisation and storage run in worker threads. The fragment
+writer keeps fragments in order and is bounded. Each fragment's number is reserved as it opens
+(in order), so that, given a live edge (``live``), the fragment being recorded is published as
+LL-HLS parts under it (``liveparts``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import av
 
 from .. import clock
 from ..control.fragments import is_disk_full
+from ..media import opus
 from ..media.aac import AacEncoder, is_dual_mono
 from ..media.fragmenter import FragmentData, Fragmenter
 from ..media.timeline import SessionClock
@@ -54,6 +57,7 @@ class RecorderStats:
     aac_frames: int = 0
     aac_encoded_frames: int = 0  # run through the encoder (the rest were silence)
     aac_silent_frames: int = 0  # digital silence: the pre-encoded silent frame, no encoding
+    opus_frames: int = 0  # Opus packets stored as received (storage_audio = "opus")
     fragments: int = 0
     fragment_bytes: int = 0
     dropped_video: int = 0
@@ -83,7 +87,10 @@ class Recorder:
         on_fragment: Callable[[Fragment, FragmentData], None] | None = None,
         on_disk_full: Callable[[BaseException], None] | None = None,
         live: PartSink | None = None,
+        opus_channels: int | None = None,
     ) -> None:
+        """``opus_channels``: store the Opus packets given to :meth:`on_opus` as received, in
+        an A_OPUS track of that many channels; None: AAC from :meth:`on_audio`."""
         self.stream = stream
         self.fragments = fragments
         self.stats = RecorderStats(last_media_at=clock.monotonic())
@@ -102,7 +109,10 @@ class Recorder:
         self._audio_busy = False
         self._audio_task: asyncio.Task[None] | None = None
         self._aac: AacEncoder | None = None
-        self._audio_next_ms: float | None = None  # where the next AAC frame may start
+        self._audio_next_ms: float | None = None  # where the next audio frame may start
+        self._opus_channels = opus_channels
+        if opus_channels is not None:
+            self._fragmenter.set_opus_config(opus_channels)
         self._closed = False
         self.written: list[Fragment] = []
         # Each fragment's number is reserved when it opens (in order), so that its LL-HLS parts
@@ -191,6 +201,32 @@ class Recorder:
                 drift.steps,
             )
 
+    def set_opus_channels(self, channels: int) -> None:
+        """The channel count of the stored Opus (from the answer, before any media)."""
+        if self._opus_channels is not None and channels != self._opus_channels:
+            self._opus_channels = channels
+            self._fragmenter.set_opus_config(channels)
+
+    def on_opus(self, data: bytes, rtp_ts: int) -> None:
+        """An Opus packet (after :meth:`audio_arrived`), stored as received: timed from its
+        RTP timestamp the way AAC frames are from theirs. A gap in the packets (discontinuous
+        transmission) stays a gap: Opus decoders need no filler."""
+        if self._closed or not data or self._opus_channels is None:
+            return
+        try:
+            samples = opus.packet_samples(data)
+        except ValueError:
+            self.stats.dropped_audio += 1
+            return
+        ms = self._monotonic_audio_ms(
+            self.clock.audio_ms(rtp_ts, float(clock.now_ms())), samples * 1000 / opus.RATE
+        )
+        if ms is None:
+            self.stats.dropped_audio += 1
+            return
+        self.stats.opus_frames += 1
+        self._enqueue(self._fragmenter.audio(ms, data))
+
     def on_audio(self, frames: list[av.AudioFrame]) -> None:
         """Decoded audio (whose packets went through :meth:`audio_arrived`), as ``OpusIn``
         delivers it: already batched, so it is encoded at once, or taken along by the encoding
@@ -240,14 +276,14 @@ class Recorder:
             packets = []
         now_ms = float(clock.now_ms())  # only if the clock was never anchored (it was, on arrival)
         for data, pts in packets:
-            ms = self._monotonic_audio_ms(self.clock.audio_ms(pts, now_ms))
+            ms = self._monotonic_audio_ms(self.clock.audio_ms(pts, now_ms), AAC_FRAME_MS)
             if ms is None:
                 self.stats.dropped_audio += 1
                 continue
             self.stats.aac_frames += 1
             self._enqueue(self._fragmenter.audio(ms, data))
 
-    def _monotonic_audio_ms(self, ms: float) -> float | None:
+    def _monotonic_audio_ms(self, ms: float, frame_ms: float) -> float | None:
         """Keep the recorded audio in order. The media clock can step back: when sender reports
         move audio from its arrival time onto the sender's lip-sync timeline (browsers capture
         audio ~100 ms ahead of its arrival), or by a millisecond of report jitter. A frame that
@@ -255,10 +291,10 @@ class Recorder:
         overlap is dropped until the clock has caught up (None)."""
         start = self._audio_next_ms
         if start is not None and ms < start:
-            if start - ms > AAC_FRAME_MS / 2:
+            if start - ms > frame_ms / 2:
                 return None
             ms = start
-        self._audio_next_ms = ms + AAC_FRAME_MS
+        self._audio_next_ms = ms + frame_ms
         return ms
 
     def _ask_keyframe(self) -> None:
