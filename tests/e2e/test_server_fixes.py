@@ -43,18 +43,25 @@ def record(
     sender_report_at: int | None = None,
     audio_stall: tuple[int, int] | None = None,
     audio: Callable[[int], av.AudioFrame] = tone_frame,
+    streaming_for: tuple[float, float] | None = None,
 ) -> tuple[Recorder, list[tuple[int, int, list[int]]]]:
     """Feed a Recorder 3 s of H.264 (keyframe every 0.5 s) and 20 ms audio frames, in media
     order. ``sender_report_at``: at that audio frame, sender reports place audio 85 ms earlier
     than its arrival (what Chrome's reports do). ``audio_stall=(first, last)``: those audio
     frames are held back and delivered in one burst after ``last`` (a busy event loop).
     ``audio``: the decoded frame at a pts (a 440 Hz tone by default).
+    ``streaming_for=(video s, audio s)``: the KVS WebRTC C SDK sample's session after a
+    reconnect: its packets carry the media time it had reached (video, audio), its sender
+    reports (every 0.5 s) the time since this session's first frame.
     Returns the recorder and each stored fragment's (start, end, audio block times)."""
     kv = server.client("kinesisvideo")
     kv.create_stream(StreamName=stream_name, DataRetentionInHours=1)
     stream = server.services.control.get_stream(name=stream_name)
     video = h264_clip(width=320, height=180, seconds=3.0, gop=15, noise=2.0)
     pool = ThreadPoolExecutor(2)
+    video0, audio0 = (0, 0)
+    if streaming_for is not None:
+        video0, audio0 = round(streaming_for[0] * 90000), round(streaming_for[1] * 48000)
 
     async def run() -> Recorder:
         recorder = Recorder(
@@ -73,9 +80,9 @@ def record(
         for i in range(150):
             now_ms = i * 20
             while next_video is not None and next_video.pts_ms <= now_ms:
-                recorder.on_video(next_video.data, int(round(next_video.pts_ms * 90)))
+                recorder.on_video(next_video.data, video0 + int(round(next_video.pts_ms * 90)))
                 next_video = next(frames, None)
-            frame = audio(i * 960)
+            frame = audio(audio0 + i * 960)
             if audio_stall is not None and audio_stall[0] <= i <= audio_stall[1]:
                 held.append(frame)
             else:
@@ -84,6 +91,10 @@ def record(
                 for late in held:
                     deliver(late)
                     await asyncio.sleep(0.002)
+            if streaming_for is not None and i and i % 25 == 0:
+                ntp_s = 3_000_000_000.0 + now_ms / 1000  # the sender's wall clock
+                recorder.on_sender_report("video", ntp_s, now_ms * 90)
+                recorder.on_sender_report("audio", ntp_s, now_ms * 48)
             if i == sender_report_at:
                 recorder.on_sender_report("video", 1000.0, 0)
                 recorder.on_sender_report("audio", 1000.0, 4080)
@@ -119,6 +130,23 @@ def test_recorded_audio_stays_in_order_when_sender_reports_move_it_earlier(
     assert all(20 <= s <= 22 for s in steps), steps  # contiguous: no overlap, no hole
     # Only what overlapped was dropped: about 85 ms, i.e. 3 to 5 AAC frames.
     assert 3 <= recorder.stats.dropped_audio <= 5, recorder.stats
+
+
+def test_audio_is_recorded_after_the_c_sdk_sample_reconnects(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    """The KVS WebRTC C SDK's sample master, in a storage session after a reconnect (here after
+    80 s of video and 73 s of its slower audio), sends sender reports whose RTP times count from
+    the session's first frame, while its packets carry the media time it had reached. Lip sync
+    through those reports put its audio 7 s before its video: every fragment of the session was
+    stored without audio. Such reports are not used; the audio is aligned by arrival."""
+    recorder, fragments = record(make_server(), "sdk-reconnect", streaming_for=(80.0, 73.0))
+    assert len(fragments) >= 2
+    for start, end, audio in fragments[:-1]:  # the last one is cut short by the hang-up
+        assert audio, (start, end)
+        assert audio[0] - start <= 25 and end - audio[-1] <= 45, (start, end, audio[0], audio[-1])
+    assert recorder.clock.video.report is None and recorder.clock.audio.report is None
+    assert recorder.stats.dropped_audio <= 1, recorder.stats
 
 
 def test_fragments_keep_their_audio_when_it_arrives_late(

@@ -19,19 +19,24 @@ def _run(
     seed: int = 7,
     step_ms: float | None = None,
     audio_stall: tuple[float, float, float] | None = None,
+    streaming_for: tuple[float, float] = (0.0, 0.0),
 ) -> tuple[SessionClock, list[tuple[float, float]]]:
     """A sender like the KVS WebRTC C SDK's sample: video at real time (25 fps), Opus packets of
     20 ms sent every ``20 / audio_speed`` ms, RTP timestamps from the media, sender reports from
-    its wall clock (or from the media, as a browser's are). Returns (arrival, recorded ms)."""
+    its wall clock (or from the media, as a browser's are). ``streaming_for``: the media time
+    (s) the sample's video and audio had reached when this session began (its second session
+    on), which its packets carry and its reports (time since the session's first frame) do not.
+    Returns (arrival, recorded ms)."""
     rnd = random.Random(seed)
     clock = SessionClock()
     if step_ms is not None:
         clock.drift.step_ms = step_ms
     events: list[tuple[float, str, int]] = []
+    video0, audio0 = round(streaming_for[0] * VIDEO_RATE), round(streaming_for[1] * AUDIO_RATE)
     for i in range(int(seconds * 25)):
-        events.append((i * 40.0, "video", i * 3600))
+        events.append((i * 40.0, "video", video0 + i * 3600))
     for i in range(int(seconds * 50 * audio_speed)):
-        events.append((i * 20.0 / audio_speed, "audio", i * 960))
+        events.append((i * 20.0 / audio_speed, "audio", audio0 + i * 960))
     for k in range(1, int(seconds)):  # a report for each track every second
         send = k * 1000.0
         events.append((send, "sr-video", 0))
@@ -49,12 +54,13 @@ def _run(
             clock.audio_arrival(ts, arrival)
             placed.append((arrival, clock.audio_ms(ts, arrival)))
         elif kind == "sr-video":
-            clock.video.sender_report(ntp, round(send * VIDEO_RATE / 1000))
+            video_ts = send * VIDEO_RATE / 1000 + (0 if wall_clock_reports else video0)
+            clock.video.sender_report(ntp, round(video_ts), arrival)
         else:
             media_ts = send * AUDIO_RATE / 1000
             if not wall_clock_reports:
-                media_ts *= audio_speed
-            clock.audio.sender_report(ntp, round(media_ts))
+                media_ts = audio0 + media_ts * audio_speed
+            clock.audio.sender_report(ntp, round(media_ts), arrival)
     return clock, placed
 
 
@@ -116,3 +122,41 @@ def test_a_lasting_shift_of_audio_alone_is_stepped() -> None:
     )
     assert clock.drift.steps == 1
     assert 80 < clock.drift.correction <= 170
+
+
+def _placement(placed: list[tuple[float, float]]) -> float:
+    """Where the audio was recorded against its arrival (ms), at the end."""
+    return min(arrival - ms for arrival, ms in placed[-100:])
+
+
+def test_reports_that_disagree_with_the_packets_are_not_used() -> None:
+    # The C SDK sample's second session (a reconnect after 80 s of video, 73 s of its slower
+    # audio): its packets carry the media time, its reports the time since this session began.
+    # Through those reports its audio was placed 7 s before its video: outside every fragment.
+    clock, placed = _run(60, audio_speed=0.98, streaming_for=(80.0, 73.0))
+    assert clock.video.report is None and clock.audio.report is None
+    assert clock.video.refused_reports >= 50 and clock.audio.refused_reports >= 50
+    assert clock.audio.report_offset_ms is not None
+    assert -73_000 < clock.audio.report_offset_ms < -71_000  # less what the slow audio lost
+    # Aligned by arrival: recorded about when it arrived, as the first session is.
+    _, first = _run(60, audio_speed=0.98)
+    assert abs(_placement(placed) - _placement(first)) < DRIFT_STEP_MS + 60
+    assert -100 < _placement(placed) < DRIFT_STEP_MS + 100
+
+
+def test_reports_that_agree_with_the_packets_are_used() -> None:
+    # A browser, and the C SDK's first session: every report is taken.
+    clock, _ = _run(30, audio_speed=1.0, wall_clock_reports=False, streaming_for=(5.0, 5.0))
+    assert clock.video.report is not None and clock.audio.report is not None
+    assert clock.video.refused_reports == 0 and clock.audio.refused_reports == 0
+    clock, _ = _run(10, audio_speed=0.98)
+    assert clock.video.refused_reports == 0 and clock.audio.refused_reports == 0
+
+
+def test_a_report_before_any_packet_is_not_used() -> None:
+    clock = SessionClock()
+    assert not clock.video.sender_report(T0, 123456, T0)
+    assert clock.video.report is None
+    clock.video_ms(123456, T0 + 10)
+    assert clock.video.sender_report(T0, 123456 + 900, T0 + 20)
+    assert clock.video.report is not None

@@ -11,6 +11,14 @@ while its audio timestamps are not (the KVS WebRTC C SDK's sample sends 20 ms of
 place its audio further and further behind its video, until every audio frame falls outside the
 fragment being written. ``AudioDrift`` watches how late audio arrives compared with video and
 steps the audio timeline when the two part by more than ``DRIFT_STEP_MS``.
+
+A sender report is only taken when it describes the RTP clock the track's packets carry: its RTP
+time must be within ``REPORT_TOLERANCE_MS`` of the latest packet's timestamp advanced by the time
+since that packet arrived. The KVS WebRTC C SDK computes a report's RTP time from the wall-clock
+time since the session's first frame, while its packets carry the application's presentation
+time; its sample keeps that running across sessions, so from its second session on (after a
+reconnect) its reports are off by as long as it has been streaming, and lip sync through them
+would place audio seconds away from its video, outside every fragment.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import math
 
 DRIFT_WINDOW_MS = 1000.0  # arrival lags are compared by their minimum over this much time
 DRIFT_STEP_MS = 80.0  # how far audio may part from video before its timeline is stepped
+REPORT_TOLERANCE_MS = 2000.0  # how far a sender report's RTP time may be from the packets'
 
 
 def extend(ts32: int, near: int) -> int:
@@ -43,6 +52,14 @@ class TrackClock:
         self.anchor_ms = 0.0
         self.last_ts: int | None = None
         self.report: _Report | None = None
+        self._arrived: tuple[int, float] | None = None  # the latest packet: (ts, arrival ms)
+        self.refused_reports = 0
+        self.report_offset_ms: float | None = None  # of the last report refused
+
+    def arrived(self, ts: int, arrival_ms: float) -> None:
+        """A packet with timestamp ``ts`` arrived (what sender reports are checked against)."""
+        if self._arrived is None or ts >= self._arrived[0]:
+            self._arrived = (ts, arrival_ms)
 
     def to_ms(self, ts: int, arrival_ms: float) -> float:
         if self.anchor_ts is None:
@@ -51,9 +68,22 @@ class TrackClock:
         self.last_ts = ts
         return self.anchor_ms + (ts - self.anchor_ts) * 1000.0 / self.rate
 
-    def sender_report(self, ntp_ms: float, rtp32: int) -> None:
-        near = self.last_ts if self.last_ts is not None else rtp32
-        self.report = _Report(ntp_ms, extend(rtp32, near))
+    def sender_report(self, ntp_ms: float, rtp32: int, arrival_ms: float) -> bool:
+        """Take the sender's NTP time ↔ RTP time pair that arrived at ``arrival_ms`` if it
+        agrees with the track's packets (see the module's notes); returns whether it did. A
+        report before any packet cannot be checked and is not taken either."""
+        if self._arrived is None:
+            return False
+        ts, at_ms = self._arrived
+        now_ts = ts + (arrival_ms - at_ms) * self.rate / 1000.0
+        rtp = extend(rtp32, round(now_ts))
+        offset_ms = (rtp - now_ts) * 1000.0 / self.rate
+        if abs(offset_ms) > REPORT_TOLERANCE_MS:
+            self.refused_reports += 1
+            self.report_offset_ms = offset_ms
+            return False
+        self.report = _Report(ntp_ms, rtp)
+        return True
 
     def ntp_of(self, ts: int) -> float | None:
         if self.report is None:
@@ -144,12 +174,14 @@ class SessionClock:
         self._reported = False  # whether audio is placed through sender reports
 
     def video_ms(self, ts: int, arrival_ms: float) -> float:
+        self.video.arrived(ts, arrival_ms)
         ms = self.video.to_ms(ts, arrival_ms)
         self.drift.video_lag(arrival_ms - ms)
         return ms
 
     def audio_arrival(self, ts: int, arrival_ms: float) -> None:
         """An audio packet arrived: anchors the audio clock, and feeds the drift watch."""
+        self.audio.arrived(ts, arrival_ms)
         ms = self.audio_ms(ts, arrival_ms)
         self.drift.audio_lag(ts, arrival_ms, arrival_ms - ms)
 

@@ -180,7 +180,15 @@ class Recorder:
 
     def on_sender_report(self, kind: str, ntp_seconds: float, rtp_ts: int) -> None:
         track = self.clock.video if kind == "video" else self.clock.audio
-        track.sender_report(ntp_seconds * 1000.0, rtp_ts)
+        taken = track.sender_report(ntp_seconds * 1000.0, rtp_ts, float(clock.now_ms()))
+        if not taken and track.refused_reports == 1 and track.report_offset_ms is not None:
+            logger.info(
+                "%sthe sender's %s reports are %+.0f ms off the RTP timestamps of its packets: "
+                "they are not used for lip sync",
+                self._prefix,
+                kind,
+                track.report_offset_ms,
+            )
 
     def audio_arrived(self, rtp_ts: int) -> None:
         """An encoded audio packet arrived (it is decoded later, in a batch): anchor the audio
