@@ -139,7 +139,7 @@ def test_a_render_keeps_decoded_frames_within_its_budget() -> None:
     assert keep == {}
 
 
-def test_one_request_has_at_most_a_worker_per_fragment_in_the_pool(
+def test_one_request_has_at_most_one_fragment_per_worker_in_the_pool(
     make_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server: ServerThread = make_server(playback_workers=2)
