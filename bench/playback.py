@@ -11,7 +11,10 @@ README). Then, in the same run:
   usual way to pull one frame per second;
 - the two are timed side by side RUNS times (alternating which goes first; each cold GetImages run
   reads its own copy of the recording, ingested into a stream of its own, so no cache is warm) and
-  the medians are compared: a single run is noisy on a shared machine;
+  the medians are compared: a single run is noisy on a shared machine. Each run also records the
+  CPU seconds it took (the server's process and the boto3 client for GetImages, the ffmpeg process
+  for the CLI): on a loaded machine wall time mostly says how much of the CPU each side got (FFmpeg
+  runs more threads), CPU time what each needs;
 - HLS: an ON_DEMAND fMP4 session over the recording; wrk replays GETs of its media segments;
 - GetClip: the whole recording as one MP4, MB/s of the response body.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import resource
 import subprocess
 import time
 from pathlib import Path
@@ -129,8 +133,14 @@ def put_media(srv: Any, stream: str, path: Path, start_s: int) -> None:
         raise RuntimeError(f"PutMedia failed: {proc.stdout[-500:]} {proc.stderr[-500:]}")
 
 
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def ffmpeg_images(path: Path, out: Path, count: int) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
+    cpu = children_cpu()
     t = time.perf_counter()
     subprocess.run(
         [
@@ -151,11 +161,21 @@ def ffmpeg_images(path: Path, out: Path, count: int) -> dict[str, Any]:
         check=True,
     )
     wall = time.perf_counter() - t
+    cpu = children_cpu() - cpu
     n = len(list(out.glob("img*.jpg")))
-    return {"images": n, "wall_s": round(wall, 3), "images_per_s": round(n / wall, 1)}
+    return {
+        "images": n,
+        "wall_s": round(wall, 3),
+        "images_per_s": round(n / wall, 1),
+        "cpu_s": round(cpu, 2),
+    }
 
 
-def get_images(am: Any, stream: str, start: dt.datetime, count: int) -> dict[str, Any]:
+def get_images(
+    am: Any, stream: str, start: dt.datetime, count: int, server_pid: int | None = None
+) -> dict[str, Any]:
+    server_cpu = common.cpu_seconds(server_pid) if server_pid else 0.0
+    client_cpu = time.process_time()
     t = time.perf_counter()
     kw: dict[str, Any] = {
         "StreamName": stream,
@@ -179,13 +199,21 @@ def get_images(am: Any, stream: str, start: dt.datetime, count: int) -> dict[str
             break
         kw["NextToken"] = token
     wall = time.perf_counter() - t
-    return {
+    out = {
         "images": images,
         "missing": errors,
         "wall_s": round(wall, 3),
         "images_per_s": round(images / wall, 1),
         "mean_jpeg_kb": round(size / max(1, images) / 1024, 1),
     }
+    if server_pid:
+        cpu = common.cpu_seconds(server_pid) - server_cpu + time.process_time() - client_cpu
+        out["cpu_s"] = round(cpu, 2)
+    return out
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -213,22 +241,31 @@ def run(quick: bool) -> dict[str, Any]:
         first_ms = rows[0]["producer_ts"]
         start = dt.datetime.fromtimestamp(first_ms / 1000, tz=dt.UTC)
         am = srv.client("kinesis-video-archived-media")
+        pid = srv.proc.pid if srv.proc is not None else None
         log(f"playback: GetImages {seconds} JPEGs at 1 s vs the FFmpeg CLI, {runs} runs")
         cold: list[dict[str, Any]] = []
         cli: list[dict[str, Any]] = []
         for k, name in enumerate(names):
             if k % 2:
                 cli.append(ffmpeg_images(rec, tmp / f"ff{k}", seconds))
-                cold.append(get_images(am, name, start, seconds))
+                cold.append(get_images(am, name, start, seconds, pid))
             else:
-                cold.append(get_images(am, name, start, seconds))
+                cold.append(get_images(am, name, start, seconds, pid))
                 cli.append(ffmpeg_images(rec, tmp / f"ff{k}", seconds))
         result["get_images_cold"] = median_run(cold)
         result["ffmpeg_cli"] = median_run(cli)
         result["images_runs"] = {
             "get_images_per_s": [r["images_per_s"] for r in cold],
             "ffmpeg_cli_per_s": [r["images_per_s"] for r in cli],
+            "get_images_cpu_s": [r.get("cpu_s") for r in cold],
+            "ffmpeg_cli_cpu_s": [r["cpu_s"] for r in cli],
         }
+        if all("cpu_s" in r for r in cold):
+            # Median CPU seconds for the same images: how much less CPU GetImages needs.
+            result["images_cpu_x_ffmpeg"] = round(
+                median([r["cpu_s"] for r in cli]) / max(0.01, median([r["cpu_s"] for r in cold])),
+                2,
+            )
         result["get_images_cached"] = get_images(am, "rec", start, seconds)
         result["images_x_ffmpeg"] = round(
             result["get_images_cold"]["images_per_s"] / result["ffmpeg_cli"]["images_per_s"], 2

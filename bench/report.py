@@ -472,6 +472,15 @@ def _playback(d: dict[str, Any]) -> list[str]:
             + ".",
             "",
         ]
+    if runs and "images_cpu_x_ffmpeg" in d:
+        L += [
+            "CPU seconds each run (server and client): GetImages "
+            + ", ".join(str(v) for v in runs["get_images_cpu_s"])
+            + "; FFmpeg CLI "
+            + ", ".join(str(v) for v in runs["ffmpeg_cli_cpu_s"])
+            + f". The CLI takes {d['images_cpu_x_ffmpeg']}× the CPU of GetImages (medians).",
+            "",
+        ]
     h = d.get("hls", {})
     w = h.get("wrk_64_connections", {})
     c1, c2 = d["get_clip"]["first"], d["get_clip"]["repeat_best"]

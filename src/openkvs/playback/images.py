@@ -16,6 +16,7 @@ import asyncio
 import base64
 import bisect
 import dataclasses
+from collections.abc import Iterator
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
@@ -93,38 +94,54 @@ def decode_ranges(frames: list[Any], wanted: set[int]) -> list[tuple[int, int]]:
     return [(first, last) for first, last in ranges]
 
 
+def iter_frames(
+    parsed: ParsedFragment, track: int, wanted: set[int]
+) -> Iterator[tuple[int, Any, bool]]:
+    """``(index, frame, is_wanted)`` for each frame at a decode-order index in ``wanted``, and for
+    the keyframe each run of decoding starts from, as soon as it is decoded.
+
+    Decoding starts at the nearest keyframe before a wanted frame and stops at the last wanted
+    frame of the run. Every other decoded frame is dropped at once, so its buffer goes back to
+    the decoder's pool: holding a GOP's pictures until the end of a run costs more (a fresh
+    picture to allocate and fault in each frame) than decoding them."""
+    info = parsed.tracks[track]
+    frames = parsed.frames[track]
+    ctx: Any = av.CodecContext.create("h264", "r")
+    ctx.extradata = info.codec_private
+    ctx.thread_count = 1
+    time_base = Fraction(1, 90_000)
+    for n, (first, last) in enumerate(decode_ranges(frames, wanted)):
+        if n:
+            ctx.flush_buffers()  # the same decoder, restarted at the next keyframe
+        for i in range(first, last + 2):
+            packet: Any = None  # after the run's last frame: drain the decoder
+            if i <= last:
+                # Single-threaded, the setting applies to this packet alone: a frame nothing
+                # else refers to is only decoded when it is one of the wanted frames.
+                ctx.skip_frame = "DEFAULT" if i in wanted else "NONREF"
+                packet = av.Packet(frames[i].data)
+                packet.pts = packet.dts = i
+                packet.time_base = time_base
+            else:
+                ctx.skip_frame = "DEFAULT"
+            for frame in ctx.decode(packet):
+                index = int(frame.pts)
+                if index in wanted or index == first:
+                    yield index, frame, index in wanted
+
+
 def decode_frames(
     parsed: ParsedFragment, track: int, wanted: set[int], keep: dict[int, Any] | None = None
 ) -> dict[int, Any]:
     """Decode the frames at decode-order indices ``wanted``, each from its nearest keyframe.
 
     ``keep``, when given, also receives the keyframe each run of decoding started from."""
-    info = parsed.tracks[track]
-    frames = parsed.frames[track]
     out: dict[int, Any] = {}
-    ctx: Any = av.CodecContext.create("h264", "r")
-    ctx.extradata = info.codec_private
-    ctx.thread_count = 1
-    for n, (first, last) in enumerate(decode_ranges(frames, wanted)):
-        if n:
-            ctx.flush_buffers()  # the same decoder, restarted at the next keyframe
-        decoded: list[Any] = []
-        for i in range(first, last + 1):
-            # Single-threaded, the setting applies to this packet alone: a frame nothing else
-            # refers to is only decoded when it is one of the wanted frames.
-            ctx.skip_frame = "DEFAULT" if i in wanted else "NONREF"
-            packet = av.Packet(frames[i].data)
-            packet.pts = packet.dts = i
-            packet.time_base = Fraction(1, 90_000)
-            decoded += ctx.decode(packet)
-        ctx.skip_frame = "DEFAULT"
-        decoded += ctx.decode(None)
-        for frame in decoded:
-            index = int(frame.pts)
-            if index in wanted:
-                out[index] = frame
-            elif keep is not None and index == first:
-                keep[index] = frame
+    for index, frame, is_wanted in iter_frames(parsed, track, wanted):
+        if is_wanted:
+            out[index] = frame
+        elif keep is not None:
+            keep[index] = frame
     return out
 
 
@@ -161,6 +178,11 @@ class Encoder:
         return b"".join(bytes(p) for p in enc.encode(image))
 
 
+def frame_bytes(frame: Any) -> int:
+    """Memory a decoded video frame holds (its planes)."""
+    return sum(int(plane.buffer_size) for plane in frame.planes)
+
+
 def encode_image(frame: Any, options: ImageOptions) -> bytes:
     return Encoder(options).encode(frame)
 
@@ -172,32 +194,39 @@ def render(
     options: ImageOptions,
     decoded: dict[int, Any] | None = None,
     keep: dict[int, Any] | None = None,
+    keep_bytes: int = 0,
 ) -> dict[int, bytes | None]:
     """Worker-pool job: images for the frames ``wanted`` (None where decoding failed).
 
-    ``decoded`` holds frames already decoded (from the frame cache); ``keep``, when given,
-    receives every frame this job decoded, for that cache."""
-    have = dict(decoded or {})
-    todo = wanted - have.keys()
-    if todo:
-        try:
-            fresh = decode_frames(parsed, track, todo, keep)
-        except (av.FFmpegError, ValueError):
-            fresh = {}
-        have.update(fresh)
-        if keep is not None:
-            keep.update(fresh)
+    ``decoded`` holds frames already decoded (from the frame cache). Each frame is encoded as
+    soon as it is decoded, so a job holds one decoded picture at a time, plus what it keeps:
+    ``keep``, when given, receives the frames this job decoded (the wanted ones and the
+    keyframes decoding started from), for the frame cache, up to ``keep_bytes`` of pictures."""
     encoder = Encoder(options)
-    out: dict[int, bytes | None] = {}
-    for index in wanted:
-        frame = have.get(index)
-        if frame is None:
-            out[index] = None
-            continue
+    out: dict[int, bytes | None] = dict.fromkeys(wanted)
+    kept = 0
+
+    def encode(index: int, frame: Any) -> None:
         try:
             out[index] = encoder.encode(frame)
         except (av.FFmpegError, ValueError):
             out[index] = None
+
+    have = decoded or {}
+    for index in sorted(wanted & have.keys()):
+        encode(index, have[index])
+    todo = wanted - have.keys()
+    if not todo:
+        return out
+    try:
+        for index, frame, is_wanted in iter_frames(parsed, track, todo):
+            if is_wanted:
+                encode(index, frame)
+            if keep is not None and kept + (size := frame_bytes(frame)) <= keep_bytes:
+                keep[index] = frame
+                kept += size
+    except (av.FFmpegError, ValueError):
+        pass  # the frames not decoded by then stay None
     return out
 
 
@@ -307,7 +336,9 @@ async def _fragment_images(
             if frame is not None:
                 decoded[p] = frame
         keep: dict[int, Any] = {}
-        rendered = await svc.run(render, parsed, video.number, missing, options, decoded, keep)
+        rendered = await svc.run(
+            render, parsed, video.number, missing, options, decoded, keep, svc.frames.max_bytes
+        )
         for p, frame in keep.items():
             svc.frames.put((*fkey, p), frame)
         for p, data in rendered.items():

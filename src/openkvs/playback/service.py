@@ -48,6 +48,7 @@ from .fmp4 import (
     track_spec,
     video_samples,
 )
+from .images import frame_bytes
 from .liveedge import PART_TARGET_S, LiveEdge, LiveFragment
 from .mkv import Frame, ParsedFragment, Track, parse_fragment
 from .timeline import (
@@ -137,11 +138,6 @@ def bandwidth(fragment: Fragment, parsed: ParsedFragment, track: Track | None) -
         return int(fragment.size * 8 / seconds)
     size = sum(len(f.data) for f in parsed.frames.get(track.number, []))
     return int(size * 8 / seconds * 1.1) + 1
-
-
-def frame_bytes(frame: Any) -> int:
-    """Memory a decoded video frame holds (its planes)."""
-    return sum(int(plane.buffer_size) for plane in frame.planes)
 
 
 class PlaybackService:
