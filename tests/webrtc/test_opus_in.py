@@ -125,3 +125,66 @@ async def test_dtx_is_silence_in_order_and_not_decoded() -> None:
         assert decoder.empty == 2 and decoder.decode_errors == 0
     finally:
         pool.shutdown()
+
+
+def stereo_decoding(packets: list[bytes]) -> list[np.ndarray]:
+    """Each packet's samples as a fresh stereo libopus decoder gives them: (2, n) int16."""
+    dec = opus_in._decoder(2)
+    out = []
+    for data in packets:
+        for frame in dec.decode(av.Packet(data)):
+            out.append(frame.to_ndarray()[0].reshape(-1, 2).T)
+    return out
+
+
+def two_tone_packets(n: int) -> list[bytes]:
+    """20 ms Opus packets of a true stereo signal: 440 Hz left, 1 kHz right."""
+    enc = av.CodecContext.create("libopus", "w")
+    enc.sample_rate = 48000
+    enc.layout = "stereo"
+    enc.format = "s16"
+    t = np.arange(n * 960) / 48000
+    pcm = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 1000 * t)]) * 9000
+    out = []
+    for i in range(n):
+        frame = av.AudioFrame.from_ndarray(
+            pcm[:, i * 960 : (i + 1) * 960].T.reshape(1, -1).astype(np.int16),
+            format="s16",
+            layout="stereo",
+        )
+        frame.sample_rate = 48000
+        frame.pts = i * 960
+        out += [bytes(p) for p in enc.encode(frame)]
+    return out
+
+
+@pytest.mark.parametrize("source", ["dual mono, stereo-coded", "mono-coded", "stereo"])
+async def test_a_mono_source_is_decoded_to_mono_with_the_same_samples(source: str) -> None:
+    if source == "stereo":
+        packets = two_tone_packets(30)
+    else:
+        packets = [p.data for p in opus_packets(1.0, channels=1 if "mono-coded" in source else 2)]
+        assert bool(packets[0][0] & 0x04) == ("stereo-coded" in source)  # the TOC's flag
+    packets = packets[:30]
+    dtx = bytes([packets[0][0] & 0xFC])
+    pool = ThreadPoolExecutor(1)
+    got: list[list[av.AudioFrame]] = []
+    decoder = OpusIn(pool, got.append)
+    try:
+        decoder.add(dtx, 0)  # silence first: not a reason to decide
+        for i, data in enumerate(packets):
+            decoder.add(data, (i + 1) * 960)
+        await decoder.close()
+    finally:
+        pool.shutdown()
+    frames = [f for b in got for f in b]
+    assert [int(f.pts) for f in frames] == [i * 960 for i in range(31)]
+    want = stereo_decoding(packets)
+    channels = 2 if source == "stereo" else 1
+    assert {len(f.layout.channels) for f in frames} == {channels}
+    assert not np.any(frames[0].to_ndarray())
+    for frame, stereo in zip(frames[1:], want, strict=True):
+        samples = frame.to_ndarray()[0].reshape(-1, channels).T
+        assert np.array_equal(samples, stereo[:channels])
+    if source == "stereo":
+        assert not np.array_equal(want[10][0], want[10][1])

@@ -58,10 +58,12 @@ def silence_samples(data: bytes) -> int | None:
     return frames * _FRAME_SAMPLES[data[0] >> 3]
 
 
-def silent_frame(samples: int, pts: int) -> av.AudioFrame:
-    """Digital silence in the decoder's output format (interleaved int16 stereo)."""
+def silent_frame(samples: int, pts: int, channels: int = 2) -> av.AudioFrame:
+    """Digital silence in the decoder's output format (interleaved int16, stereo or mono)."""
     frame = av.AudioFrame.from_ndarray(
-        np.zeros((1, samples * 2), dtype=np.int16), format="s16", layout="stereo"
+        np.zeros((1, samples * channels), dtype=np.int16),
+        format="s16",
+        layout="stereo" if channels == 2 else "mono",
     )
     frame.sample_rate = RATE
     frame.pts = pts
@@ -77,11 +79,10 @@ class OpusIn:
         self._on_frames = on_frames
         self._live = live  # True while somebody listens live: decode without batching
         # libopus through PyAV, with the output aiortc's decoder gives (the mixer and the AAC
-        # encoder take it): 48 kHz interleaved int16 stereo, pts = the packet's RTP timestamp.
-        self._decoder = av.CodecContext.create("libopus", "r")
-        self._decoder.format = "s16"
-        self._decoder.layout = "stereo"
-        self._decoder.sample_rate = RATE
+        # encoder take it): 48 kHz interleaved int16 stereo, pts = the packet's RTP timestamp;
+        # mono for a mono source (see _decode_sync).
+        self._decoder = _decoder(2)
+        self._channels: int | None = None  # decided on the first packets with audio
         self._batch: list[tuple[bytes, int]] = []
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -145,22 +146,23 @@ class OpusIn:
 
     def _decode_sync(self, batch: list[tuple[bytes, int]]) -> tuple[list[av.AudioFrame], int]:
         """In the pool; one job at a time, so the decoder's state is never shared. Returns the
-        frames and how many packets were DTX silence."""
-        out: list[av.AudioFrame] = []
-        silent = 0
-        for data, timestamp in batch:
-            silence = silence_samples(data)
-            if silence is not None:
-                silent += 1
-                out.append(silent_frame(silence, timestamp))
-                continue
-            packet = av.Packet(data)
-            packet.pts = timestamp
-            packet.time_base = TIME_BASE
-            try:
-                out += self._decoder.decode(packet)
-            except av.FFmpegError:
-                self.decode_errors += 1  # a corrupt packet: the decoder carries on
+        frames and how many packets were DTX silence.
+
+        The first packets with audio decide the output's channels: a source whose stereo
+        decoding is dual mono (a mono source, or a stereo-coded one carrying the same signal
+        twice; and while silent, one whose packets are mono-coded) is decoded to mono from then
+        on, which costs libopus less, and the AAC encoder takes its one channel as it is. The
+        switch is made only if a fresh mono decoder gives exactly the stereo decoding's first
+        channel for those packets; the stream then goes on from the mono decoder's state."""
+        out, silent, errors, decoded = _decode_all(self._decoder, batch, self._channels or 2)
+        if self._channels is None and decoded:
+            self._channels = 2
+            if _mono_source(out, batch):
+                mono = _decoder(1)
+                mono_out, _, mono_errors, _ = _decode_all(mono, batch, 1)
+                if mono_errors == errors and _same_first_channel(out, mono_out):
+                    self._decoder, self._channels, out = mono, 1, mono_out
+        self.decode_errors += errors
         return out, silent
 
     async def close(self) -> None:
@@ -177,3 +179,56 @@ class OpusIn:
         if self._batch:
             batch, self._batch = self._batch, []
             await self._decode(batch)
+
+
+def _decoder(channels: int) -> av.AudioCodecContext:
+    decoder = av.CodecContext.create("libopus", "r")
+    decoder.format = "s16"
+    decoder.layout = "stereo" if channels == 2 else "mono"
+    decoder.sample_rate = RATE
+    return decoder
+
+
+def _decode_all(
+    decoder: av.AudioCodecContext, batch: list[tuple[bytes, int]], channels: int
+) -> tuple[list[av.AudioFrame], int, int, int]:
+    """(frames, DTX packets, corrupt packets, packets decoded) of a batch, in order."""
+    out: list[av.AudioFrame] = []
+    silent = errors = decoded = 0
+    for data, timestamp in batch:
+        silence = silence_samples(data)
+        if silence is not None:
+            silent += 1
+            out.append(silent_frame(silence, timestamp, channels))
+            continue
+        packet = av.Packet(data)
+        packet.pts = timestamp
+        packet.time_base = TIME_BASE
+        try:
+            out += decoder.decode(packet)
+            decoded += 1
+        except av.FFmpegError:
+            errors += 1  # a corrupt packet: the decoder carries on
+    return out, silent, errors, decoded
+
+
+def _mono_source(frames: list[av.AudioFrame], batch: list[tuple[bytes, int]]) -> bool:
+    """Whether stereo-decoded ``frames`` are dual mono: with sound, or (digital silence) with
+    every audio packet of ``batch`` mono-coded (the TOC's stereo flag clear)."""
+    sound = False
+    for frame in frames:
+        arr = frame.to_ndarray()[0]
+        left, right = arr[0::2], arr[1::2]
+        if not np.array_equal(left, right):
+            return False
+        sound = sound or bool(np.any(left))
+    return sound or all(not data[0] & 0x04 for data, _ in batch if data)
+
+
+def _same_first_channel(stereo: list[av.AudioFrame], mono: list[av.AudioFrame]) -> bool:
+    if len(stereo) != len(mono):
+        return False
+    for s, m in zip(stereo, mono, strict=True):
+        if s.pts != m.pts or not np.array_equal(s.to_ndarray()[0, 0::2], m.to_ndarray()[0]):
+            return False
+    return True
