@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import av
@@ -188,3 +189,53 @@ async def test_a_mono_source_is_decoded_to_mono_with_the_same_samples(source: st
         assert np.array_equal(samples, stereo[:channels])
     if source == "stereo":
         assert not np.array_equal(want[10][0], want[10][1])
+
+
+async def test_a_stage_runs_in_the_decoding_job_and_is_done_on_the_loop() -> None:
+    """With a stage, a batch's frames go through ``run`` in the pool job that decoded them and
+    its result to ``done`` on the loop (not to the frames callback); without one (or while
+    somebody listens live), the frames callback as before. ``done`` also hears of failures."""
+    pool = ThreadPoolExecutor(1)
+    got: list[list[av.AudioFrame]] = []
+    ran: list[tuple[str, int]] = []
+    done: list[tuple[object, list[int]]] = []
+    offer = True
+    fail = False
+    loop_thread = threading.get_ident()
+
+    def run(frames: list[av.AudioFrame]) -> int:
+        ran.append((threading.current_thread().name, threading.get_ident()))
+        if fail:
+            raise RuntimeError("encoder broke")
+        return sum(f.samples for f in frames)
+
+    def stage() -> opus_in.PoolStage | None:
+        return (
+            opus_in.PoolStage(
+                run=run, done=lambda r, frames: done.append((r, [int(f.pts) for f in frames]))
+            )
+            if offer
+            else None
+        )
+
+    decoder = OpusIn(pool, got.append, stage=stage)
+    try:
+        for i in range(5):
+            decoder.add(PACKETS[i].data, i * 960)
+        await wait_for(lambda: done, 2.0, 0.005)
+        assert done == [(5 * 960, [i * 960 for i in range(5)])] and not got
+        assert ran and ran[0][1] != loop_thread  # in the pool
+        fail = True
+        for i in range(5, 10):
+            decoder.add(PACKETS[i].data, i * 960)
+        await wait_for(lambda: len(done) == 2, 2.0, 0.005)
+        assert isinstance(done[1][0], RuntimeError) and done[1][1] == [
+            i * 960 for i in range(5, 10)
+        ]
+        offer = False
+        for i in range(10, 15):
+            decoder.add(PACKETS[i].data, i * 960)
+        await decoder.close()
+        assert pts_of(got) == [i * 960 for i in range(10, 15)] and len(done) == 2
+    finally:
+        pool.shutdown()
