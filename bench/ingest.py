@@ -67,8 +67,10 @@ def trial(
                 ]
             # The server's CPU and memory include its storage worker processes, if any.
             c0, t0, cc0 = tree_cpu_seconds(pid), time.monotonic(), cpu_seconds(cam.pid)
+            w0 = time.time()
             time.sleep(window)
             c1, t1, cc1 = tree_cpu_seconds(pid), time.monotonic(), cpu_seconds(cam.pid)
+            w1 = time.time()
             rss_busy = tree_rss_mb(pid)
             for spy in spies:
                 if spy is not None:
@@ -106,6 +108,11 @@ def trial(
                 "fragments": st["fragments"],
             }
         )
+    # Video frames the cameras actually sent in the window (on a loaded machine the camera
+    # process may fall behind, and the server then has less to do).
+    in_window = sum(
+        sum(1 for _, wall in (s.get("send_walls") or []) if w0 <= wall < w1) for s in sent
+    )
     frames_equal = all(p["sent_video_frames"] == p["stored_video_frames"] for p in per_stream)
     return {
         "sessions": n,
@@ -115,6 +122,8 @@ def trial(
         "join_all_s": round(joined_s, 2),
         "server_cpu_s": round(cpu, 3),
         "cpu_per_stream_second": round(cpu / (elapsed * n), 4),
+        "window_video_frames": in_window,
+        "cpu_per_sent_stream_second": round(cpu * FPS / in_window, 4) if in_window else None,
         "server_cpu_percent_of_core": round(100 * cpu / elapsed, 1),
         "camera_cpu_percent_of_core": round(100 * (cc1 - cc0) / elapsed, 1),
         "rss_idle_mb": round(rss_idle, 1),

@@ -15,6 +15,7 @@ import av
 import numpy as np
 
 from openkvs.media import aac, mkv
+from openkvs.webrtc.opus_in import PoolStage
 from openkvs.webrtc.recorder import Recorder
 
 from ..mediagen import h264_clip
@@ -44,6 +45,8 @@ def record(
     audio_stall: tuple[int, int] | None = None,
     audio: Callable[[int], av.AudioFrame] = tone_frame,
     streaming_for: tuple[float, float] | None = None,
+    stage_every: int = 0,
+    payloads: list[bytes] | None = None,
 ) -> tuple[Recorder, list[tuple[int, int, list[int]]]]:
     """Feed a Recorder 3 s of H.264 (keyframe every 0.5 s) and 20 ms audio frames, in media
     order. ``sender_report_at``: at that audio frame, sender reports place audio 85 ms earlier
@@ -52,7 +55,10 @@ def record(
     ``audio``: the decoded frame at a pts (a 440 Hz tone by default).
     ``streaming_for=(video s, audio s)``: the KVS WebRTC C SDK sample's session after a
     reconnect: its packets carry the media time it had reached (video, audio), its sender
-    reports (every 0.5 s) the time since this session's first frame.
+    reports (every 0.5 s) the time since this session's first frame. ``stage_every=k``: every
+    k-th frame goes through the recorder's decoding-job stage when it offers one (as
+    ``OpusIn`` does while nobody listens live), the others through ``on_audio``. ``payloads``
+    collects the stored audio blocks' bytes.
     Returns the recorder and each stored fragment's (start, end, audio block times)."""
     kv = server.client("kinesisvideo")
     kv.create_stream(StreamName=stream_name, DataRetentionInHours=1)
@@ -69,10 +75,23 @@ def record(
         )
         recorder.start()
 
+        delivered = 0
+        staged: list[asyncio.Task[None]] = []
+
+        async def through_stage(stage: PoolStage, frame: av.AudioFrame) -> None:
+            result = await asyncio.get_running_loop().run_in_executor(pool, stage.run, [frame])
+            stage.done(result, [frame])
+
         def deliver(frame: av.AudioFrame) -> None:
             """What the storage session does: the packet arrives, then its decoded frame."""
+            nonlocal delivered
+            delivered += 1
             recorder.audio_arrived(int(frame.pts))
-            recorder.on_audio([frame])
+            stage = recorder.audio_stage() if stage_every and delivered % stage_every == 0 else None
+            if stage is not None:
+                staged.append(asyncio.ensure_future(through_stage(stage, frame)))
+            else:
+                recorder.on_audio([frame])
 
         frames = iter(video)
         next_video = next(frames, None)
@@ -101,6 +120,9 @@ def record(
             await asyncio.sleep(0.002)
         await asyncio.sleep(0.3)
         await recorder.close()
+        assert all(task.done() for task in staged)
+        if stage_every:
+            assert staged, "the stage was never offered"
         return recorder
 
     try:
@@ -111,6 +133,8 @@ def record(
     for frag in server.call(server.services.fragments.list_fragments(stream, limit=100)):
         parsed = mkv.read_fragment(server.call(server.services.fragments.read(frag)))
         audio = [b.timecode for b in parsed.blocks if b.track == 2]
+        if payloads is not None:
+            payloads += [b.data for b in parsed.blocks if b.track == 2]
         out.append((frag.producer_ts, frag.producer_ts + frag.duration_ms, audio))
     return recorder, out
 
@@ -227,3 +251,23 @@ def test_silence_is_stored_without_encoding_and_the_tone_in_place(
     assert np.max(np.abs(pcm[: max(0, loud[0] - 2400)])) < 1e-3
     assert np.max(np.abs(pcm[loud[-1] + 2400 :])) < 1e-3
     assert len(pcm) >= loud[-1] + 48 * 500
+
+
+def test_audio_encoded_in_the_decoding_job_is_stored_as_through_on_audio(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    """Frames handed over through the recorder's stage (AAC encoding in the Opus decoding job)
+    mixed with frames through ``on_audio`` (while the stage is busy, or not asked for): the
+    same AAC frames are stored, in one continuous timeline, as when all go through on_audio."""
+    server = make_server()
+    plain: list[bytes] = []
+    mixed: list[bytes] = []
+    rec_plain, frags_plain = record(server, "audio-plain", payloads=plain)
+    rec_mixed, frags_mixed = record(server, "audio-staged", stage_every=2, payloads=mixed)
+    times = [t for _, _, blocks in frags_mixed for t in blocks]
+    steps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert times and all(20 <= s <= 22 for s in steps), [s for s in steps if not 20 <= s <= 22]
+    assert rec_mixed.stats.audio_frames == rec_plain.stats.audio_frames == 150
+    assert rec_mixed.stats.aac_frames == rec_plain.stats.aac_frames
+    assert rec_mixed.stats.dropped_audio == rec_plain.stats.dropped_audio
+    assert mixed == plain

@@ -198,3 +198,35 @@ def test_a_jump_in_time_ends_the_run_and_starts_over() -> None:
     assert times == first + second
     got = decode(packets, enc.audio_specific_config)
     assert got.shape == (len(times) * FRAME,)
+
+
+@pytest.mark.parametrize("batch", [1, 4, 5, 7, 1000])
+def test_frames_fed_a_run_at_a_time_give_the_packets_of_one_call_per_frame(batch: int) -> None:
+    """The encoder is handed each run of frames as one PyAV frame; its packets are FFmpeg's for
+    the same samples given one 1024-sample frame per call, whatever the batches' sizes."""
+    rng = np.random.default_rng(11)
+    sig = np.clip(rng.standard_normal(SAMPLE_RATE) * 0.2, -1, 1).astype(np.float32)
+    frames = frames_of(sig, 0)
+    enc = AacEncoder(channels=1)
+    packets: list[tuple[bytes, int]] = []
+    for i in range(0, len(frames), batch):
+        packets += enc.encode(frames[i : i + batch])
+    packets += enc.flush()
+
+    pcm = np.round(sig * 32767).astype(np.int16).astype(np.float32) / 32768
+    pcm = np.concatenate([pcm, np.zeros(-len(pcm) % FRAME, dtype=np.float32)])
+    ctx = aac._open(1, 64000)
+    want: list[tuple[bytes, int]] = []
+    chunks = [np.zeros(FRAME, dtype=np.float32)] * aac.WARMUP + [
+        pcm[i : i + FRAME] for i in range(0, len(pcm), FRAME)
+    ]
+    for k, chunk in enumerate(chunks):
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="fltp", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = (k - aac.WARMUP) * FRAME
+        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        want += [(bytes(p), int(p.pts)) for p in ctx.encode(frame)]
+    want += [(bytes(p), int(p.pts)) for p in ctx.encode(None)]
+    want = [(data, pts) for data, pts in want if pts >= -FRAME]
+    assert enc.encoded_frames == len(chunks)
+    assert packets == want

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import av
@@ -123,5 +124,118 @@ async def test_dtx_is_silence_in_order_and_not_decoded() -> None:
         assert frames[1].samples == 960 and frames[1].format.name == "s16"
         assert np.any(frames[3].to_ndarray())
         assert decoder.empty == 2 and decoder.decode_errors == 0
+    finally:
+        pool.shutdown()
+
+
+def stereo_decoding(packets: list[bytes]) -> list[np.ndarray]:
+    """Each packet's samples as a fresh stereo libopus decoder gives them: (2, n) int16."""
+    dec = opus_in._decoder(2)
+    out = []
+    for data in packets:
+        for frame in dec.decode(av.Packet(data)):
+            out.append(frame.to_ndarray()[0].reshape(-1, 2).T)
+    return out
+
+
+def two_tone_packets(n: int) -> list[bytes]:
+    """20 ms Opus packets of a true stereo signal: 440 Hz left, 1 kHz right."""
+    enc = av.CodecContext.create("libopus", "w")
+    enc.sample_rate = 48000
+    enc.layout = "stereo"
+    enc.format = "s16"
+    t = np.arange(n * 960) / 48000
+    pcm = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 1000 * t)]) * 9000
+    out = []
+    for i in range(n):
+        frame = av.AudioFrame.from_ndarray(
+            pcm[:, i * 960 : (i + 1) * 960].T.reshape(1, -1).astype(np.int16),
+            format="s16",
+            layout="stereo",
+        )
+        frame.sample_rate = 48000
+        frame.pts = i * 960
+        out += [bytes(p) for p in enc.encode(frame)]
+    return out
+
+
+@pytest.mark.parametrize("source", ["dual mono, stereo-coded", "mono-coded", "stereo"])
+async def test_a_mono_source_is_decoded_to_mono_with_the_same_samples(source: str) -> None:
+    if source == "stereo":
+        packets = two_tone_packets(30)
+    else:
+        packets = [p.data for p in opus_packets(1.0, channels=1 if "mono-coded" in source else 2)]
+        assert bool(packets[0][0] & 0x04) == ("stereo-coded" in source)  # the TOC's flag
+    packets = packets[:30]
+    dtx = bytes([packets[0][0] & 0xFC])
+    pool = ThreadPoolExecutor(1)
+    got: list[list[av.AudioFrame]] = []
+    decoder = OpusIn(pool, got.append)
+    try:
+        decoder.add(dtx, 0)  # silence first: not a reason to decide
+        for i, data in enumerate(packets):
+            decoder.add(data, (i + 1) * 960)
+        await decoder.close()
+    finally:
+        pool.shutdown()
+    frames = [f for b in got for f in b]
+    assert [int(f.pts) for f in frames] == [i * 960 for i in range(31)]
+    want = stereo_decoding(packets)
+    channels = 2 if source == "stereo" else 1
+    assert {len(f.layout.channels) for f in frames} == {channels}
+    assert not np.any(frames[0].to_ndarray())
+    for frame, stereo in zip(frames[1:], want, strict=True):
+        samples = frame.to_ndarray()[0].reshape(-1, channels).T
+        assert np.array_equal(samples, stereo[:channels])
+    if source == "stereo":
+        assert not np.array_equal(want[10][0], want[10][1])
+
+
+async def test_a_stage_runs_in_the_decoding_job_and_is_done_on_the_loop() -> None:
+    """With a stage, a batch's frames go through ``run`` in the pool job that decoded them and
+    its result to ``done`` on the loop (not to the frames callback); without one (or while
+    somebody listens live), the frames callback as before. ``done`` also hears of failures."""
+    pool = ThreadPoolExecutor(1)
+    got: list[list[av.AudioFrame]] = []
+    ran: list[tuple[str, int]] = []
+    done: list[tuple[object, list[int]]] = []
+    offer = True
+    fail = False
+    loop_thread = threading.get_ident()
+
+    def run(frames: list[av.AudioFrame]) -> int:
+        ran.append((threading.current_thread().name, threading.get_ident()))
+        if fail:
+            raise RuntimeError("encoder broke")
+        return sum(f.samples for f in frames)
+
+    def stage() -> opus_in.PoolStage | None:
+        return (
+            opus_in.PoolStage(
+                run=run, done=lambda r, frames: done.append((r, [int(f.pts) for f in frames]))
+            )
+            if offer
+            else None
+        )
+
+    decoder = OpusIn(pool, got.append, stage=stage)
+    try:
+        for i in range(5):
+            decoder.add(PACKETS[i].data, i * 960)
+        await wait_for(lambda: done, 2.0, 0.005)
+        assert done == [(5 * 960, [i * 960 for i in range(5)])] and not got
+        assert ran and ran[0][1] != loop_thread  # in the pool
+        fail = True
+        for i in range(5, 10):
+            decoder.add(PACKETS[i].data, i * 960)
+        await wait_for(lambda: len(done) == 2, 2.0, 0.005)
+        assert isinstance(done[1][0], RuntimeError) and done[1][1] == [
+            i * 960 for i in range(5, 10)
+        ]
+        offer = False
+        for i in range(10, 15):
+            decoder.add(PACKETS[i].data, i * 960)
+        await decoder.close()
+        assert pts_of(got) == [i * 960 for i in range(10, 15)] and len(done) == 2
     finally:
         pool.shutdown()

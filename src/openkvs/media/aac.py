@@ -34,6 +34,7 @@ import numpy as np
 SAMPLE_RATE = 48000
 CHANNELS = 2
 FRAME = 1024
+TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 # Samples below 4 LSB of 16-bit audio (-78 dBFS) are digital silence: the dither or rounding
 # noise of a muted or idle source.
 SILENCE_THRESHOLD = 4 / 32768
@@ -119,6 +120,9 @@ class AacEncoder:
         self._pending_pts: int | None = None  # rtp time of _pending[:, 0]
         self._next_pts: int | None = None  # expected rtp time of the next input sample
         self._out: list[tuple[bytes, int]] = []
+        self._layout = "mono" if channels == 1 else "stereo"
+        self._feed: list[np.ndarray] = []  # frames queued for the encoder, from _feed_pts
+        self._feed_pts = 0
         self.encoded_frames = 0  # frames run through FFmpeg's encoder
         self.silent_frames = 0  # silent frames put out without it
 
@@ -127,53 +131,79 @@ class AacEncoder:
         return self._asc
 
     def _pcm(self, frame: av.AudioFrame) -> np.ndarray:
+        """The frame's samples as float planes (full scale 1.0), in this encoder's channels."""
+        if frame.sample_rate != SAMPLE_RATE:
+            raise ValueError(f"unsupported sample rate {frame.sample_rate}")
         arr = frame.to_ndarray()
         fmt = frame.format.name
         channels = len(frame.layout.channels)
         if fmt in ("s16", "s16p"):
-            scale = 1.0 / 32768.0
+            scale: float | None = 1.0 / 32768.0
         elif fmt in ("flt", "fltp"):
-            scale = 1.0
+            scale = None
         else:
             raise ValueError(f"unsupported PCM format {fmt}")
         if frame.format.is_planar:
-            pcm = arr.astype(np.float32) * scale
+            planes = arr[:1] if self.channels == 1 else arr[:2]
+        elif self.channels == 1 or channels == 1:
+            planes = arr[:, ::channels]  # the first channel of the interleaved samples
         else:
-            pcm = arr.reshape(-1, channels).T.astype(np.float32) * scale
-        if self.channels == 1:
-            pcm = pcm[:1]
-        elif channels == 1:
+            planes = arr.reshape(-1, channels)[:, :2].T
+        pcm: np.ndarray = planes.astype(np.float32)
+        if scale is not None:
+            pcm *= np.float32(scale)  # a power of two: exact
+        if self.channels == 2 and pcm.shape[0] == 1:
             pcm = np.vstack([pcm, pcm])
-        elif channels > 2:
-            pcm = pcm[:2]
-        if frame.sample_rate != SAMPLE_RATE:
-            raise ValueError(f"unsupported sample rate {frame.sample_rate}")
         return pcm
 
     def encode(self, frames: list[av.AudioFrame]) -> list[tuple[bytes, int]]:
-        """Encode decoded frames; return (AAC frame, rtp timestamp of its first sample) pairs."""
+        """Encode decoded frames; return (AAC frame, rtp timestamp of its first sample) pairs.
+
+        The batch's samples are gathered first and cut into AAC frames once; the frames that go
+        through FFmpeg's encoder are handed to it a run at a time (:meth:`_feed_out`), which
+        yields the same packets as one call per frame at a fraction of PyAV's per-call cost."""
+        parts: list[np.ndarray] = [self._pending] if self._pending.shape[1] else []
+        size = self._pending.shape[1]
         for frame in frames:
             pcm = self._pcm(frame)
             pts = int(frame.pts) if frame.pts is not None else self._next_pts or 0
+            start = pts  # where this frame's samples (and the silence before them) start
             if self._next_pts is not None:
                 gap = pts - self._next_pts
                 if 0 < gap <= self._max_gap:
-                    pcm = np.hstack([np.zeros((self.channels, gap), dtype=np.float32), pcm])
-                    pts = self._next_pts
+                    parts.append(np.zeros((self.channels, gap), dtype=np.float32))
+                    size += gap
+                    start = self._next_pts
                 elif gap < -self._max_gap or gap > self._max_gap:
+                    self._frames(parts, size)  # what came before the jump, then a fresh start
+                    parts, size = [], 0
                     self._restart()
                 elif gap < 0:
                     pcm = pcm[:, -gap:]  # overlap: drop what we already have
-                    pts = self._next_pts
+                    pts = start = self._next_pts
             if self._pending_pts is None:
-                self._pending_pts = pts
-            self._pending = np.hstack([self._pending, pcm]) if self._pending.size else pcm
+                self._pending_pts = start
+            parts.append(pcm)
+            size += pcm.shape[1]
             self._next_pts = pts + pcm.shape[1]
-            while self._pending.shape[1] >= FRAME:
-                chunk, self._pending = self._pending[:, :FRAME], self._pending[:, FRAME:]
-                self._frame(chunk)
+        self._pending = self._frames(parts, size)
+        self._feed_out()
         out, self._out = self._out, []
         return out
+
+    def _frames(self, parts: list[np.ndarray], size: int) -> np.ndarray:
+        """Run the whole frames of ``parts`` (``size`` samples, from ``_pending_pts``) through
+        :meth:`_frame`; return the samples short of a frame."""
+        if size < FRAME:
+            return np.concatenate(parts, axis=1) if len(parts) > 1 else self._pending_of(parts)
+        buf = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+        whole = size - size % FRAME
+        for i in range(0, whole, FRAME):
+            self._frame(buf[:, i : i + FRAME])
+        return buf[:, whole:]
+
+    def _pending_of(self, parts: list[np.ndarray]) -> np.ndarray:
+        return parts[0] if parts else np.zeros((self.channels, 0), dtype=np.float32)
 
     def flush(self) -> list[tuple[bytes, int]]:
         """End of input: the samples still pending (padded with silence to a whole frame) and
@@ -182,6 +212,7 @@ class AacEncoder:
             pad = np.zeros((self.channels, FRAME - self._pending.shape[1]), dtype=np.float32)
             chunk, self._pending = np.hstack([self._pending, pad]), self._pending[:, :0]
             self._frame(chunk)
+            self._feed_out()
         self._pending_pts = None
         self._end_run()
         out, self._out = self._out, []
@@ -197,6 +228,7 @@ class AacEncoder:
     def _end_run(self) -> None:
         """Every frame up to the last input frame's, as the encoder's flush gives them."""
         if self._ctx is not None and self._fed:
+            self._feed_out()
             for pkt in self._ctx.encode(None):
                 self._emit(bytes(pkt), int(pkt.pts))
             self._ctx = None
@@ -232,6 +264,7 @@ class AacEncoder:
             self._encode_chunk(chunk, pts)
             if self._quiet >= DRAIN:
                 # Every frame whose window holds sound is out; the ones it holds are silent.
+                self._feed_out()
                 self._ctx = None
             return
         if silent:
@@ -252,14 +285,28 @@ class AacEncoder:
         self._encode_chunk(chunk, pts)
 
     def _encode_chunk(self, chunk: np.ndarray, pts: int) -> None:
-        af = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(chunk), format="fltp", layout=self._ctx.layout.name
-        )
-        af.sample_rate = SAMPLE_RATE
-        af.pts = pts
-        af.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        """Queue a frame for the encoder; the run of queued frames goes in at once."""
+        if self._feed and pts != self._feed_pts + FRAME * len(self._feed):
+            self._feed_out()
+        if not self._feed:
+            self._feed_pts = pts
+        self._feed.append(chunk)
         self._fed += 1
         self.encoded_frames += 1
+
+    def _feed_out(self) -> None:
+        """The queued frames through the encoder, as one PyAV frame: its resampler cuts them
+        into the encoder's 1024-sample frames again, so the packets are those of one call per
+        frame."""
+        if not self._feed:
+            return
+        feed, self._feed = self._feed, []
+        samples = np.ascontiguousarray(np.concatenate(feed, axis=1) if len(feed) > 1 else feed[0])
+        af = av.AudioFrame.from_ndarray(samples, format="fltp", layout=self._layout)
+        af.sample_rate = SAMPLE_RATE
+        af.pts = self._feed_pts
+        af.time_base = TIME_BASE
         for pkt in self._ctx.encode(af):
-            if self._next_out is None or pkt.pts >= self._next_out:
-                self._emit(bytes(pkt), int(pkt.pts))
+            pts = int(pkt.pts)
+            if self._next_out is None or pts >= self._next_out:
+                self._emit(bytes(pkt), pts)

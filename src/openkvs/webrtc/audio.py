@@ -147,6 +147,12 @@ class ChannelAudio:
             listener.sizes.pop(name, None)
 
     @property
+    def idle(self) -> bool:
+        """Nobody listens but the master, and no viewer audio waits to be mixed into the
+        recording: the master's decoded audio goes to the recording as it is."""
+        return self.viewers == 0 and not any(self._listeners[RECORDING].sizes.values())
+
+    @property
     def viewers(self) -> int:
         """Listeners other than the master (and the recording)."""
         return sum(1 for name in self._listeners if name not in (RECORDING, MASTER))

@@ -21,7 +21,7 @@ from ..playback.livecut import PartSink
 from ..records import Channel, Stream
 from . import tap
 from .audio import MASTER, ChannelAudio
-from .opus_in import OpusIn
+from .opus_in import OpusIn, PoolStage
 from .peer import Send, h264_preferences, opus_preferences
 from .recorder import Recorder
 from .seams import FragmentSink
@@ -97,7 +97,12 @@ class MasterSession(StorageSession):
         )
         tap.tap_video(self.video.receiver, self._on_video)
         self.feedback = tap.count_feedback(self.video.receiver)
-        self.opus_in = OpusIn(pool, self._on_audio_frames, live=lambda: self.audio_mix.viewers > 0)
+        self.opus_in = OpusIn(
+            pool,
+            self._on_audio_frames,
+            live=lambda: self.audio_mix.viewers > 0,
+            stage=self._audio_stage,
+        )
         tap.tap_audio(self.audio.receiver, self._on_opus)
         self.video_report: tap.SenderReport | None = None
         tap.observe_sender_reports(self.video.receiver, self._on_video_report)
@@ -162,6 +167,10 @@ class MasterSession(StorageSession):
             if not self.audio_mix.viewers:
                 return  # nobody hears the master live: nothing to decode
         self.opus_in.add(data, rtp_ts)
+
+    def _audio_stage(self) -> PoolStage | None:
+        """While nobody else takes the master's audio, it is AAC-encoded in its decoding job."""
+        return self.recorder.audio_stage() if self.audio_mix.idle else None
 
     def _on_audio_frames(self, frames: list[av.AudioFrame]) -> None:
         for frame in frames:

@@ -4,10 +4,11 @@ fragments.
 
 Called on the event loop with encoded video access units (from the tap), audio packet arrivals
 (from the tap) and either the decoded audio frames (from ``OpusIn``) or the Opus packets
-themselves; AAC encoding, MKV serialisation and storage run in worker threads. The fragment
-writer keeps fragments in order and is bounded. Each fragment's number is reserved as it opens
-(in order), so that, given a live edge (``live``), the fragment being recorded is published as
-LL-HLS parts under it (``liveparts``).
+themselves; AAC encoding, MKV serialisation and storage run in worker threads (the AAC encoding,
+while the encoder is free, in the Opus decoding job itself: :meth:`Recorder.audio_stage`). The
+fragment writer keeps fragments in order and is bounded. Each fragment's number is reserved as
+it opens (in order), so that, given a live edge (``live``), the fragment being recorded is
+published as LL-HLS parts under it (``liveparts``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..media.timeline import SessionClock
 from ..playback.livecut import PartSink
 from ..records import Fragment, Stream
 from .liveparts import RecorderParts
+from .opus_in import PoolStage
 from .seams import FragmentSink
 
 logger = logging.getLogger(__name__)
@@ -108,6 +110,7 @@ class Recorder:
         self._audio_batch: list[av.AudioFrame] = []
         self._audio_busy = False
         self._audio_task: asyncio.Task[None] | None = None
+        self._stage_running: asyncio.Future[None] | None = None  # encoding in a decoding job
         self._aac: AacEncoder | None = None
         self._audio_next_ms: float | None = None  # where the next audio frame may start
         self._opus_channels = opus_channels
@@ -282,6 +285,39 @@ class Recorder:
             logger.exception("%sAAC encoding failed", self._prefix)
             self.stats.dropped_audio += len(batch)
             packets = []
+        self._store_aac(packets)
+
+    def audio_stage(self) -> PoolStage | None:
+        """AAC encoding as the next step of an Opus decoding job (``OpusIn``), when the encoder
+        is free: it exists (the first batch chose its channels), no job of ours is running and
+        no decoded audio waits. The encoder is ours until the stage's ``done``."""
+        if self._closed or self._aac is None or self._audio_busy or self._audio_batch:
+            return None
+        self._audio_busy = True
+        self._stage_running = asyncio.get_running_loop().create_future()
+        return PoolStage(run=self._aac.encode, done=self._stage_done)
+
+    def _stage_done(self, result: object, frames: list[av.AudioFrame]) -> None:
+        try:
+            self.stats.audio_frames += len(frames)
+            if isinstance(result, BaseException):
+                logger.error("%sAAC encoding failed: %r", self._prefix, result)
+                self.stats.dropped_audio += len(frames)
+            elif isinstance(result, list) and not self._closed:
+                if self._aac is not None:
+                    self.stats.aac_encoded_frames = self._aac.encoded_frames
+                    self.stats.aac_silent_frames = self._aac.silent_frames
+                self._store_aac(result)
+        finally:
+            if self._stage_running is not None and not self._stage_running.done():
+                self._stage_running.set_result(None)
+            self._stage_running = None
+            self._audio_busy = False
+            if self._audio_batch and not self._closed:
+                self._audio_busy = True
+                self._audio_task = asyncio.create_task(self._encode_pending())
+
+    def _store_aac(self, packets: list[tuple[bytes, int]]) -> None:
         now_ms = float(clock.now_ms())  # only if the clock was never anchored (it was, on arrival)
         for data, pts in packets:
             ms = self._monotonic_audio_ms(self.clock.audio_ms(pts, now_ms), AAC_FRAME_MS)
@@ -384,9 +420,14 @@ class Recorder:
             return
         # Audio arriving while we wait may start another encoding job: wait for each one, so the
         # final encode and flush below never share the encoder with a job still running.
-        while self._audio_task is not None and not self._audio_task.done():
+        while True:
+            running: asyncio.Future[None] | None = self._stage_running
+            if running is None and self._audio_task is not None and not self._audio_task.done():
+                running = self._audio_task
+            if running is None:
+                break
             with contextlib.suppress(Exception):
-                await self._audio_task
+                await running
         self._closed = True
         # The audio that arrived before the hang-up is recorded too: the frames not encoded yet,
         # and what the AAC encoder holds back for its look-ahead.
