@@ -64,13 +64,12 @@ def decode_everything(parsed: ParsedFragment, track: int) -> dict[int, Any]:
 
 
 def shown_at(parsed: ParsedFragment, track: int, offset_ns: int) -> int:
-    """Decode-order index of the frame on screen at ``offset_ns``: the last one presented at or
-    before it (the first one before the first)."""
+    """Decode-order index of the frame presented nearest to ``offset_ns`` (the earlier of two
+    equally near)."""
     frames = parsed.frames[track]
-    earlier = [i for i, f in enumerate(frames) if f.pts_ns <= offset_ns]
-    if not earlier:
-        return min(range(len(frames)), key=lambda i: frames[i].pts_ns)
-    return max(earlier, key=lambda i: frames[i].pts_ns)
+    return min(
+        range(len(frames)), key=lambda i: (abs(frames[i].pts_ns - offset_ns), frames[i].pts_ns)
+    )
 
 
 @pytest.mark.parametrize("bframes", [0, 2])
@@ -86,6 +85,8 @@ def test_sampled_images_equal_a_decode_of_every_frame(bframes: int) -> None:
         "keyframes": [frames[k].pts_ns for k in keys],
         # Mid-GOP, between two frames' times and on one, in both GOPs.
         "mid-GOP": [510 * MS, 1_000 * MS + 333 * MS + 1, 1_000 * MS + 700 * MS],
+        # Just before the second GOP's keyframe, nearer to it than to the frame before it.
+        "before-keyframe": [frames[keys[1]].pts_ns - 5 * MS],
         # Every 40 ms: every GOP's frames, B-frames included, and past the last frame.
         "dense": list(range(0, end_ns + 100 * MS, 40 * MS)),
     }
@@ -97,6 +98,9 @@ def test_sampled_images_equal_a_decode_of_every_frame(bframes: int) -> None:
         if name == "keyframes":
             # Nothing decoded but the keyframes themselves.
             assert picks == keys and decode_ranges(frames, wanted) == [(k, k) for k in keys]
+        if name == "before-keyframe":
+            # The keyframe is shown, and nothing of the first GOP is decoded for it.
+            assert picks == [keys[1]] and decode_ranges(frames, wanted) == [(keys[1], keys[1])]
         if name == "mid-GOP":
             # Each GOP's decoding stops at its last wanted frame.
             assert [last for _, last in decode_ranges(frames, wanted)] == [

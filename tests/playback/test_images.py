@@ -4,7 +4,6 @@ paging, NO_MEDIA / MEDIA_ERROR, and parameter errors."""
 from __future__ import annotations
 
 import base64
-import bisect
 import re
 import subprocess
 import threading
@@ -47,8 +46,10 @@ def images(server: ServerThread, start_ms: int, end_ms: int, **params: Any) -> d
 
 
 def reference_frame(tmp_path: Path, frag: GeneratedFragment, offset_ms: float, tag: str) -> Path:
-    """FFmpeg's decode of the frame shown ``offset_ms`` into a fragment, as PNG."""
-    index = bisect.bisect_right(frag.frame_pts_ms, offset_ms + 1e-6) - 1
+    """FFmpeg's decode of the frame presented nearest to ``offset_ms`` into a fragment (the
+    earlier of two equally near), as PNG."""
+    pts = frag.frame_pts_ms
+    index = min(range(len(pts)), key=lambda i: (abs(pts[i] - offset_ms), pts[i]))
     src = tmp_path / f"{tag}.mkv"
     src.write_bytes(frag.data)
     out = tmp_path / f"{tag}.png"
@@ -143,6 +144,29 @@ def test_jpeg_matches_ffmpeg_decode(
         # A frame 10 frames away is clearly worse: the comparison can tell frames apart.
         wrong = psnr(ours, reference_frame(tmp_path, frag, offset - 333.4, f"wrong{i}"))
         assert wrong < right - 3, (right, wrong)
+
+
+def test_a_time_just_before_a_fragment_shows_its_first_frame(
+    server: ServerThread, stream: tuple[int, list[GeneratedFragment]], tmp_path: Path
+) -> None:
+    """A sampling time a few ms before a fragment starts is nearer to that fragment's first
+    frame (its keyframe) than to the previous fragment's last frame: that keyframe is shown."""
+    t0, frags = stream
+    before, after = frags[1], frags[2]
+    start = after.producer_ts_ms
+    gap = start - (before.producer_ts_ms + max(before.frame_pts_ms))
+    assert gap > 10, gap  # the previous frame is more than 10 ms before the fragment's start
+    result = images(server, start - 4, start - 4 + 2500, SamplingInterval=1000)["Images"]
+    assert len(result) == 3 and all("Error" not in i for i in result)
+    ours = save(tmp_path, result[0], "boundary.jpg")
+    right = psnr(ours, reference_frame(tmp_path, after, 0, "first"))
+    wrong = psnr(ours, reference_frame(tmp_path, before, max(before.frame_pts_ms), "last"))
+    assert right > 30 and wrong < right - 3, (right, wrong)
+    # Nearer to the previous frame (by more than half a frame): that one is still shown.
+    (late,) = images(server, start - gap + 4, start - gap + 4)["Images"]
+    ours = save(tmp_path, late, "late.jpg")
+    right = psnr(ours, reference_frame(tmp_path, before, max(before.frame_pts_ms), "last2"))
+    assert right > 30, right
 
 
 def test_png_and_scaling(

@@ -1,14 +1,16 @@
 """GetImages: sample times → frames → JPEG/PNG, decoding only what is needed.
 
-For each sampling time the covering fragment is found from the fragment metadata; inside it the
-frame shown at that time (the last one presented at or before it) is decoded starting from the
-nearest keyframe before it, in decode order, and nothing past the last wanted frame. One decoder
-serves all of a fragment's images; frames that are neither wanted nor referenced by another frame
-(non-reference B-frames) are skipped, which changes no decoded picture. Decoding and encoding run
-in the playback worker pool. Encoded images are cached by (fragment, frame, format, quality,
-size); decoded frames (the wanted ones and the keyframes decoding started from) are cached by
-(fragment, frame), so another size, format or quality of the same frame is not decoded again.
-"""
+Each sampling time shows the frame presented nearest to it (the earlier of two equally near): a
+time just before a fragment's first frame shows that frame (a keyframe) rather than the previous
+fragment's last one, which would cost decoding that fragment's whole GOP. The fragment is found from the fragment
+metadata (and, near a boundary, the two fragments' frame times); the frame is decoded starting
+from the nearest keyframe before it, in decode order, and nothing past the last wanted frame.
+One decoder serves all of a fragment's images; frames that are neither wanted nor referenced by
+another frame (non-reference B-frames) are skipped, which changes no decoded picture. Decoding
+and encoding run in the playback worker pool. Encoded images are cached by (fragment, frame,
+format, quality, size); decoded frames (the wanted ones and the keyframes decoding started from)
+are cached by (fragment, frame), so another size, format or quality of the same frame is not
+decoded again."""
 
 from __future__ import annotations
 
@@ -69,15 +71,27 @@ def output_size(width: int, height: int, want_w: int | None, want_h: int | None)
 
 
 def pick_frames(parsed: ParsedFragment, track: int, offsets_ns: list[int]) -> list[int]:
-    """Decode-order index of the frame presented at each offset (the last one at or before it)."""
+    """Decode-order index of the frame presented nearest to each offset (the earlier of two
+    equally near)."""
     frames = parsed.frames.get(track, [])
     order = sorted(range(len(frames)), key=lambda i: frames[i].pts_ns)
     times = [frames[i].pts_ns for i in order]
     picks = []
     for t in offsets_ns:
         k = bisect.bisect_right(times, t) - 1
-        picks.append(order[max(0, k)])
+        if k < 0 or (k + 1 < len(times) and times[k + 1] - t < t - times[k]):
+            k += 1
+        picks.append(order[k])
     return picks
+
+
+def presented_span_ns(parsed: ParsedFragment, track: int) -> tuple[int, int] | None:
+    """The first and last presentation times of the track's frames (ns into the fragment)."""
+    frames = parsed.frames.get(track, [])
+    if not frames:
+        return None
+    times = [f.pts_ns for f in frames]
+    return min(times), max(times)
 
 
 def decode_ranges(frames: list[Any], wanted: set[int]) -> list[tuple[int, int]]:
@@ -230,8 +244,13 @@ def render(
     return out
 
 
-def _covering(fragments: list[Fragment], selector: str, t: int) -> Fragment | None:
-    starts = [ts_of(f, selector) for f in fragments]
+# How far before the next fragment's start a time is checked against that fragment's first frame
+# (frames of a camera are well under a second apart).
+BOUNDARY_MS = 1000
+
+
+def _covering(fragments: list[Fragment], starts: list[int], t: int) -> int | None:
+    """The index of the fragment whose time span holds ``t``, if any."""
     k = bisect.bisect_right(starts, t) - 1
     if k < 0:
         return None
@@ -239,8 +258,36 @@ def _covering(fragments: list[Fragment], selector: str, t: int) -> Fragment | No
     end = starts[k + 1] if k + 1 < len(starts) else None
     length = f.duration_ms if f.duration_ms > 0 else (end - starts[k] if end else 0)
     if t < starts[k] + max(length, 1):
-        return f
+        return k
     return None
+
+
+async def _video_span(svc: PlaybackService, stream: Stream, f: Fragment) -> tuple[int, int] | None:
+    try:
+        parsed = await svc.parse(stream, f)
+    except Exception:  # noqa: BLE001 - unreadable: it keeps its times (and gets MEDIA_ERROR)
+        return None
+    video = parsed.video()
+    return None if video is None else presented_span_ns(parsed, video.number)
+
+
+async def _nearer_in_next(
+    svc: PlaybackService,
+    stream: Stream,
+    fragments: list[Fragment],
+    starts: list[int],
+    k: int,
+    times: list[int],
+) -> set[int]:
+    """Which of ``times`` (in fragment ``k``, after its last frame) are nearer to the next
+    fragment's first frame than to fragment ``k``'s last one."""
+    here = await _video_span(svc, stream, fragments[k])
+    there = await _video_span(svc, stream, fragments[k + 1])
+    if here is None or there is None:
+        return set()
+    last_ns = starts[k] * 1_000_000 + here[1]
+    first_ns = starts[k + 1] * 1_000_000 + there[0]
+    return {t for t in times if first_ns - t * 1_000_000 < t * 1_000_000 - last_ns}
 
 
 async def get_images(
@@ -261,14 +308,35 @@ async def get_images(
         times_ms[-1],
         MAX_FRAGMENTS,
     )
-    groups: dict[int, tuple[Fragment, list[int]]] = {}
+    starts = [ts_of(f, selector) for f in fragments]
+    covering: dict[int, int] = {}
     results: dict[int, tuple[str, str]] = {}
     for i, t in enumerate(times_ms):
-        f = _covering(fragments, selector, t)
-        if f is None:
+        k = _covering(fragments, starts, t)
+        if k is None:
             results[i] = ("Error", NO_MEDIA)
         else:
-            groups.setdefault(f.number, (f, []))[1].append(i)
+            covering[i] = k
+    # A time near the end of a fragment that another one follows may be nearer to the next
+    # fragment's first frame (a keyframe) than to its own last frame.
+    tails: dict[int, list[int]] = {}
+    for i, k in covering.items():
+        if k + 1 < len(fragments) and starts[k + 1] - times_ms[i] <= BOUNDARY_MS:
+            tails.setdefault(k, []).append(i)
+    decided = await asyncio.gather(
+        *(
+            _nearer_in_next(svc, stream, fragments, starts, k, [times_ms[i] for i in ix])
+            for k, ix in tails.items()
+        )
+    )
+    for (k, indices), moved in zip(tails.items(), decided, strict=True):
+        for i in indices:
+            if times_ms[i] in moved:
+                covering[i] = k + 1
+    groups: dict[int, tuple[Fragment, list[int]]] = {}
+    for i, k in sorted(covering.items()):
+        f = fragments[k]
+        groups.setdefault(f.number, (f, []))[1].append(i)
     # Fragments are decoded side by side, as many at once as the playback pool has workers (FFmpeg
     # releases the GIL while it decodes and encodes); one request never fills the pool's queue.
     lanes = asyncio.Semaphore(max(1, svc.settings.playback_workers))
