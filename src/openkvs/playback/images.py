@@ -2,9 +2,10 @@
 
 Each sampling time shows the frame presented nearest to it (the earlier of two equally near): a
 time just before a fragment's first frame shows that frame (a keyframe) rather than the previous
-fragment's last one, which would cost decoding that fragment's whole GOP. The fragment is found from the fragment
-metadata (and, near a boundary, the two fragments' frame times); the frame is decoded starting
-from the nearest keyframe before it, in decode order, and nothing past the last wanted frame.
+fragment's last one, which would cost decoding that fragment's whole GOP. The fragment is found
+from the fragment metadata (and, near a boundary, the two fragments' frame times); the frame is
+decoded starting from the nearest keyframe before it, in decode order, and nothing past the last
+wanted frame.
 One decoder serves all of a fragment's images; frames that are neither wanted nor referenced by
 another frame (non-reference B-frames) are skipped, which changes no decoded picture. Decoding
 and encoding run in the playback worker pool. Encoded images are cached by (fragment, frame,
