@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from openkvs.media import mkv as ids  # Matroska element IDs
-from openkvs.playback import codecs, fmp4, images, mkv, silence, timeline, tokens
+from openkvs.playback import codecs, fmp4, images, mkv, service, silence, timeline, tokens
 from openkvs.playback.cache import ByteLRU
 
 from .media import GeneratedFragment, generate
@@ -210,6 +210,55 @@ def test_audio_run_covers_its_segment_start() -> None:
     # No silent frame for this configuration: a late run is left as it is.
     assert fmp4.cover_start(spec, run(50976), 1000, lambda: None).dts == [50976]
     assert len(cover(run())) == 0
+
+
+def test_audio_run_meets_the_previous_segment() -> None:
+    spec = fmp4.track_spec(mkv.Track(2, 2, "A_AAC", b"\x11\x88", sample_rate=48000, channels=1))
+
+    def run(*dts: int) -> fmp4.Samples:
+        n = len(dts)
+        durations = [b - a for a, b in zip(dts, dts[1:], strict=False)] + [1024]
+        return fmp4.Samples(list(dts), durations, [0] * n, [True] * n, [b"%d" % d for d in dts])
+
+    # Starts 150 ticks after the seam: the first sample moves onto it, its end stays.
+    late = fmp4.meet(spec, run(48150, 49174), 48000)
+    assert late.dts == [48000, 49174] and late.durations == [1174, 1024]
+    # Starts 150 ticks before it: shortened, same end.
+    early = fmp4.meet(spec, run(47850, 48874), 48000)
+    assert early.dts == [48000, 48874] and early.durations == [874, 1024]
+    # A sample wholly before the seam was played by the previous segment: dropped.
+    dropped = fmp4.meet(spec, run(46800, 47824, 48848), 48000)
+    assert dropped.dts == [48000, 48848] and dropped.data == [b"47824", b"48848"]
+    # On the dot, a gap of a frame or more (a real one), or nothing: unchanged.
+    for dts in [(48000, 49024), (49024, 50048), ()]:
+        assert fmp4.meet(spec, run(*dts), 48000).dts == list(dts)
+
+
+def test_live_audio_cut_partitions_frames_at_the_fragments_own_end() -> None:
+    # 30 fps video from 0 to 966.7 ms (ends at 1000 ms); AAC frames every 21.333 ms from 0.
+    frame_ns = 1024 * 1_000_000_000 // 48000
+    video = [mkv.Frame(round(i * 1e9 / 30), b"v", i == 0) for i in range(30)]
+    audio = [mkv.Frame(i * frame_ns, b"%d" % i, True) for i in range(48)]
+    parsed = mkv.ParsedFragment(
+        {
+            1: mkv.Track(1, 1, "V_MPEG4/ISO/AVC", b""),
+            2: mkv.Track(2, 2, "A_AAC", b"\x11\x88", sample_rate=48000, channels=1),
+        },
+        {1: video, 2: audio},
+    )
+    # A PutMedia duration runs to the end of the last audio frame; the video's end wins.
+    end = service.own_end_ns(parsed, 1024)
+    assert end == video[-1].pts_ns + (video[-1].pts_ns - video[-2].pts_ns)
+    assert service.own_end_ns(parsed, 990) == 990_000_000  # never past the slot
+    cut = service.Cut(end, whole=True)
+    kept = [f for f in audio if cut.keeps(f, frame_ns)]
+    lent = service.overhang(parsed, 2, end, 1_000_000_000)
+    assert [f.data for f in kept] + [f.data for f in lent] == [f.data for f in audio]
+    assert kept[-1].pts_ns + frame_ns <= end < audio[len(kept)].pts_ns + frame_ns
+    assert lent[0].pts_ns == audio[len(kept)].pts_ns - 1_000_000_000  # re-timed, same place
+    last = service.last_kept(parsed, 2, end, 1_000_000_000)
+    assert last is not None and last.data == kept[-1].data
+    assert last.pts_ns == kept[-1].pts_ns - 1_000_000_000
 
 
 def test_silent_aac_frames_decode_to_silence() -> None:

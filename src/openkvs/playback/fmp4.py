@@ -276,6 +276,39 @@ def cover_start(
     )
 
 
+def meet(spec: TrackSpec, samples: Samples, seam: int) -> Samples:
+    """Let an audio run begin exactly at ``seam`` (ticks): where the previous segment's audio
+    ends, when the two segments abut.
+
+    Timestamps that jitter (server timestamps) place a fragment's audio up to a few
+    milliseconds away from where its predecessor's stopped. Samples that end by the seam were
+    played by the previous segment and are dropped; then the first sample starts on the seam,
+    shorter or longer by the difference (its end stays). A run beginning a frame or more after
+    the seam (a real gap in the recording) is left as it is. Only the head moves, so the end of
+    a run never depends on the segment before it."""
+    i = 0
+    while i < len(samples) and samples.dts[i] + samples.durations[i] <= seam:
+        i += 1
+    if i:
+        samples = Samples(
+            samples.dts[i:],
+            samples.durations[i:],
+            samples.ctos[i:],
+            samples.keys[i:],
+            samples.data[i:],
+        )
+    if not len(samples):
+        return samples
+    shift = samples.dts[0] - seam
+    if not shift or shift >= spec.frame_length:
+        return samples
+    return dataclasses.replace(
+        samples,
+        dts=[seam, *samples.dts[1:]],
+        durations=[samples.durations[0] + shift, *samples.durations[1:]],
+    )
+
+
 # -- boxes ---------------------------------------------------------------------------------------
 
 

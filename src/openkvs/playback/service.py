@@ -10,6 +10,7 @@ for the GET resources) call it with already-validated arguments.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from collections import OrderedDict
@@ -45,6 +46,7 @@ from .fmp4 import (
     drop_before,
     init_segment,
     media_segment,
+    meet,
     track_spec,
     video_samples,
 )
@@ -61,6 +63,7 @@ from .timeline import (
     media_ms,
     on_demand_view,
     select,
+    settled,
     slot_ms,
     timestamp_at,
     ts_of,
@@ -358,9 +361,12 @@ class PlaybackService:
         self, session: Session, stream: Stream, fragment: Fragment
     ) -> tuple[int, int, bool]:
         """(start, length) of the fragment's slot on the timeline, and whether the next
-        fragment follows it without a gap."""
-        nxt = await lookahead(self.fragments, stream, session, fragment)
+        fragment follows it without a gap (always False in a live session, whose segments do
+        not depend on their successor: see ``timeline``)."""
         ts = ts_of(fragment, session.selector)
+        if not settled(session):
+            return media_ms(session, ts), slot_ms(ts, fragment.duration_ms, None), False
+        nxt = await lookahead(self.fragments, stream, session, fragment)
         next_ts = ts_of(nxt, session.selector) if nxt is not None else None
         length = slot_ms(ts, fragment.duration_ms, next_ts)
         abuts = next_ts is not None and length == next_ts - ts
@@ -513,24 +519,37 @@ class PlaybackService:
         spec = await self.output_track(session, stream, track, audio_only_ok=session.kind == HLS)
         start, duration, abuts = await self.slot(session, stream, fragment)
         previous = None if spec.is_video else await self.previous(session, stream, fragment)
-        key = ("mp4", stream.id, fragment.number, track, start, duration, abuts, previous)
+        live = not settled(session)
+        key = ("mp4", stream.id, fragment.number, track, start, duration, abuts, previous, live)
 
         async def make() -> bytes:
             parsed = await self.parse(stream, fragment)
             lead: list[Frame] = []
+            seam: Frame | None = None
             if previous is not None:
                 before = await self.parse(stream, previous)
-                gap = ts_of(fragment, session.selector) - ts_of(previous, session.selector)
-                lead = straddling(before, track, gap * 1_000_000)
-            tail = duration * 1_000_000 if abuts else None
-            return await self.run(_render_mp4, parsed, track, start, duration, lead, tail)
+                prev_ts = ts_of(previous, session.selector)
+                gap_ns = (ts_of(fragment, session.selector) - prev_ts) * 1_000_000
+                if live:
+                    prev_end = own_end_ns(before, slot_ms(prev_ts, previous.duration_ms, None))
+                    lead = overhang(before, track, prev_end, gap_ns)
+                    seam = last_kept(before, track, prev_end, gap_ns)
+                else:
+                    lead = straddling(before, track, gap_ns)
+            cut: Cut | None
+            if live:  # the frames ending after its own end go to the next segment
+                cut = Cut(own_end_ns(parsed, duration), whole=True)
+            else:  # the frame playing at the next fragment's start goes there
+                cut = Cut(duration * 1_000_000, whole=False) if abuts else None
+            return await self.run(_render_mp4, parsed, track, start, duration, lead, cut, seam)
 
         return await self._segment(key, make)
 
     async def previous(
         self, session: Session, stream: Stream, fragment: Fragment
     ) -> Fragment | None:
-        """The fragment just before ``fragment`` when the two abut on the timeline.
+        """The fragment just before ``fragment`` when the two abut on the timeline (both
+        exist whenever ``fragment``'s segment is listed, in every mode).
 
         An AAC frame that straddles a fragment boundary is stored in the earlier fragment, so
         an audio segment starts up to one frame after its video; repeating that frame at the
@@ -577,14 +596,34 @@ def ts_of_live(fragment: LiveFragment, selector: str) -> int:
     return fragment.producer_ts if selector == "PRODUCER_TIMESTAMP" else fragment.server_ts
 
 
+@dataclasses.dataclass(frozen=True)
+class Cut:
+    """Where an audio segment's own frames stop: those playing at ``at_ns`` (relative to the
+    fragment's start) are left to the next segment, and with ``whole`` also those starting
+    later."""
+
+    at_ns: int
+    whole: bool
+
+    def keeps(self, frame: Frame, length_ns: int) -> bool:
+        if self.whole:
+            return frame.pts_ns + length_ns <= self.at_ns
+        return not frame.pts_ns < self.at_ns < frame.pts_ns + length_ns
+
+
 def _render_mp4(
     parsed: ParsedFragment,
     track: int,
     start_ms: int,
     duration_ms: int,
     lead: list[Frame],
-    tail_ns: int | None,
+    cut: Cut | None,
+    seam: Frame | None = None,
 ) -> bytes:
+    """One fMP4 media segment of ``track``. Audio: ``lead`` frames (lent by the previous
+    fragment) come first, ``cut`` leaves this fragment's last frames to the next segment, and
+    ``seam`` (the last frame of the previous segment, timed like ``lead``) is where this
+    segment's audio begins; without it, the audio covers the segment's first instant."""
     info = parsed.tracks.get(track)
     if info is None:
         raise LookupError(f"This fragment has no track {track}.")
@@ -593,8 +632,9 @@ def _render_mp4(
     if spec.is_video:
         samples = video_samples(spec, frames, start_ms * 90, (start_ms + duration_ms) * 90)
     else:
-        if tail_ns is not None:  # the frame playing at the next fragment's start goes there
-            frames = [f for f in frames if not f.pts_ns < tail_ns < f.pts_ns + _frame_ns(info, f)]
+        # Without a sample rate no frame is known to overhang (``overhang`` lends none either).
+        if cut is not None and (info.sample_rate or not cut.whole):
+            frames = [f for f in frames if cut.keeps(f, _frame_ns(info, f))]
         samples = drop_before(
             audio_samples(spec, lead + frames, start_ms), 0, spec.timescale // 1000
         )
@@ -603,7 +643,11 @@ def _render_mp4(
         else:
             assert spec.aac is not None  # track_spec sets it for every other audio track
             make_silence = functools.partial(silence.aac_frame, spec.aac)
-        samples = cover_start(spec, samples, start_ms, make_silence)
+        if seam is not None:
+            base = start_ms * 1_000_000 + seam.pts_ns
+            samples = meet(spec, samples, _ticks(base, spec) + spec.frame_ticks(seam.data))
+        else:
+            samples = cover_start(spec, samples, start_ms, make_silence)
     return media_segment(spec, samples, (start_ms + 1) & 0xFFFFFFFF)
 
 
@@ -635,6 +679,64 @@ def straddling(parsed: ParsedFragment, track: int, at_ns: int) -> list[Frame]:
         for f in parsed.frames.get(track, [])
         if f.pts_ns < at_ns < f.pts_ns + _frame_ns(info, f)
     ]
+
+
+def own_end_ns(parsed: ParsedFragment, slot_ms: int) -> int:
+    """Where a fragment's own media ends, relative to its start, judged from the fragment alone
+    (a live segment must not wait for its successor): the end of its last video frame (the
+    track's DefaultDuration, else the interval before it), within its slot; the end of its slot
+    when it has no video.
+
+    A PutMedia fragment's recorded duration runs to the end of its last audio frame, which
+    plays past the next keyframe; its video ends where the next fragment starts."""
+    limit = slot_ms * 1_000_000
+    video = parsed.video()
+    if video is None:
+        return limit
+    pts = sorted(f.pts_ns for f in parsed.frames.get(video.number, []))
+    if not pts:
+        return limit
+    if video.default_duration_ns > 0:
+        step = video.default_duration_ns
+    else:
+        step = pts[-1] - pts[-2] if len(pts) > 1 else 0
+    return min(limit, pts[-1] + step)
+
+
+def overhang(parsed: ParsedFragment, track: int, end_ns: int, at_ns: int) -> list[Frame]:
+    """The audio frames of ``parsed`` still playing at its own end ``end_ns`` (``own_end_ns``)
+    or starting after it, re-timed relative to ``at_ns`` after its start (the start of the next
+    fragment), which keeps them at their place on the timeline.
+
+    They are exactly the frames a live segment of ``parsed`` leaves out (``Cut(end_ns,
+    whole=True)``), whatever the successor's timestamp: every frame is served once, in one
+    segment that never changes, and the next segment's audio begins where this one's ends
+    (``last_kept``), close to its first instant."""
+    info = parsed.tracks.get(track)
+    if info is None or not info.is_audio or not info.sample_rate:
+        return []
+    return [
+        Frame(f.pts_ns - at_ns, f.data, f.key)
+        for f in parsed.frames.get(track, [])
+        if f.pts_ns + _frame_ns(info, f) > end_ns
+    ]
+
+
+def last_kept(parsed: ParsedFragment, track: int, end_ns: int, at_ns: int) -> Frame | None:
+    """The last audio frame a live segment of ``parsed`` keeps (the one before its
+    ``overhang``), re-timed like it: where that segment's audio ends."""
+    info = parsed.tracks.get(track)
+    if info is None or not info.is_audio or not info.sample_rate:
+        return None
+    kept = [f for f in parsed.frames.get(track, []) if f.pts_ns + _frame_ns(info, f) <= end_ns]
+    if not kept:
+        return None
+    last = max(kept, key=lambda f: f.pts_ns)
+    return Frame(last.pts_ns - at_ns, last.data, last.key)
+
+
+def _ticks(ns: int, spec: TrackSpec) -> int:
+    return (ns * spec.timescale + 500_000_000) // 1_000_000_000
 
 
 def _render_ts(parsed: ParsedFragment, start_ms: int, duration_ms: int) -> bytes:

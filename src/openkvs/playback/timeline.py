@@ -1,10 +1,23 @@
 """Which fragments a session shows, where each sits on the session timeline, and for how long.
 
 The timeline of a session is the selector timestamp (server or producer) minus the session's
-origin (the timestamp of its first fragment) plus ``LEAD_MS``, in milliseconds. A fragment's
-slot lasts until the next fragment starts when the two are contiguous (within
-``CONTIGUITY_MS``), so contiguous segments abut exactly; otherwise it lasts the fragment's
-recorded duration and a gap follows.
+origin (the timestamp of its first fragment) plus ``LEAD_MS``, in milliseconds.
+
+How long a fragment's slot lasts depends on the mode:
+
+- ON_DEMAND (the whole list is known when the playlist is made): until the next fragment starts
+  when the two are contiguous (within ``CONTIGUITY_MS``), so contiguous segments abut exactly
+  (server timestamps jitter by a few milliseconds); otherwise the fragment's recorded duration,
+  and a gap follows.
+- LIVE and LIVE_REPLAY: the fragment's recorded duration, always. A live segment is published
+  while it is the newest one, before its successor exists, and a published segment never
+  changes (RFC 8216 6.2.1): neither its duration nor its media may depend on a fragment that
+  comes later. Contiguous segments then abut within ``CONTIGUITY_MS`` instead of exactly (a
+  PutMedia fragment's duration runs to the end of its last frame of any track, so its last
+  video frame may last up to an audio frame longer; a WebRTC recording's runs to the next
+  keyframe). The audio of a live segment is cut at the fragment's own end too (see
+  ``service.own_end_ns``).
+
 Playlists and segment requests compute the same slots from the same rule.
 
 - ON_DEMAND: the first ``max_results`` fragments in ``[start, end]`` by timestamp.
@@ -78,8 +91,15 @@ def contiguous(prev_ts: int, prev_duration: int, ts: int) -> bool:
     return prev_duration > 0 and abs(ts - (prev_ts + prev_duration)) <= CONTIGUITY_MS
 
 
+def settled(session: Session) -> bool:
+    """Whether a fragment's slot may depend on its successor (ON_DEMAND only: see the module
+    docstring); a LIVE or LIVE_REPLAY segment is decided by its own fragment."""
+    return session.mode == "ON_DEMAND"
+
+
 def slot_ms(ts: int, duration_ms: int, next_ts: int | None) -> int:
-    """How long a fragment's slot lasts on the timeline (see the module docstring)."""
+    """How long a fragment's slot lasts on the timeline (see the module docstring); ``next_ts``
+    is None when the successor is unknown or, in a live session, not to be used."""
     if next_ts is not None and (duration_ms <= 0 or contiguous(ts, duration_ms, next_ts)):
         return max(1, next_ts - ts)
     return duration_ms if duration_ms > 0 else DEFAULT_DURATION_MS
@@ -193,6 +213,8 @@ def _entries(
         nxt = items[i + 1][1] if i + 1 < len(items) else None
         if nxt is None and after is not None:
             nxt = ts_of(after, session.selector)
+        if not settled(session):
+            nxt = None
         out.append(Entry(f, ts, seq, media_ms(session, ts), slot_ms(ts, f.duration_ms, nxt), disc))
     return out
 
@@ -286,10 +308,7 @@ class Cursor:
                 if len(page) < PAGE:
                     break
         items = [(i.fragment, i.ts, i.seq, i.discontinuity) for i in self.items]
-        after = None
-        if items and not ended:
-            after = await lookahead(source, stream, s, items[-1][0])
-        entries = _entries(s, items, after)
+        entries = _entries(s, items, None)  # a live slot never looks at the successor
         self.target = max(self.target, _target(entries))
         first_disc = self.items[0].discontinuities_before if self.items else 0
         return View(entries, first_disc, ended, self.target)
