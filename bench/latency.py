@@ -76,7 +76,7 @@ def join_latency(quick: bool) -> dict[str, Any]:
     return summary_ms(samples)
 
 
-_FRAGMENT_NO = re.compile(r"FragmentNumber=(\d+)")
+_SEGMENT_LINE = re.compile(r"^get\w+\.(?:mp4|ts)\?FragmentNumber=(\d+)", re.M)
 
 
 def _poll_list(am: Any, name: str, seen: dict[int, float], stop: threading.Event) -> int:
@@ -120,7 +120,7 @@ def _poll_hls(srv: Any, name: str, seen: dict[int, float], stop: threading.Event
         body = http.get(media_url, timeout=10, verify=srv.ca).text
         t = time.time()
         polls += 1
-        for m in _FRAGMENT_NO.finditer(body):
+        for m in _SEGMENT_LINE.finditer(body):  # not the LL-HLS parts' URIs
             seen.setdefault(int(m.group(1)), t)
         time.sleep(0.02)
     return polls
