@@ -416,6 +416,11 @@ def _latency(d: dict[str, Any]) -> list[str]:
                 "p50 < 1 s" if k == "ll" else "",
             ]
         )
+    for k, label in GLASS_LABELS.items():
+        if "error" in g.get(k, {}):
+            rows.append(
+                [f"capture → playhead in Chromium, {label}", "—", "—", "—", "—", g[k]["error"]]
+            )
     L += _table(["", "samples", "p50 ms", "p99 ms", "max ms", "target"], rows)
     if g.get("error"):
         L += [f"Glass to glass in Chromium: not measured ({g['error']}).", ""]

@@ -281,6 +281,10 @@ def test_glass_to_glass_in_chromium() -> None:
     for label in report.GLASS_LABELS.values():
         assert f"capture → playhead in Chromium, {label}" in md
     assert "hls.latency p50 ms" in md
+    r["plain"] = {"error": "never played", "errors": []}
+    md = "\n".join(report._latency({**_latency_stub(), "glass_to_glass": r}))
+    assert "| capture → playhead in Chromium, hls.js without lowLatencyMode | — |" in md
+    assert "never played |" in md
 
 
 def _latency_stub() -> dict[str, Any]:
