@@ -6,7 +6,7 @@ real signaling and JoinStorageSession. Used by the ingest benchmarks as a separa
 
 Each camera sends exactly ``--send-seconds`` of media (whole 4 s loops), stays connected for
 ``--linger`` seconds, prints a ``sent`` event with what it sent, then closes. Events are JSON
-lines on stdout.
+lines on stdout; a ``first_frame`` event says when each camera's first video frame was due.
 """
 
 from __future__ import annotations
@@ -103,8 +103,19 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     await asyncio.gather(*(asyncio.to_thread(c.join) for c in cams))
     t0 = time.monotonic()
     emit({"event": "joined", "t": t0, "wall": time.time()})
+
+    async def first_frames() -> None:
+        """When each camera's first video frame was due (wall clock), once all are out."""
+        walls = [_first_frame_wall(c.master.video_track) for c in cams]
+        while None in walls:
+            await asyncio.sleep(0.01)
+            walls = [_first_frame_wall(c.master.video_track) for c in cams]
+        emit({"event": "first_frame", "walls": walls})
+
+    started = asyncio.create_task(first_frames())
     limit = loops * LOOP_SECONDS + 60
     await asyncio.gather(*(c.master.wait_sent(limit) for c in cams), return_exceptions=True)
+    started.cancel()
     await asyncio.sleep(args.linger)
     emit({"event": "sent", "cameras": [sent_stats(c.master) for c in cams]})
     for c in cams:

@@ -1,7 +1,9 @@
 """Latency: JoinStorageSession → SDP_OFFER at the master; fragment end → listed by ListFragments;
 a frame's capture time → its fragment in the LIVE HLS playlist (1 s fragments); a part's first
 frame's capture time → the LL-HLS part listed and fetched by a client chaining blocking reloads
-(WebRTC storage session, in-process and in a worker process).
+(WebRTC storage session, in-process and in a worker process); glass to glass: a frame's capture
+time → that frame at the playhead of hls.js in headless Chromium, with and without its
+low-latency mode.
 
 The server is a separate process; the masters, pollers and the camera process are its clients.
 """
@@ -10,7 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
+import math
 import re
+import statistics
+import subprocess
 import threading
 import time
 from typing import Any
@@ -19,8 +25,8 @@ import requests
 from tests.signaling.kvs import Client
 
 from . import common
-from .common import log, read_event, summary_ms
-from .media import FPS
+from .common import ROOT, log, read_event, summary_ms
+from .media import FPS, LOOP_SECONDS
 
 
 async def _join_to_offer(srv: Any, arns: list[str], rounds: int) -> list[float]:
@@ -70,7 +76,7 @@ def join_latency(quick: bool) -> dict[str, Any]:
     return summary_ms(samples)
 
 
-_FRAGMENT_NO = re.compile(r"FragmentNumber=(\d+)")
+_SEGMENT_LINE = re.compile(r"^get\w+\.(?:mp4|ts)\?FragmentNumber=(\d+)", re.M)
 
 
 def _poll_list(am: Any, name: str, seen: dict[int, float], stop: threading.Event) -> int:
@@ -114,7 +120,7 @@ def _poll_hls(srv: Any, name: str, seen: dict[int, float], stop: threading.Event
         body = http.get(media_url, timeout=10, verify=srv.ca).text
         t = time.time()
         polls += 1
-        for m in _FRAGMENT_NO.finditer(body):
+        for m in _SEGMENT_LINE.finditer(body):  # not the LL-HLS parts' URIs
             seen.setdefault(int(m.group(1)), t)
         time.sleep(0.02)
     return polls
@@ -308,6 +314,171 @@ def ll_parts_latency(quick: bool, workers: int = 0) -> dict[str, Any]:
     }
 
 
+# page name → (hls.js lowLatencyMode, maxLiveSyncPlaybackRate or None for hls.js's default, 1:
+# a player that starts behind its target latency stays there).
+GLASS_PLAYERS: dict[str, tuple[bool, float | None]] = {
+    "ll": (True, None),
+    "ll_catch_up": (True, 1.5),
+    "plain": (False, None),
+}
+
+
+def _live_url(srv: Any, am: Any, name: str, stop_at: float) -> str:
+    """A LIVE fMP4 session URL on the plain HTTP port (the player needs no CA) with program date
+    times on the producer timestamps, once the first fragment is stored."""
+    while True:
+        try:
+            return str(
+                am.get_hls_streaming_session_url(
+                    StreamName=name,
+                    PlaybackMode="LIVE",
+                    ContainerFormat="FRAGMENTED_MP4",
+                    DisplayFragmentTimestamp="ALWAYS",
+                    HLSFragmentSelector={"FragmentSelectorType": "PRODUCER_TIMESTAMP"},
+                    Expires=600,
+                )["HLSStreamingSessionURL"]
+            )
+        except am.exceptions.ResourceNotFoundException:
+            if time.monotonic() > stop_at:
+                raise
+            time.sleep(0.05)
+
+
+def glass_player(
+    page: dict[str, Any], offset_ms: float, warmup_s: float, measure_s: float
+) -> dict[str, Any]:
+    """One page's samples → its figures. Latency = Date.now() − (the playhead's program date time
+    − the anchor offset): the program date time is the server's media clock, anchored at the first
+    frame's arrival, so the offset takes it back to the camera's capture clock. Samples count
+    from ``warmup_s`` after the first 'playing' event for ``measure_s`` (less if the page was
+    closed first: ``window_s`` says)."""
+    first = page.get("firstPlaying")
+    if first is None:
+        return {"error": "never played", "errors": page.get("errors", [])[:5]}
+    start = first + warmup_s * 1000
+    end = min(start + measure_s * 1000, max((s["now"] for s in page["samples"]), default=0))
+    window = [s for s in page["samples"] if start <= s["now"] <= end]
+    lat = [(s["now"] - s["pdt"] + offset_ms) / 1000 for s in window if s["pdt"] is not None]
+    hls_lat = [s["hlsLatency"] for s in window if s["hlsLatency"] is not None]
+    target = [s["targetLatency"] for s in window if s.get("targetLatency") is not None]
+    ahead = [s["buffered"] for s in window]
+    stalls = [e for e in page["events"] if e["kind"] == "waiting" and start <= e["now"] <= end]
+    return {
+        "first_frame_s": round((first - page["opened"]) / 1000, 2),
+        "window_s": round(max(0.0, end - start) / 1000, 1),
+        "capture_to_playhead": summary_ms(lat),
+        "hls_js_latency": summary_ms(hls_lat),
+        "hls_js_target_latency_ms": round(statistics.median(target) * 1000) if target else None,
+        "buffer_ahead": summary_ms(ahead),
+        "stalls": len(stalls),
+        "samples_without_date": sum(1 for s in window if s["pdt"] is None),
+        "errors": sorted({e.get("details") or e.get("source", "?") for e in page["errors"]}),
+    }
+
+
+def glass_latency(
+    quick: bool, warmup_s: float = 3.0, measure_s: float | None = None
+) -> dict[str, Any]:
+    """One camera (1 s fragments) recorded by a WebRTC storage session; headless Chromium plays
+    its LIVE HLS (fMP4) with hls.js, lowLatencyMode on and off, in two pages side by side."""
+    from tests.playback.support import CustomerPage, browser_missing
+
+    reason = browser_missing()
+    if reason is not None:
+        raise RuntimeError(reason)
+    if measure_s is None:
+        measure_s = 6.0 if quick else 20.0
+    # Start-up (first fragment, first parts, Chromium, the players' first frames) takes a few
+    # seconds; the camera sends whole loops, past the end of the players' window.
+    # The camera is stopped once the players are done.
+    send_seconds = LOOP_SECONDS * math.ceil((warmup_s + measure_s + 40) / LOOP_SECONDS)
+    site = CustomerPage()
+    try:
+        with (
+            common.tmpdir("glass-") as tmp,
+            common.server(tmp / "data", storage_fragment_duration="1.0") as srv,
+        ):
+            arns = common.provision(srv, 1, prefix="glass")
+            name = common.stream_names(arns)[0]
+            cam = common.start_cameras(srv, arns, send_seconds=send_seconds, linger=0.5)
+            assert cam.stdout is not None
+            player: subprocess.Popen[str] | None = None
+            try:
+                read_event(cam.stdout, "joined")
+                first_wall = read_event(cam.stdout, "first_frame")["walls"][0]
+                am = srv.client(
+                    "kinesis-video-archived-media", endpoint=f"http://127.0.0.1:{srv.http_port}"
+                )
+                stop_at = time.monotonic() + 20
+                urls = {k: _live_url(srv, am, name, stop_at) for k in GLASS_PLAYERS}
+                # Parts start with the fragment after the first LIVE playlist request; hls.js
+                # picks its distance to the live edge at its first load, so it starts once the
+                # playlist lists parts.
+                http = requests.Session()
+                master = http.get(urls["ll"], timeout=10).text
+                media_uri = next(
+                    line for line in master.splitlines() if line and not line.startswith("#")
+                )
+                media_url = urls["ll"].rsplit("/", 1)[0] + "/" + media_uri
+                while "#EXT-X-PART:" not in http.get(media_url, timeout=10).text:
+                    if time.monotonic() > stop_at:
+                        raise RuntimeError("the LIVE playlist listed no LL-HLS part")
+                    time.sleep(0.05)
+                cfg = {
+                    "pages": {
+                        k: site.url("hls", urls[k], ll=ll) + (f"&rate={rate}" if rate else "")
+                        for k, (ll, rate) in GLASS_PLAYERS.items()
+                    },
+                    "warmup": warmup_s,
+                    "measure": measure_s,
+                    "deadline": warmup_s + measure_s + 30,
+                }
+                player = subprocess.Popen(
+                    ["node", str(ROOT / "bench" / "glass.js"), json.dumps(cfg)],
+                    cwd=ROOT,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                out, err = player.communicate(timeout=cfg["deadline"] + 60)
+                if player.returncode != 0:
+                    raise RuntimeError(f"glass.js failed: {err[-2000:]}")
+                result = json.loads(out)
+                if "fatal" in result:
+                    raise RuntimeError(f"glass.js: {result['fatal']}")
+                ended = cam.poll() is not None
+            finally:
+                if player is not None and player.poll() is None:
+                    player.kill()
+                    player.communicate()
+                if cam.poll() is None:
+                    cam.kill()
+                    cam.wait()
+                cam.stdout.close()
+            if ended:
+                raise RuntimeError("the camera stopped before the players were done")
+            rows = common.fragment_rows(srv.data_dir, [name])[name]
+    finally:
+        site.close()
+    if not rows:
+        raise RuntimeError("the glass-to-glass camera stored no fragments")
+    # The server's media clock is anchored at the first frame's arrival; the camera knows when
+    # that frame was due (captured): capture time = media time − offset.
+    offset_ms = rows[0]["producer_ts"] - first_wall * 1000
+    return {
+        "fragment_duration_s": 1.0,
+        "anchor_offset_ms": round(offset_ms, 1),
+        "warmup_s": warmup_s,
+        "measure_s": measure_s,
+        "sample_interval_ms": 100,
+        "page_errors": result["pageErrors"][:5],
+        **{
+            k: glass_player(result["pages"][k], offset_ms, warmup_s, measure_s)
+            for k in GLASS_PLAYERS
+        },
+    }
+
+
 def run(quick: bool) -> dict[str, Any]:
     log("latency: JoinStorageSession -> SDP_OFFER")
     join = join_latency(quick)
@@ -315,4 +486,9 @@ def run(quick: bool) -> dict[str, Any]:
     live = live_latency(quick)
     log("latency: LL-HLS parts of a WebRTC recording (in-process, then one worker process)")
     parts = [ll_parts_latency(quick, workers) for workers in (0, 1)]
-    return {"join_to_offer": join, **live, "ll_hls_parts": parts}
+    log("latency: glass to glass in headless Chromium (hls.js, low-latency mode on and off)")
+    try:
+        glass = glass_latency(quick)
+    except Exception as exc:  # noqa: BLE001 - no browser must not hide the other figures
+        glass = {"error": f"{type(exc).__name__}: {exc}"}
+    return {"join_to_offer": join, **live, "ll_hls_parts": parts, "glass_to_glass": glass}

@@ -12,8 +12,9 @@ import requests
 from bench.media import camera_media
 
 from bench import __main__ as bench_main
-from bench import api, audio, capacity, cluster, common, floor, profile, report
+from bench import api, audio, capacity, cluster, common, floor, latency, profile, report
 
+from ..playback.support import browser_missing
 from ..support import ServerThread
 
 
@@ -152,6 +153,7 @@ def test_report_marks_each_target(tmp_path: Path) -> None:
     assert got["JoinStorageSession at 64 clients vs moto DescribeStream"] is True
     assert got["DescribeSignalingChannel at 64 clients vs moto DescribeStream"] is False  # p99
     assert got["GetImages vs FFmpeg CLI"] is None
+    assert got["Capture → playable in Chromium (hls.js LL) p50"] is None
     md = report.render(results)
     assert "## Targets" in md and "## Closing note" in md and "**not met**" in md
 
@@ -248,3 +250,52 @@ def test_ingest_trial_with_opus_storage() -> None:
     assert (
         0.99 * r["received_media_bytes"] <= r["stored_payload_bytes"] <= r["received_media_bytes"]
     )
+
+
+def test_glass_to_glass_in_chromium() -> None:
+    """hls.js in headless Chromium plays a WebRTC recording's LIVE HLS, with and without its
+    low-latency mode; each page's playhead is dated through the program date time."""
+    reason = browser_missing()  # under CI=true a missing browser is an error, not a skip
+    if reason is not None:
+        pytest.skip(reason)
+    r = latency.glass_latency(True, warmup_s=1.0, measure_s=3.0)
+    # The media clock is anchored at the first frame's arrival, on loopback within moments of
+    # its send (a lost first keyframe would put it a GOP, 1 s, later).
+    assert 0 <= r["anchor_offset_ms"] < 500, r
+    for name in latency.GLASS_PLAYERS:
+        p = r[name]
+        assert "error" not in p, (name, p)
+        assert p["window_s"] >= 2.5 and p["samples_without_date"] == 0, (name, p)
+        lat = p["capture_to_playhead"]
+        assert lat["n"] >= 15 and 0 < lat["p50_ms"] < 15_000, (name, p)
+        # hls.js's own estimate (live edge − playhead) tells the same story within the edge's
+        # own delay: a wrong anchoring would part them by seconds.
+        own = p["hls_js_latency"]["p50_ms"]
+        assert own is not None and abs(lat["p50_ms"] - own) < 2000, (name, p)
+    results = {"mode": "quick", "sections": {"latency": {"glass_to_glass": r}}}
+    got = {w: ok for w, _t, _v, ok in report.targets(results["sections"])}
+    assert got["Capture → playable in Chromium (hls.js LL) p50"] is (
+        r["ll"]["capture_to_playhead"]["p50_ms"] < 1000
+    )
+    md = "\n".join(report._latency({**_latency_stub(), "glass_to_glass": r}))
+    for label in report.GLASS_LABELS.values():
+        assert f"capture → playhead in Chromium, {label}" in md
+    assert "hls.latency p50 ms" in md
+    r["plain"] = {"error": "never played", "errors": []}
+    md = "\n".join(report._latency({**_latency_stub(), "glass_to_glass": r}))
+    assert "| capture → playhead in Chromium, hls.js without lowLatencyMode | — |" in md
+    assert "never played |" in md
+
+
+def _latency_stub() -> dict[str, Any]:
+    row = {"n": 1, "p50_ms": 1.0, "p99_ms": 1.0, "max_ms": 1.0}
+    return {
+        k: row
+        for k in (
+            "join_to_offer",
+            "fragment_end_to_listed",
+            "capture_to_hls_playlist_per_frame",
+            "capture_to_hls_newest_frame",
+            "capture_to_hls_oldest_frame",
+        )
+    }
