@@ -303,3 +303,70 @@ def test_hls_js_low_latency_mode_plays_parts_from_another_origin(
     assert all(b >= a for a, b in zip(playing, playing[1:], strict=False)), playing
     assert last["decodedFrames"] > 30 * 7, last
     assert last["parts"] >= 10, last  # hls.js loaded parts (EXT-X-PART), not only segments
+
+
+def test_ll_hls_audio_rendition_answers_blocking_reloads(server: ServerThread) -> None:
+    """The audio playlist of a LIVE session lists no parts but answers blocking reloads (a
+    player cannot play past its audio: polling it every target duration would hold a
+    low-latency player that much further behind); the video playlist keeps its parts."""
+    name = "llaudio"
+    create_stream(server, name)
+    data = producer_mkv(5.0, start_ms=int(time.time() * 1000), audio=True, fps=FPS)
+    found: dict[str, Any] = {}
+
+    async def camera(wall0: float) -> None:
+        producer = Producer(server, stream_name=name)
+        await producer.connect()
+        assert await producer.read_head() == 200
+        await producer.send(header_part(data))
+        for k, cluster in enumerate(clusters(data)):
+            pieces = frame_pieces(cluster)
+            for j, piece in enumerate(pieces):
+                await asyncio.sleep(max(0.0, wall0 + k + j / len(pieces) - time.time()))
+                await producer.send(piece, piece=1 << 20)
+        await asyncio.sleep(0.5)
+        await producer.end()
+        await producer.close()
+
+    async def client() -> None:
+        url = None
+        for _ in range(100):
+            try:
+                url = await asyncio.to_thread(
+                    hls_url, server, name, PlaybackMode="LIVE", ContainerFormat="FRAGMENTED_MP4"
+                )
+                break
+            except Exception:  # noqa: BLE001 - ResourceNotFound until the first is stored
+                await asyncio.sleep(0.1)
+        assert url is not None
+        master = (await asyncio.to_thread(get, url)).text
+        audio_url = resolve(url, re.search(r'TYPE=AUDIO.*URI="([^"]+)"', master).group(1))  # type: ignore[union-attr]
+        video_url = resolve(url, next(u for u in uris(master) if "TrackNumber=1" in u))
+        assert "TrackNumber=2" in audio_url
+        await asyncio.to_thread(get, video_url)  # a LIVE video playlist: parts from now on
+        text = (await asyncio.to_thread(get, audio_url)).text
+        seq = int(re.search(r"#EXT-X-MEDIA-SEQUENCE:(\d+)", text).group(1))  # type: ignore[union-attr]
+        last = seq + len(segment_numbers(text)) - 1
+        t = time.time()
+        blocked = await asyncio.to_thread(get, audio_url + f"&_HLS_msn={last + 1}")
+        found.update(
+            before=text, after=blocked, waited=time.time() - t, last=last, video_url=video_url
+        )
+        found["video"] = (await asyncio.to_thread(get, video_url)).text
+
+    async def run() -> None:
+        wall0 = time.time() + 0.3
+        await asyncio.gather(camera(wall0), client())
+
+    asyncio.run(run())
+    before, after = found["before"], found["after"]
+    for text in (before, after.text):
+        assert "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n" in text, text
+        assert "#EXT-X-PART" not in text and "#EXT-X-PRELOAD-HINT" not in text, text
+    assert after.status_code == 200, after.text
+    seq = int(re.search(r"#EXT-X-MEDIA-SEQUENCE:(\d+)", after.text).group(1))  # type: ignore[union-attr]
+    assert seq + len(segment_numbers(after.text)) - 1 >= found["last"] + 1, after.text
+    assert 0.05 < found["waited"] < 3.0, found["waited"]  # held until the segment was stored
+    assert "#EXT-X-PART-INF:PART-TARGET=0.334" in found["video"]
+    too_far = get(found["video_url"].replace("TrackNumber=1", "TrackNumber=2") + "&_HLS_msn=99999")
+    assert too_far.status_code == 400, too_far.text

@@ -78,6 +78,7 @@ class LowLatency:
     parts: tuple[PartLine, ...]  # of the last listed segments and of the one in progress
     preload: tuple[int, int] | None  # (fragment, part) of the next part of the one in progress
     pending_discontinuity: bool = False  # the segment in progress will follow a discontinuity
+    blocking_only: bool = False  # no parts: only blocking reloads (the audio rendition)
 
     @property
     def hold_back_s(self) -> float:
@@ -140,7 +141,9 @@ def media_playlist(
         f"#EXT-X-TARGETDURATION:{view.target_duration}",
         f"#EXT-X-MEDIA-SEQUENCE:{view.first_seq}",
     ]
-    if ll is not None:
+    if ll is not None and ll.blocking_only:
+        lines.append("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES")
+    elif ll is not None:
         lines.append(
             f"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={ll.hold_back_s:.3f}"
         )

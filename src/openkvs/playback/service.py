@@ -409,6 +409,10 @@ class PlaybackService:
             assert track is not None
             spec = await self.output_track(session, stream, track, audio_only_ok=True)
         low_latency = session.mode == "LIVE" and spec is not None and spec.is_video
+        # The audio rendition lists no parts, but answers blocking reloads: a player cannot
+        # play past the end of its audio, so polling for it every target duration would hold
+        # the player further behind its video's parts.
+        audio_blocking = session.mode == "LIVE" and spec is not None and not spec.is_video
         if low_latency:
             self.live.watch(stream.id)
         deadline = clock.monotonic() + 3 * max(1, LIVE_TARGET_S)
@@ -417,6 +421,8 @@ class PlaybackService:
             version = self.live.version(stream.id)
             view = await self.view(session, stream)
             ll = self._low_latency(session, view) if low_latency else None
+            if audio_blocking and view.entries:
+                ll = hls.LowLatency(PART_TARGET_S, (), None, blocking_only=True)
             if ll is None or msn is None:
                 return hls.media_playlist(session, token, view, track, ll)
             if first and hls.too_far(view, msn):
