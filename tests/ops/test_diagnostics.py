@@ -95,12 +95,14 @@ async def test_a_good_session_has_a_full_timeline_and_no_verdict(
 ) -> None:
     srv: ServerThread = make_server(webrtc_workers=workers, storage_fragment_duration=1.0)
     ch, _ = storage_channel(srv, "good")
-    cam = Camera(srv, ch, h264_clip(seconds=2.0, gop=30), opus_packets(2.0))
+    clip = h264_clip(seconds=2.0, gop=30)
+    cam = Camera(srv, ch, clip, opus_packets(2.0))
     await cam.connect()
     await asyncio.to_thread(cam.join)
     track = cam.master.video_track
     assert track is not None
-    await wait_for(lambda: len(track.sent) > 40, 30)
+    # Every frame sent (the counts below are compared with all of them), then time to arrive.
+    await wait_for(lambda: len(track.sent) >= len(clip), 30)
     await asyncio.sleep(0.6)
     live = await sessions(srv, ch)
     assert [s["State"] for s in live] == ["ACTIVE"] and live[0]["Role"] == "MASTER"

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ..faults.common import join_at_once, signed_request
+from ..faults.common import join_at_once, join_together, signed_request
 from ..mediagen import h264_clip
 from ..signaling.kvs import Client, b64json, unb64json
 from .fake_master import FakeMaster
@@ -96,7 +96,7 @@ async def test_ten_joins_at_once_send_one_offer(make_server: Any) -> None:
         assert await join_at_once(srv, [ch]) == [200]
         old = await _next_offer(client)
         await asyncio.sleep(0.5)
-        assert await join_at_once(srv, [ch] * 10) == [200] * 10
+        assert await join_together(srv, [ch] * 10) == [200] * 10
         received = await _messages(client, 2.0)
         offers = [m for m in received if m["messageType"] == "SDP_OFFER"]
         assert len(offers) == 1, [m["messageType"] for m in received]
@@ -133,7 +133,7 @@ async def test_in_a_worker_process_too(make_server: Any) -> None:
         assert await join_at_once(srv, [ch]) == [200]
         old = await _next_offer(client)
         await asyncio.sleep(0.5)
-        assert await join_at_once(srv, [ch] * 10) == [200] * 10
+        assert await join_together(srv, [ch] * 10) == [200] * 10
         received = await _messages(client, 2.0)
         offers = [m for m in received if m["messageType"] == "SDP_OFFER"]
         assert len(offers) == 1, [m["messageType"] for m in received]
