@@ -386,9 +386,15 @@ def test_bus_url() -> None:
         Settings.load({}, None, {"bus_url": "postgres://h/db"})
 
 
-async def test_a_node_whose_subscription_dropped_gets_what_was_kept_meanwhile(
-    redis_prefix: str,
+@pytest.mark.parametrize("reconnected", [False, True], ids=["kept", "sent-after-reconnect"])
+async def test_a_node_whose_subscription_dropped_gets_what_was_sent_meanwhile(
+    redis_prefix: str, reconnected: bool
 ) -> None:
+    """B's subscriptions are cut (as a network blip would), both at once; its Redis client
+    connects and subscribes again by itself. A message sent before that is kept in Redis and
+    B takes it; one sent once B's client has subscribed again goes to that subscription, which
+    B must keep reading (replacing it dropped the message)."""
+    import redis
     import redis.asyncio as aioredis
 
     clusters: list[RedisCluster] = []
@@ -398,16 +404,28 @@ async def test_a_node_whose_subscription_dropped_gets_what_was_kept_meanwhile(
     try:
         viewer = ListPeer("v")
         await b.attach(viewer)
-        # Cut B's subscriptions (as a network blip would); A's message finds nobody listening.
         clients = await r.client_list()
         ours = [c for c in clients if c["name"] == f"openkvs-{b.node_id}"]
         subscribed = [c for c in ours if int(c.get("sub", 0)) > 0]
         assert len(subscribed) == 2  # the cluster's subscription and the bus's
-        for client in subscribed:
-            await r.client_kill_filter(_id=client["id"])
+        # Killed from a blocking client, so that B's node (in this event loop) cannot connect
+        # again before A has sent the message.
+        with redis.Redis.from_url(redis_url()) as blocking:
+            for client in subscribed:
+                blocking.client_kill_filter(_id=client["id"])
+        if reconnected:
+            channel = f"{redis_prefix}:sig:to:{b.node_id}"
+
+            async def subscribers() -> int:
+                return int(dict(await r.pubsub_numsub(channel)).get(channel, 0))
+
+            async with asyncio.timeout(5):
+                while await subscribers() < 1:
+                    await asyncio.sleep(0.005)
         sent = await a.deliver((ARN, "v"), "during", ttl=30, origin="m", is_offer=False)
-        assert sent in (Delivery.BUFFERED, Delivery.DELIVERED)
+        assert sent is (Delivery.DELIVERED if reconnected else Delivery.BUFFERED)
         await eventually(lambda: viewer.got == ["during"], timeout=5)
+        await asyncio.sleep(0.5)  # nothing replaces the subscription later either
         # And B listens again.
         assert await a.deliver((ARN, "v"), "after", ttl=30, origin="m", is_offer=False) is (
             Delivery.DELIVERED

@@ -64,7 +64,8 @@ class PacketTrack(MediaStreamTrack):
 
     @property
     def done(self) -> bool:
-        return self._i >= len(self._frames) * self._loops
+        """Every frame has been sent (not merely taken: the last one waits for its time)."""
+        return len(self.sent) >= len(self._frames) * self._loops
 
 
 class FakeMaster:

@@ -261,6 +261,10 @@ class RedisCluster(Cluster):
         self.duties = LeaseDutyLock(self.leases)
         self._fragments_channel = f"{prefix}:fragments"
         self._pubsub: Any = None
+        # Subscription confirmations seen: the first two are the start's own; any later one
+        # means the client reconnected and subscribed again by itself.
+        self._confirmed = 0
+        self._subscribed = False
         self._tasks: list[asyncio.Task[None]] = []
         self._beat_hooks: list[BeatHook] = []
 
@@ -293,7 +297,7 @@ class RedisCluster(Cluster):
             async with asyncio.timeout(CONNECT_TIMEOUT * 2):
                 await self._client.ping()
                 await self._nodes.beat(self.node, self._node_ttl)
-                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                pubsub = self._client.pubsub()
                 await pubsub.subscribe(self._fragments_channel, self._leases.yield_channel)
                 self._pubsub = pubsub
         except Exception as exc:
@@ -358,9 +362,7 @@ class RedisCluster(Cluster):
         backoff = 0.1
         while True:
             try:
-                message = await self._pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=1.0
-                )
+                message = await self._pubsub.get_message(timeout=1.0)
             except Exception as exc:  # noqa: BLE001 - reconnected at the next read
                 logger.warning(
                     "bus subscription broke: %s; retrying in %.1f s",
@@ -372,7 +374,19 @@ class RedisCluster(Cluster):
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
-            if message is None or message.get("type") != "message":
+            if message is None:
+                continue
+            if message.get("type") == "subscribe" and self._subscribed:
+                # The client reconnected on its own and subscribed again: notifications sent
+                # meanwhile are lost, so waiting readers look at the store.
+                logger.warning("bus subscription was renewed by the client")
+                self._redis_notifier.wake_everyone()
+                continue
+            if message.get("type") == "subscribe":
+                self._confirmed += 1
+                self._subscribed = self._confirmed >= 2
+                continue
+            if message.get("type") != "message":
                 continue
             try:
                 self._dispatch(str(message["channel"]), str(message["data"]))

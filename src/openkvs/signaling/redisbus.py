@@ -409,11 +409,9 @@ class RedisBus:
             await self._resync()
 
     async def _subscribe(self) -> None:
-        """(Re)subscribe to this node's channels and wait until Redis confirms both: from then
-        on nothing sent to this node can be missed."""
-        if self._pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.aclose()
+        """Subscribe to this node's channels and wait until Redis confirms both: from then on
+        nothing sent to this node can be missed. After a lost connection the client connects
+        and subscribes again by itself; the listener sees the confirmations."""
         pubsub = self._require().pubsub()
         self._pubsub = pubsub
         await pubsub.subscribe(self._to(self._node), self._k + "all")
@@ -439,19 +437,30 @@ class RedisBus:
     async def _listen(self) -> None:
         while True:
             try:
-                msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                msg = await self._pubsub.get_message(timeout=1.0)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, TimeoutError) as exc:
+                # The same subscription object connects and subscribes again at the next read
+                # (it may have done so already, with messages for this node waiting in it: a
+                # new one would drop them).
                 logger.warning("signaling bus subscription lost (%r); subscribing again", exc)
                 await asyncio.sleep(0.2)
-                try:
-                    await self._subscribe()
-                    await self._resync()
-                except (RedisError, OSError, TimeoutError) as again:
-                    logger.warning("signaling bus: subscribing again failed (%r)", again)
                 continue
-            if msg is None or msg.get("type") != "message":
+            if msg is None:
+                continue
+            if msg.get("type") == "subscribe":
+                # Subscribed again after a gap (``_subscribe`` takes the first confirmations):
+                # what was sent to this node meanwhile was kept in Redis; hand it over before
+                # anything that follows.
+                if msg.get("channel") == self._to(self._node):
+                    logger.warning("signaling bus subscribed again; taking what was kept")
+                    try:
+                        await self._resync()
+                    except (RedisError, OSError, TimeoutError) as exc:
+                        logger.warning("signaling bus: taking kept messages failed (%r)", exc)
+                continue
+            if msg.get("type") != "message":
                 continue
             try:
                 self._on_message(json.loads(msg["data"]))
