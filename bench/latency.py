@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -126,51 +127,74 @@ def _poll_hls(srv: Any, name: str, seen: dict[int, float], stop: threading.Event
     return polls
 
 
+Follower = Callable[[str, threading.Event], int]
+
+
+def _follow_one_camera(
+    srv: Any, prefix: str, send_seconds: float, followers: dict[str, Follower]
+) -> tuple[str, dict[str, Any], dict[str, int], list[dict[str, Any]]]:
+    """One camera recorded by a storage session; each follower runs in its own thread from the
+    camera's join until it has sent everything (``follower(stream name, stop)`` returns its
+    poll count). Returns the stream name, the camera's ``sent`` event, the poll counts and the
+    stored fragments' rows."""
+    arns = common.provision(srv, 1, prefix=prefix)
+    name = common.stream_names(arns)[0]
+    cam = common.start_cameras(srv, arns, send_seconds=send_seconds, linger=2.5)
+    assert cam.stdout is not None
+    stop = threading.Event()
+    polls: dict[str, int] = {}
+
+    def follow(key: str, follower: Follower) -> None:
+        polls[key] = follower(name, stop)
+
+    threads = [threading.Thread(target=follow, args=item) for item in followers.items()]
+    try:
+        read_event(cam.stdout, "joined")
+        for th in threads:
+            th.start()
+        sent = read_event(cam.stdout, "sent")["cameras"][0]
+        stop.set()
+        for th in threads:
+            th.join(30)
+        read_event(cam.stdout, "done")
+        cam.wait(30)
+    finally:
+        stop.set()
+        if cam.poll() is None:
+            cam.kill()
+            cam.wait()
+    rows = common.fragment_rows(srv.data_dir, [name])[name]
+    if not rows:
+        raise RuntimeError(f"the {prefix} camera stored no fragments")
+    return name, sent, polls, rows
+
+
+def anchor_offset_ms(rows: list[dict[str, Any]], first_frame_wall_s: float) -> float:
+    """The server's media clock is anchored at the first frame's arrival; the camera knows when
+    it sent (captured) that frame: capture time = media time − this offset."""
+    return float(rows[0]["producer_ts"] - first_frame_wall_s * 1000)
+
+
 def live_latency(quick: bool) -> dict[str, Any]:
     """One camera, 1 s fragments; ListFragments and the LIVE HLS playlist polled side by side."""
     send_seconds = 8.0 if quick else 20.0
     listed: dict[int, float] = {}
     in_hls: dict[int, float] = {}
-    stop = threading.Event()
     with (
         common.tmpdir("livelat-") as tmp,
         common.server(tmp / "data", storage_fragment_duration="1.0") as srv,
     ):
-        arns = common.provision(srv, 1, prefix="live")
-        name = common.stream_names(arns)[0]
-        cam = common.start_cameras(srv, arns, send_seconds=send_seconds, linger=2.5)
-        assert cam.stdout is not None
         am = srv.client("kinesis-video-archived-media")
-        polls: dict[str, int] = {}
-        threads = [
-            threading.Thread(
-                target=lambda: polls.__setitem__("list", _poll_list(am, name, listed, stop))
-            ),
-            threading.Thread(
-                target=lambda: polls.__setitem__("hls", _poll_hls(srv, name, in_hls, stop))
-            ),
-        ]
-        try:
-            read_event(cam.stdout, "joined")
-            for th in threads:
-                th.start()
-            sent = read_event(cam.stdout, "sent")["cameras"][0]
-            stop.set()
-            for th in threads:
-                th.join(30)
-            read_event(cam.stdout, "done")
-            cam.wait(30)
-        finally:
-            stop.set()
-            if cam.poll() is None:
-                cam.kill()
-                cam.wait()
-        rows = common.fragment_rows(srv.data_dir, [name])[name]
-    if not rows:
-        raise RuntimeError("the live-latency camera stored no fragments")
-    # The media clock is anchored at the arrival of the first frame; the camera knows when it
-    # sent that frame, so capture time = media time - (anchor - first send).
-    offset_ms = rows[0]["producer_ts"] - sent["first_video_wall"] * 1000
+        _, sent, polls, rows = _follow_one_camera(
+            srv,
+            "live",
+            send_seconds,
+            {
+                "list": lambda name, stop: _poll_list(am, name, listed, stop),
+                "hls": lambda name, stop: _poll_hls(srv, name, in_hls, stop),
+            },
+        )
+    offset_ms = anchor_offset_ms(rows, sent["first_video_wall"])
     list_lat: list[float] = []
     frame_lat: list[float] = []
     newest_lat: list[float] = []
@@ -261,38 +285,19 @@ def ll_parts_latency(quick: bool, workers: int = 0) -> dict[str, Any]:
     part listed (the blocking reload's answer) and to its media fetched (playable)."""
     send_seconds = 8.0 if quick else 20.0
     seen: dict[tuple[int, int], tuple[float, float, float]] = {}
-    stop = threading.Event()
     with (
         common.tmpdir("llparts-") as tmp,
         common.server(
             tmp / "data", storage_fragment_duration="1.0", webrtc_workers=str(workers)
         ) as srv,
     ):
-        arns = common.provision(srv, 1, prefix="llparts")
-        name = common.stream_names(arns)[0]
-        cam = common.start_cameras(srv, arns, send_seconds=send_seconds, linger=2.5)
-        assert cam.stdout is not None
-        polls: dict[str, int] = {}
-        thread = threading.Thread(
-            target=lambda: polls.__setitem__("hls", _follow_parts(srv, name, seen, stop))
+        _, sent, polls, rows = _follow_one_camera(
+            srv,
+            "llparts",
+            send_seconds,
+            {"hls": lambda name, stop: _follow_parts(srv, name, seen, stop)},
         )
-        try:
-            read_event(cam.stdout, "joined")
-            thread.start()
-            sent = read_event(cam.stdout, "sent")["cameras"][0]
-            stop.set()
-            thread.join(30)
-            read_event(cam.stdout, "done")
-            cam.wait(30)
-        finally:
-            stop.set()
-            if cam.poll() is None:
-                cam.kill()
-                cam.wait()
-        rows = common.fragment_rows(srv.data_dir, [name])[name]
-    if not rows:
-        raise RuntimeError("the LL-HLS camera stored no fragments")
-    offset_ms = rows[0]["producer_ts"] - sent["first_video_wall"] * 1000
+    offset_ms = anchor_offset_ms(rows, sent["first_video_wall"])
     # The last fragment's last part waits for the session's end (no next frame cuts it).
     starts = {r["number"]: r["producer_ts"] for r in rows[:-1]}
     listed: list[float] = []
@@ -462,9 +467,7 @@ def glass_latency(
         site.close()
     if not rows:
         raise RuntimeError("the glass-to-glass camera stored no fragments")
-    # The server's media clock is anchored at the first frame's arrival; the camera knows when
-    # that frame was due (captured): capture time = media time − offset.
-    offset_ms = rows[0]["producer_ts"] - first_wall * 1000
+    offset_ms = anchor_offset_ms(rows, first_wall)
     return {
         "fragment_duration_s": 1.0,
         "anchor_offset_ms": round(offset_ms, 1),

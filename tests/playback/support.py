@@ -3,6 +3,8 @@ ffprobe/ffmpeg runs, and a customer page (on another origin) that plays a sessio
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import functools
 import http.server
 import io
@@ -11,8 +13,9 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +248,110 @@ def player_result(proc: subprocess.Popen[str], timeout: float = 120) -> dict[str
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err
     return dict(json.loads(out))
+
+
+# -- LL-HLS ----------------------------------------------------------------------------------
+
+PART_RE = re.compile(
+    r'#EXT-X-PART:DURATION=([0-9.]+),URI="([^"]*FragmentNumber=(\d+)&PartNumber=(\d+)[^"]*)"'
+    r"(,INDEPENDENT=YES)?"
+)
+PartKey = tuple[int, int]  # (fragment number, part number)
+
+
+def parse_parts(playlist: str) -> list[tuple[int, int, float, bool, str]]:
+    """(fragment, part, duration, independent, URI) of each ``#EXT-X-PART``."""
+    return [
+        (int(m.group(3)), int(m.group(4)), float(m.group(1)), bool(m.group(5)), m.group(2))
+        for m in PART_RE.finditer(playlist)
+    ]
+
+
+def segment_numbers(playlist: str) -> list[int]:
+    return [
+        int(m.group(1))
+        for m in re.finditer(r"^getMP4MediaFragment\.mp4\?FragmentNumber=(\d+)", playlist, re.M)
+    ]
+
+
+def packets(init: bytes, media: bytes) -> list[tuple[int, bytes]]:
+    """(pts, data) of each video sample of an fMP4 segment or part behind its init segment."""
+    with av.open(io.BytesIO(init + media), "r") as container:
+        return [
+            (int(p.pts), bytes(p)) for p in container.demux(video=0) if p.size and p.pts is not None
+        ]
+
+
+async def live_hls_url(server: ServerThread, name: str, tries: int = 200, **params: Any) -> str:
+    """A LIVE session URL, once the stream has a stored fragment (ResourceNotFound before)."""
+    for _ in range(tries):
+        try:
+            return await asyncio.to_thread(hls_url, server, name, PlaybackMode="LIVE", **params)
+        except Exception:  # noqa: BLE001 - ResourceNotFound until the first is stored
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"no LIVE HLS session for {name}")
+
+
+@dataclasses.dataclass
+class Followed:
+    """What a client following the LIVE video playlist's parts saw."""
+
+    media_url: str = ""
+    last: str = ""  # the last playlist
+    seen: dict[PartKey, float] = dataclasses.field(default_factory=dict)  # first listed at
+    fetched: dict[PartKey, tuple[float, bytes]] = dataclasses.field(default_factory=dict)
+    pending: set[PartKey] = dataclasses.field(default_factory=set)  # listed before stored
+    durations: dict[PartKey, float] = dataclasses.field(default_factory=dict)
+
+    def init_segment(self) -> bytes:
+        uri = re.search(r'#EXT-X-MAP:URI="([^"]+)"', self.last)
+        assert uri is not None, self.last
+        return get(resolve(self.media_url, uri.group(1))).content
+
+
+async def follow_parts(server: ServerThread, name: str, done: Callable[[], bool]) -> Followed:
+    """Chain blocking reloads (``_HLS_msn``/``_HLS_part``) of the LIVE fMP4 video playlist until
+    ``done()``, fetching each part once as soon as it is first listed. Checks on the way what
+    every LL-HLS playlist must show: once parts are listed they stay, the server control and
+    part target tags, and only each fragment's first part independent."""
+    out = Followed()
+    url = await live_hls_url(server, name, ContainerFormat="FRAGMENTED_MP4")
+    master = (await asyncio.to_thread(get, url)).text
+    out.media_url = resolve(url, next(u for u in uris(master) if "TrackNumber=1" in u))
+    query = ""
+    low_latency = False
+    while not done():
+        r = await asyncio.to_thread(get, out.media_url + query)
+        now = time.time()
+        assert r.status_code == 200, r.text
+        text = out.last = r.text
+        if "#EXT-X-SERVER-CONTROL" not in text:
+            # Parts start with the fragment after the first LIVE playlist request.
+            assert not low_latency, text
+            assert "#EXT-X-PART" not in text
+            await asyncio.sleep(0.05)
+            continue
+        low_latency = True
+        assert "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=" in text
+        assert "#EXT-X-PART-INF:PART-TARGET=0.334" in text
+        stored = set(segment_numbers(text))
+        parts = parse_parts(text)
+        for frag, index, duration, independent, uri in parts:
+            key = (frag, index)
+            out.durations[key] = duration
+            assert independent == (index == 0), (key, independent)
+            if key in out.seen:
+                continue
+            out.seen[key] = now
+            if frag not in stored:
+                out.pending.add(key)
+            got = await asyncio.to_thread(get, resolve(out.media_url, uri))
+            assert got.status_code == 200, got.text
+            out.fetched[key] = (time.time(), got.content)
+        seq = re.search(r"#EXT-X-MEDIA-SEQUENCE:(\d+)", text)
+        assert seq is not None, text
+        last_msn = int(seq.group(1)) + len(segment_numbers(text)) - 1
+        pending = [p for p in parts if p[0] not in stored]
+        part = pending[-1][1] + 1 if pending else 0
+        query = f"&_HLS_msn={last_msn + 1}&_HLS_part={part}"
+    return out

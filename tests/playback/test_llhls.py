@@ -6,14 +6,12 @@ fragment's frames, ffprobe reads the playlist, and capture -> part listed is mea
 from __future__ import annotations
 
 import asyncio
-import io
 import re
 import statistics
 import threading
 import time
 from typing import Any
 
-import av
 import pytest
 
 from openkvs.media import ebml
@@ -23,22 +21,22 @@ from ..dataplane.producer import Producer
 from ..support import ServerThread
 from .support import (
     CustomerPage,
+    Followed,
     create_stream,
     ffprobe_json,
+    follow_parts,
     get,
-    hls_url,
+    live_hls_url,
+    packets,
     player_result,
     resolve,
+    segment_numbers,
     start_player,
     uris,
 )
 
 FPS = 30
 SECONDS = 8
-PART_RE = re.compile(
-    r'#EXT-X-PART:DURATION=([0-9.]+),URI="([^"]*FragmentNumber=(\d+)&PartNumber=(\d+)[^"]*)"'
-    r"(,INDEPENDENT=YES)?"
-)
 
 
 def frame_pieces(cluster: bytes) -> list[bytes]:
@@ -83,102 +81,27 @@ async def stream_paced(
     await producer.close()
 
 
-def parse_parts(playlist: str) -> list[tuple[int, int, float, bool, str]]:
-    return [
-        (int(m.group(3)), int(m.group(4)), float(m.group(1)), bool(m.group(5)), m.group(2))
-        for m in PART_RE.finditer(playlist)
-    ]
-
-
-def segment_numbers(playlist: str) -> list[int]:
-    return [
-        int(m.group(1))
-        for m in re.finditer(r"^getMP4MediaFragment\.mp4\?FragmentNumber=(\d+)", playlist, re.M)
-    ]
-
-
-def packets(init: bytes, media: bytes) -> list[tuple[int, bytes]]:
-    with av.open(io.BytesIO(init + media), "r") as container:
-        return [
-            (int(p.pts), bytes(p)) for p in container.demux(video=0) if p.size and p.pts is not None
-        ]
-
-
 def test_ll_hls_parts_before_storage_equal_the_stored_fragment(server: ServerThread) -> None:
     name = "llcam"
     create_stream(server, name)
     data = producer_mkv(SECONDS, start_ms=int(time.time() * 1000), audio=False, fps=FPS)
     acks: list[tuple[float, Any]] = []
-    seen: dict[tuple[int, int], float] = {}  # (fragment, part) -> when first listed
-    fetched: dict[tuple[int, int], tuple[float, bytes]] = {}
-    durations: dict[tuple[int, int], float] = {}
-    pending_seen: set[tuple[int, int]] = set()  # listed while their segment was not
-    state: dict[str, Any] = {}
+    wall0 = time.time() + 0.3
 
-    async def client(wall0: float) -> None:
-        url = None
-        for _ in range(100):  # LIVE needs one stored fragment first
-            try:
-                url = await asyncio.to_thread(
-                    hls_url, server, name, PlaybackMode="LIVE", ContainerFormat="FRAGMENTED_MP4"
-                )
-                break
-            except Exception:  # noqa: BLE001 - ResourceNotFound until the first is stored
-                await asyncio.sleep(0.1)
-        assert url is not None
-        master = (await asyncio.to_thread(get, url)).text
-        media_url = resolve(url, next(u for u in uris(master) if "TrackNumber=1" in u))
-        state["media_url"] = media_url
-        query = ""
-        deadline = wall0 + SECONDS + 1.5
-        while time.time() < deadline:
-            r = await asyncio.to_thread(get, media_url + query)
-            now = time.time()
-            assert r.status_code == 200, r.text
-            text = r.text
-            state["last"] = text
-            if "#EXT-X-SERVER-CONTROL" not in text:
-                # Parts start with the fragment after the first LIVE playlist request.
-                assert not state.get("ll"), text
-                assert "#EXT-X-PART" not in text
-                await asyncio.sleep(0.05)
-                continue
-            state["ll"] = True
-            assert "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=" in text
-            assert "#EXT-X-PART-INF:PART-TARGET=0.334" in text
-            stored = set(segment_numbers(text))
-            parts = parse_parts(text)
-            for frag, index, duration, independent, uri in parts:
-                key = (frag, index)
-                durations[key] = duration
-                assert independent == (index == 0), (key, independent)
-                assert duration <= 0.334 or frag in stored, (key, duration)
-                if key in seen:
-                    continue
-                seen[key] = now
-                if frag not in stored:
-                    pending_seen.add(key)
-                got = await asyncio.to_thread(get, resolve(media_url, uri))
-                assert got.status_code == 200, got.text
-                fetched[key] = (time.time(), got.content)
-            seq = int(re.search(r"#EXT-X-MEDIA-SEQUENCE:(\d+)", text).group(1))  # type: ignore[union-attr]
-            last_msn = seq + len(segment_numbers(text)) - 1
-            pending = [p for p in parts if p[0] not in stored]
-            if pending:
-                query = f"&_HLS_msn={last_msn + 1}&_HLS_part={pending[-1][1] + 1}"
-            else:
-                query = f"&_HLS_msn={last_msn + 1}&_HLS_part=0"
+    async def run() -> Followed:
+        done = lambda: time.time() >= wall0 + SECONDS + 1.5  # noqa: E731
+        _, followed = await asyncio.gather(
+            stream_paced(server, name, data, wall0, acks), follow_parts(server, name, done)
+        )
+        return followed
 
-    async def run() -> None:
-        wall0 = time.time() + 0.3
-        await asyncio.gather(stream_paced(server, name, data, wall0, acks), client(wall0))
-        state["wall0"] = wall0
-
-    asyncio.run(run())
-    media_url = state["media_url"]
+    followed = asyncio.run(run())
+    media_url, seen, fetched = followed.media_url, followed.seen, followed.fetched
+    # While a fragment is being written its parts are at most the part target long.
+    assert all(followed.durations[key] <= 0.334 for key in followed.pending), followed.durations
 
     # Refused blocking reloads: too far in the future, and _HLS_part without _HLS_msn.
-    last = state["last"]
+    last = followed.last
     seq = int(re.search(r"#EXT-X-MEDIA-SEQUENCE:(\d+)", last).group(1))  # type: ignore[union-attr]
     last_msn = seq + len(segment_numbers(last)) - 1
     far = get(media_url + f"&_HLS_msn={last_msn + 3}")
@@ -190,7 +113,7 @@ def test_ll_hls_parts_before_storage_equal_the_stored_fragment(server: ServerThr
     assert near.status_code == 200 and time.time() - t < 1.0  # already there: no wait
 
     persisted = {int(a["FragmentNumber"]): t for t, a in acks if a.get("EventType") == "PERSISTED"}
-    init = get(resolve(media_url, re.search(r'#EXT-X-MAP:URI="([^"]+)"', last).group(1))).content  # type: ignore[union-attr]
+    init = followed.init_segment()
     compared = 0
     for frag in sorted({f for f, _ in seen}):
         indices = sorted(i for f, i in seen if f == frag)
@@ -199,7 +122,7 @@ def test_ll_hls_parts_before_storage_equal_the_stored_fragment(server: ServerThr
         if frag not in segment_numbers(get(media_url).text):
             continue
         # The part 0 of each fragment was served before the fragment was stored.
-        assert (frag, 0) in pending_seen
+        assert (frag, 0) in followed.pending
         assert fetched[(frag, 0)][0] < persisted[frag]
         segment = get(
             resolve(
@@ -220,7 +143,6 @@ def test_ll_hls_parts_before_storage_equal_the_stored_fragment(server: ServerThr
     assert probe["streams"][0]["codec_name"] == "h264"
 
     # Capture of a part's first frame -> the part listed in a blocking reload's answer.
-    wall0 = state["wall0"]
     buffering = {
         int(a["FragmentNumber"]): int(a["FragmentTimecode"])
         for _, a in acks
@@ -229,9 +151,9 @@ def test_ll_hls_parts_before_storage_equal_the_stored_fragment(server: ServerThr
     first_tc = min(buffering.values())
     latencies = []
     for (frag, index), listed in seen.items():
-        if (frag, index) not in pending_seen or frag not in buffering:
+        if (frag, index) not in followed.pending or frag not in buffering:
             continue
-        start = sum(durations[(frag, i)] for i in range(index))
+        start = sum(followed.durations[(frag, i)] for i in range(index))
         captured = wall0 + (buffering[frag] - first_tc) / 1000 + start
         latencies.append(listed - captured)
     latencies.sort()
@@ -269,20 +191,14 @@ def test_hls_js_low_latency_mode_plays_parts_from_another_origin(
     thread = threading.Thread(target=produce, daemon=True)
     thread.start()
     try:
-        url = None
-        for _ in range(100):  # LIVE needs one stored fragment first
-            try:
-                url = hls_url(
-                    server,
-                    name,
-                    PlaybackMode="LIVE",
-                    ContainerFormat="FRAGMENTED_MP4",
-                    HLSFragmentSelector={"FragmentSelectorType": "PRODUCER_TIMESTAMP"},
-                )
-                break
-            except Exception:  # noqa: BLE001 - ResourceNotFound until the first is stored
-                time.sleep(0.1)
-        assert url is not None
+        url = asyncio.run(
+            live_hls_url(
+                server,
+                name,
+                ContainerFormat="FRAGMENTED_MP4",
+                HLSFragmentSelector={"FragmentSelectorType": "PRODUCER_TIMESTAMP"},
+            )
+        )
         result = player_result(start_player(customer_page.url("hls", url, ll=True), 14), 90)
     finally:
         thread.join(seconds + 30)
@@ -329,16 +245,7 @@ def test_ll_hls_audio_rendition_answers_blocking_reloads(server: ServerThread) -
         await producer.close()
 
     async def client() -> None:
-        url = None
-        for _ in range(100):
-            try:
-                url = await asyncio.to_thread(
-                    hls_url, server, name, PlaybackMode="LIVE", ContainerFormat="FRAGMENTED_MP4"
-                )
-                break
-            except Exception:  # noqa: BLE001 - ResourceNotFound until the first is stored
-                await asyncio.sleep(0.1)
-        assert url is not None
+        url = await live_hls_url(server, name, ContainerFormat="FRAGMENTED_MP4")
         master = (await asyncio.to_thread(get, url)).text
         audio_url = resolve(url, re.search(r'TYPE=AUDIO.*URI="([^"]+)"', master).group(1))  # type: ignore[union-attr]
         video_url = resolve(url, next(u for u in uris(master) if "TrackNumber=1" in u))

@@ -7,8 +7,6 @@ part and the playlist; hls.js in low-latency mode plays the recording in Chromiu
 from __future__ import annotations
 
 import asyncio
-import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,74 +19,22 @@ from ..playback.support import (
     CustomerPage,
     customer_page,
     ffprobe_json,
+    follow_parts,
     get,
-    hls_url,
+    live_hls_url,
+    packets,
     player_result,
     resolve,
+    segment_numbers,
     start_player,
     uris,
 )
-from ..playback.test_llhls import packets, parse_parts, segment_numbers
 from .harness import Camera, fragment_bytes, fragments_of, storage_channel
 
 pytestmark = pytest.mark.slow
 __all__ = ["customer_page"]  # the fixture, for the browser test
 
 SECONDS = 8.0
-
-
-async def follow(
-    srv: Any, name: str, until: asyncio.Event, seen: dict[tuple[int, int], float]
-) -> dict[str, Any]:
-    """Chain blocking reloads of the LIVE video playlist until ``until``; fetch each part once
-    as it is first listed. Returns what was fetched."""
-    state: dict[str, Any] = {"fetched": {}, "pending": set(), "durations": {}}
-    url = None
-    for _ in range(200):  # LIVE needs one stored fragment first
-        try:
-            url = await asyncio.to_thread(
-                hls_url, srv, name, PlaybackMode="LIVE", ContainerFormat="FRAGMENTED_MP4"
-            )
-            break
-        except Exception:  # noqa: BLE001 - ResourceNotFound until the first is stored
-            await asyncio.sleep(0.1)
-    assert url is not None
-    master = (await asyncio.to_thread(get, url)).text
-    media_url = resolve(url, next(u for u in uris(master) if "TrackNumber=1" in u))
-    state["media_url"] = media_url
-    query = ""
-    while not until.is_set():
-        r = await asyncio.to_thread(get, media_url + query)
-        now = time.time()
-        assert r.status_code == 200, r.text
-        text = r.text
-        state["last"] = text
-        if "#EXT-X-SERVER-CONTROL" not in text:
-            # Parts start with the fragment after the first LIVE playlist request.
-            assert "#EXT-X-PART" not in text
-            await asyncio.sleep(0.05)
-            continue
-        assert "#EXT-X-PART-INF:PART-TARGET=0.334" in text
-        stored = set(segment_numbers(text))
-        parts = parse_parts(text)
-        for frag, index, duration, independent, uri in parts:
-            key = (frag, index)
-            state["durations"][key] = duration
-            assert independent == (index == 0), (key, independent)
-            if key in seen:
-                continue
-            seen[key] = now
-            if frag not in stored:
-                state["pending"].add(key)
-            got = await asyncio.to_thread(get, resolve(media_url, uri))
-            assert got.status_code == 200, got.text
-            state["fetched"][key] = got.content
-        seq = int(re.search(r"#EXT-X-MEDIA-SEQUENCE:(\d+)", text).group(1))  # type: ignore[union-attr]
-        last_msn = seq + len(segment_numbers(text)) - 1
-        pending = [p for p in parts if p[0] not in stored]
-        part = pending[-1][1] + 1 if pending else 0
-        query = f"&_HLS_msn={last_msn + 1}&_HLS_part={part}"
-    return state
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -103,18 +49,16 @@ async def test_webrtc_recording_parts_are_the_stored_fragments_frames(
     cam = Camera(srv, ch, video, opus_packets(SECONDS))
     await cam.connect()
     await asyncio.to_thread(cam.join)
-    seen: dict[tuple[int, int], float] = {}
     until = asyncio.Event()
-    client = asyncio.ensure_future(follow(srv, stream_name, until, seen))
+    client = asyncio.ensure_future(follow_parts(srv, stream_name, until.is_set))
     await cam.master.wait_sent()
     await asyncio.sleep(1.5)  # the last fragments arrive and are stored
     until.set()
-    state = await asyncio.wait_for(client, 60)
+    followed = await asyncio.wait_for(client, 60)
     await cam.close()
-    media_url = state["media_url"]
-    last = state["last"]
-    init = get(resolve(media_url, re.search(r'#EXT-X-MAP:URI="([^"]+)"', last).group(1))).content  # type: ignore[union-attr]
-    fetched: dict[tuple[int, int], bytes] = state["fetched"]
+    media_url, seen = followed.media_url, followed.seen
+    init = followed.init_segment()
+    fetched = {key: content for key, (_, content) in followed.fetched.items()}
 
     stored = {f.number: f for f in fragments_of(srv, stream_name)}
     listed = segment_numbers(get(media_url).text)
@@ -124,7 +68,7 @@ async def test_webrtc_recording_parts_are_the_stored_fragments_frames(
         if frag not in stored or frag not in listed or indices != list(range(len(indices))):
             continue
         # Each fragment's first part was listed (and served) before the fragment was stored.
-        assert (frag, 0) in state["pending"], frag
+        assert (frag, 0) in followed.pending, frag
         from_parts = [p for i in indices for p in packets(init, fetched[(frag, i)])]
         segment = get(
             resolve(
@@ -137,7 +81,7 @@ async def test_webrtc_recording_parts_are_the_stored_fragments_frames(
         blocks = mkv.read_fragment(fragment_bytes(srv, stored[frag])).blocks
         assert [data for _, data in from_parts] == [b.data for b in blocks if b.track == 1]
         assert 2 <= len(indices) <= 6, indices
-        assert all(state["durations"][(frag, i)] <= 0.334 for i in indices[:-1])
+        assert all(followed.durations[(frag, i)] <= 0.334 for i in indices[:-1])
         compared += 1
     assert compared >= 3, (compared, sorted(seen), sorted(stored))
 
@@ -168,16 +112,7 @@ async def test_hls_js_plays_a_webrtc_recording_with_and_without_low_latency_mode
     await cam.connect()
     await asyncio.to_thread(cam.join)
     try:
-        url = None
-        for _ in range(200):  # LIVE needs one stored fragment first
-            try:
-                url = await asyncio.to_thread(
-                    hls_url, srv, "llrtc-player-stream", PlaybackMode="LIVE"
-                )
-                break
-            except Exception:  # noqa: BLE001 - ResourceNotFound until the first is stored
-                await asyncio.sleep(0.1)
-        assert url is not None
+        url = await live_hls_url(srv, "llrtc-player-stream")
         # Parts start with the fragment after the first LIVE playlist request: the player starts
         # once they are listed (hls.js picks its distance to the live edge at its first load).
         master = (await asyncio.to_thread(get, url)).text

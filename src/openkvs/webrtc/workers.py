@@ -42,7 +42,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .. import errors, heap, logwriter
+from .. import clock, errors, heap, logwriter
 from ..config import Settings
 from ..control.fragments import FragmentStore, blob_key
 from ..playback.livecut import PartSink
@@ -516,8 +516,6 @@ class _RemoteFragments:
         duration_ms: int,
         number: int | None = None,
     ) -> Fragment:
-        from .. import clock
-
         server_ts = clock.now_ms() if server_ts_ms is None else server_ts_ms
         if number is None:
             number = await self.next_number(stream.id)
