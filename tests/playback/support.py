@@ -250,6 +250,31 @@ def player_result(proc: subprocess.Popen[str], timeout: float = 120) -> dict[str
     return dict(json.loads(out))
 
 
+def media_playlists(master_url: str) -> tuple[str, dict[int, tuple[str, str]]]:
+    """The master playlist, and each media playlist's (URL, text) by track number (0: none)."""
+    master = get(master_url)
+    assert master.status_code == 200, master.text
+    out = {}
+    for uri in uris(master.text):
+        m = re.search(r"TrackNumber=(\d)", uri)
+        url = resolve(master_url, uri)
+        media = get(url)
+        assert media.status_code == 200, media.text
+        out[int(m.group(1)) if m else 0] = (url, media.text)
+    return master.text, out
+
+
+def track_file(path: Path, media_url: str, playlist: str) -> Path:
+    """A media playlist's segments (behind its init segment) fetched into one file."""
+    parts = []
+    for uri in uris(playlist):
+        r = get(resolve(media_url, uri))
+        assert r.status_code == 200, (uri, r.text)
+        parts.append(r.content)
+    path.write_bytes(b"".join(parts))
+    return path
+
+
 # -- LL-HLS ----------------------------------------------------------------------------------
 
 PART_RE = re.compile(

@@ -26,10 +26,10 @@ from .support import (
     ffprobe_json,
     get,
     hls_url,
+    media_playlists,
     on_demand,
-    resolve,
     tool,
-    uris,
+    track_file,
 )
 
 
@@ -107,15 +107,10 @@ async def test_putmedia_opus_plays_back(server: ServerThread, tmp_path: Path) ->
         PlaybackMode="ON_DEMAND",
         HLSFragmentSelector=on_demand(t0 - 1000, t0 + 10_000),
     )
-    master = get(url).text
+    master, playlists = media_playlists(url)
     assert re.search(r'CODECS="avc1\.[0-9a-f]{6},opus"', master), master
-    audio_uri = next(u for u in uris(master) if "TrackNumber=2" in u)
-    audio_url = resolve(url, audio_uri)
-    playlist = get(audio_url).text
-    parts = [get(resolve(audio_url, u)).content for u in uris(playlist)]
-    assert _dops(parts[0]) == head.dops()
-    track_path = tmp_path / "audio.mp4"
-    track_path.write_bytes(b"".join(parts))
+    track_path = track_file(tmp_path / "audio.mp4", *playlists[2])
+    assert _dops(track_path.read_bytes()) == head.dops()
     assert ffmpeg_decode_errors(track_path) == ""
     assert dominant_hz(track_path)[0] == pytest.approx(440, abs=3)
 

@@ -26,10 +26,10 @@ from ..playback.support import (
     ffprobe_json,
     get,
     hls_url,
+    media_playlists,
     on_demand,
-    resolve,
     tool,
-    uris,
+    track_file,
 )
 from .harness import (
     Camera,
@@ -59,29 +59,6 @@ def audio_packets(target: Path) -> list[tuple[float, int]]:
 def is_subsequence(part: list[bytes], whole: list[bytes]) -> bool:
     it = iter(whole)
     return all(any(x == y for y in it) for x in part)
-
-
-def media_playlists(master_url: str) -> tuple[str, dict[int, tuple[str, str]]]:
-    master = get(master_url)
-    assert master.status_code == 200, master.text
-    out = {}
-    for uri in uris(master.text):
-        m = re.search(r"TrackNumber=(\d)", uri)
-        url = resolve(master_url, uri)
-        media = get(url)
-        assert media.status_code == 200, media.text
-        out[int(m.group(1)) if m else 0] = (url, media.text)
-    return master.text, out
-
-
-def track_file(path: Path, media_url: str, playlist: str) -> Path:
-    parts = []
-    for uri in uris(playlist):
-        r = get(resolve(media_url, uri))
-        assert r.status_code == 200, (uri, r.text)
-        parts.append(r.content)
-    path.write_bytes(b"".join(parts))
-    return path
 
 
 @pytest.mark.parametrize("workers", [0, 1])
