@@ -4,6 +4,7 @@ PutMedia paced like a camera, and reading a stream back through the archived-med
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -140,8 +141,10 @@ async def join_together(srv: Any, channel_arns: list[str]) -> list[int]:
     all requests are written in one turn of the loop: the joins reach the server together, not
     spread over the client's connection set-up (which a loaded machine stretches)."""
     requests = [signed_request(srv, "/joinStorageSession", {"channelArn": a}) for a in channel_arns]
-    conns = [await asyncio.open_connection("127.0.0.1", srv.http_port) for _ in requests]
+    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:
+        for _ in requests:
+            conns.append(await asyncio.open_connection("127.0.0.1", srv.http_port))
         for (url, headers, body), (_, writer) in zip(requests, conns, strict=True):
             head = [
                 f"POST {urllib.parse.urlsplit(url).path} HTTP/1.1",
@@ -161,8 +164,13 @@ async def join_together(srv: Any, channel_arns: list[str]) -> list[int]:
             statuses.append(int(line.split()[1]))
         return statuses
     finally:
+        # Closed before the test's loop ends: a socket left to the garbage collector fails
+        # whichever test happens to run then (unraisable ResourceWarning).
         for _, writer in conns:
             writer.close()
+        for _, writer in conns:
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
 
 async def join_at_once(srv: Any, channel_arns: list[str]) -> list[int]:
