@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from ..signaling.kvs import Client, b64json, presigned_url
+from ..webrtc.harness import offer_session
 from ..webrtc.procserver import ProcessServer
 from .common import LONG, rss_kib, server_pid, signed_request
 
@@ -53,6 +54,14 @@ class Master:
 
     def offers(self) -> list[float]:
         return [t for t, m in self.messages if m.get("messageType") == "SDP_OFFER"]
+
+    def offering_sessions(self) -> list[int]:
+        """The number of the session behind each offer, in arrival order."""
+        return [
+            offer_session(m["messagePayload"])
+            for _, m in self.messages
+            if m.get("messageType") == "SDP_OFFER"
+        ]
 
     async def close(self) -> None:
         self.task.cancel()
@@ -108,13 +117,20 @@ async def test_join_burst_one_offer_per_master_and_fast_first_offer(tmp_path: An
             f" {p50 * 1000:.0f} ms, max {firsts[-1] * 1000:.0f} ms; after the channel's last"
             f" join: p50 {statistics.median(after_last) * 1000:.0f} ms"
         )
-        assert offers == [1] * CHANNELS
-        assert created <= len(order) // 2  # joins that come together coalesce
+        # Each session offers at most once, and in order (a replaced session never offers
+        # after its successor). Joins that come together coalesce: one offer per master on a
+        # quiet machine; on a loaded one, a join the server takes after its channel's offer went
+        # out replaces that session, which offers anew.
+        for m in masters:
+            numbers = m.offering_sessions()
+            assert numbers and numbers == sorted(set(numbers)), numbers
+        assert sum(offers) <= CHANNELS * 3 // 2, offers
+        assert created <= len(order) // 2
         # The figures are for the README (about 0.2 s from the burst's start, under 0.1 s after
         # a channel's last join, on 2 quiet cores); CI shares its cores, so the bound is looser.
         assert statistics.median(after_last) < 1.0
 
-        # Over the per-channel join rate: refused in the AWS error shape, still one offer.
+        # Over the per-channel join rate: refused in the AWS error shape; offers stay in order.
         t0, results = await _burst(srv, [arns[0]] * 70)
         refused = [r for _, status, r in results if status != 200]
         assert 0 < len(refused) < 70
@@ -124,7 +140,8 @@ async def test_join_burst_one_offer_per_master_and_fast_first_offer(tmp_path: An
                 assert r[0].startswith("ClientLimitExceededException")
                 assert "JoinStorageSession" in r[1]["message"]
         await asyncio.sleep(2.0)
-        assert len(masters[0].offers()) == 2  # the burst's, and one for this round
+        numbers = masters[0].offering_sessions()  # the burst's, then this round's
+        assert len(numbers) > offers[0] and numbers == sorted(set(numbers)), numbers
         print(f"70 joins on one channel at once: {len(refused)} refused (ClientLimitExceeded)")
     finally:
         for m in masters:

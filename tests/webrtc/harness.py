@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import time
@@ -177,3 +178,15 @@ def ffmpeg_decode_errors(path: Path) -> str:
         text=True,
     )
     return res.stderr if res.returncode == 0 else f"exit {res.returncode}: {res.stderr}"
+
+
+def offer_tag(sdp: str) -> str:
+    """The session tag on an offer's mids (``a=mid:<tag>-<mid>``)."""
+    mid = next(line for line in sdp.splitlines() if line.startswith("a=mid:"))
+    return mid[len("a=mid:") :].partition("-")[0]
+
+
+def offer_session(payload: str) -> int:
+    """The number of the session that sent an SDP_OFFER (its tag is ``s`` + base 36)."""
+    sdp = json.loads(base64.b64decode(payload))["sdp"]
+    return int(offer_tag(sdp)[1:], 36)
