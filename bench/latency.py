@@ -80,6 +80,29 @@ def join_latency(quick: bool) -> dict[str, Any]:
 _SEGMENT_LINE = re.compile(r"^get\w+\.(?:mp4|ts)\?FragmentNumber=(\d+)", re.M)
 
 
+def _live_url(am: Any, name: str, give_up: Callable[[], bool], **params: Any) -> str | None:
+    """A LIVE HLS session URL, once the stream's first fragment is stored (ResourceNotFound
+    before); None if ``give_up()`` first."""
+    while True:
+        try:
+            return str(
+                am.get_hls_streaming_session_url(
+                    StreamName=name, PlaybackMode="LIVE", Expires=600, **params
+                )["HLSStreamingSessionURL"]
+            )
+        except am.exceptions.ResourceNotFoundException:
+            if give_up():
+                return None
+            time.sleep(0.05)
+
+
+def _media_url(http: requests.Session, url: str, verify: Any = True) -> str:
+    """The (first) media playlist's URL named by a master playlist."""
+    master = http.get(url, timeout=10, verify=verify).text
+    media_uri = next(line for line in master.splitlines() if line and not line.startswith("#"))
+    return url.rsplit("/", 1)[0] + "/" + media_uri
+
+
 def _poll_list(am: Any, name: str, seen: dict[int, float], stop: threading.Event) -> int:
     polls = 0
     while not stop.is_set():
@@ -101,21 +124,11 @@ def _poll_list(am: Any, name: str, seen: dict[int, float], stop: threading.Event
 
 
 def _poll_hls(srv: Any, name: str, seen: dict[int, float], stop: threading.Event) -> int:
-    am = srv.client("kinesis-video-archived-media")
-    url = None
-    while url is None and not stop.is_set():
-        try:
-            url = am.get_hls_streaming_session_url(
-                StreamName=name, PlaybackMode="LIVE", Expires=600
-            )["HLSStreamingSessionURL"]
-        except am.exceptions.ResourceNotFoundException:
-            time.sleep(0.05)
+    url = _live_url(srv.client("kinesis-video-archived-media"), name, stop.is_set)
     if url is None:
         return 0
     http = requests.Session()
-    master = http.get(url, timeout=10, verify=srv.ca).text
-    media_uri = next(line for line in master.splitlines() if line and not line.startswith("#"))
-    media_url = url.rsplit("/", 1)[0] + "/" + media_uri
+    media_url = _media_url(http, url, srv.ca)
     polls = 0
     while not stop.is_set():
         body = http.get(media_url, timeout=10, verify=srv.ca).text
@@ -238,21 +251,12 @@ def _follow_parts(
     """Chain LL-HLS blocking reloads of the LIVE video playlist; fetch each part as soon as it is
     listed. ``seen``: (fragment, part) → (listed, fetched, duration)."""
     am = srv.client("kinesis-video-archived-media")
-    url = None
-    while url is None and not stop.is_set():
-        try:
-            url = am.get_hls_streaming_session_url(
-                StreamName=name, PlaybackMode="LIVE", ContainerFormat="FRAGMENTED_MP4", Expires=600
-            )["HLSStreamingSessionURL"]
-        except am.exceptions.ResourceNotFoundException:
-            time.sleep(0.05)
+    url = _live_url(am, name, stop.is_set, ContainerFormat="FRAGMENTED_MP4")
     if url is None:
         return 0
     http = requests.Session()
-    master = http.get(url, timeout=10, verify=srv.ca).text
-    media_uri = next(line for line in master.splitlines() if line and not line.startswith("#"))
     base = url.rsplit("/", 1)[0] + "/"
-    media_url = base + media_uri
+    media_url = _media_url(http, url, srv.ca)
     polls = 0
     query = ""
     while not stop.is_set():
@@ -328,27 +332,6 @@ GLASS_PLAYERS: dict[str, tuple[bool, float | None]] = {
 }
 
 
-def _live_url(srv: Any, am: Any, name: str, stop_at: float) -> str:
-    """A LIVE fMP4 session URL on the plain HTTP port (the player needs no CA) with program date
-    times on the producer timestamps, once the first fragment is stored."""
-    while True:
-        try:
-            return str(
-                am.get_hls_streaming_session_url(
-                    StreamName=name,
-                    PlaybackMode="LIVE",
-                    ContainerFormat="FRAGMENTED_MP4",
-                    DisplayFragmentTimestamp="ALWAYS",
-                    HLSFragmentSelector={"FragmentSelectorType": "PRODUCER_TIMESTAMP"},
-                    Expires=600,
-                )["HLSStreamingSessionURL"]
-            )
-        except am.exceptions.ResourceNotFoundException:
-            if time.monotonic() > stop_at:
-                raise
-            time.sleep(0.05)
-
-
 def glass_player(
     page: dict[str, Any], offset_ms: float, warmup_s: float, measure_s: float
 ) -> dict[str, Any]:
@@ -415,16 +398,26 @@ def glass_latency(
                     "kinesis-video-archived-media", endpoint=f"http://127.0.0.1:{srv.http_port}"
                 )
                 stop_at = time.monotonic() + 20
-                urls = {k: _live_url(srv, am, name, stop_at) for k in GLASS_PLAYERS}
+                # On the plain HTTP port (the player needs no CA), with program date times on
+                # the producer timestamps.
+                urls: dict[str, str] = {}
+                for k in GLASS_PLAYERS:
+                    url = _live_url(
+                        am,
+                        name,
+                        lambda: time.monotonic() > stop_at,
+                        ContainerFormat="FRAGMENTED_MP4",
+                        DisplayFragmentTimestamp="ALWAYS",
+                        HLSFragmentSelector={"FragmentSelectorType": "PRODUCER_TIMESTAMP"},
+                    )
+                    if url is None:
+                        raise RuntimeError("the glass-to-glass camera stored no first fragment")
+                    urls[k] = url
                 # Parts start with the fragment after the first LIVE playlist request; hls.js
                 # picks its distance to the live edge at its first load, so it starts once the
                 # playlist lists parts.
                 http = requests.Session()
-                master = http.get(urls["ll"], timeout=10).text
-                media_uri = next(
-                    line for line in master.splitlines() if line and not line.startswith("#")
-                )
-                media_url = urls["ll"].rsplit("/", 1)[0] + "/" + media_uri
+                media_url = _media_url(http, urls["ll"])
                 while "#EXT-X-PART:" not in http.get(media_url, timeout=10).text:
                     if time.monotonic() > stop_at:
                         raise RuntimeError("the LIVE playlist listed no LL-HLS part")
