@@ -353,6 +353,25 @@ def test_absurd_api_parameters(
     assert response["Error"]["Code"] == code
 
 
+def hls_session_error(server: ServerThread, data: bytes, t0: int, duration_ms: int) -> str:
+    """Store ``data`` as stream "cam"'s fragment at ``t0``; the error code an ON_DEMAND HLS
+    session over it gets."""
+    stream = server.services.control.get_stream(name="cam")
+    server.call(
+        server.services.fragments.append(stream, data, producer_ts_ms=t0, duration_ms=duration_ms)
+    )
+    response = raw_api(
+        server,
+        "GetHLSStreamingSessionURL",
+        {
+            "StreamName": "cam",
+            "PlaybackMode": "ON_DEMAND",
+            "HLSFragmentSelector": on_demand(t0, t0 + 1000),
+        },
+    )
+    return str(response["Error"]["Code"])
+
+
 @pytest.mark.parametrize(
     ("private", "code"),
     [
@@ -368,18 +387,7 @@ def test_unusable_codec_private_data(server: ServerThread, private: bytes, code:
         el(0x1F43B675, uint(0xE7, 0) + el(0xA3, block(1, 0, 0x80, b"\0\0\0\1\x65"))),
     )
     t0 = clock.now_ms() - 5000
-    stream = server.services.control.get_stream(name="cam")
-    server.call(server.services.fragments.append(stream, data, producer_ts_ms=t0, duration_ms=1000))
-    response = raw_api(
-        server,
-        "GetHLSStreamingSessionURL",
-        {
-            "StreamName": "cam",
-            "PlaybackMode": "ON_DEMAND",
-            "HLSFragmentSelector": on_demand(t0, t0 + 1000),
-        },
-    )
-    assert response["Error"]["Code"] == code
+    assert hls_session_error(server, data, t0, 1000) == code
     # GetImages reports the undecodable media per image instead.
     result = archived(server).get_images(
         StreamName="cam",
@@ -436,16 +444,4 @@ def test_unusable_opus_head(server: ServerThread, private: bytes, code: str) -> 
     data = mkv.write_fragment(
         [track], [mkv.Block(1, 0, bytes([31 << 3, 1, 2, 3]), True)], timecode=0
     )
-    t0 = clock.now_ms() - 5000
-    stream = server.services.control.get_stream(name="cam")
-    server.call(server.services.fragments.append(stream, data, producer_ts_ms=t0, duration_ms=20))
-    response = raw_api(
-        server,
-        "GetHLSStreamingSessionURL",
-        {
-            "StreamName": "cam",
-            "PlaybackMode": "ON_DEMAND",
-            "HLSFragmentSelector": on_demand(t0, t0 + 1000),
-        },
-    )
-    assert response["Error"]["Code"] == code
+    assert hls_session_error(server, data, clock.now_ms() - 5000, 20) == code
