@@ -17,9 +17,9 @@ import pytest
 from openkvs import clock
 from openkvs.playback import images as images_module
 from openkvs.playback.images import (
+    Encoder,
     ImageOptions,
     decode_ranges,
-    encode_image,
     frame_bytes,
     pick_frames,
     render,
@@ -110,13 +110,13 @@ def test_sampled_images_equal_a_decode_of_every_frame(bframes: int) -> None:
             assert max(picks) < len(frames) - 1
         ours = render(parsed, track, wanted, options)
         for p in picks:
-            assert ours[p] == encode_image(everything[p], options), (name, p)
+            assert ours[p] == Encoder(options).encode(everything[p]), (name, p)
     # PNG, scaled: the same frames, pixel for pixel.
     png = ImageOptions("PNG", width=320)
     picks = pick_frames(parsed, track, patterns["mid-GOP"])
     ours = render(parsed, track, set(picks), png)
     for p in picks:
-        assert ours[p] == encode_image(everything[p], png), p
+        assert ours[p] == Encoder(png).encode(everything[p]), p
 
 
 def test_a_render_keeps_decoded_frames_within_its_budget() -> None:
@@ -126,7 +126,7 @@ def test_a_render_keeps_decoded_frames_within_its_budget() -> None:
     one = frame_bytes(everything[0])
     wanted = {5, 12, len(frames) - 3}
     options = ImageOptions("JPEG", width=160)
-    expected = {p: encode_image(everything[p], options) for p in wanted}
+    expected = {p: Encoder(options).encode(everything[p]) for p in wanted}
     for budget, most in ((0, 0), (one, 1), (2 * one, 2), (100 * one, 5)):
         keep: dict[int, Any] = {}
         assert render(parsed, track, wanted, options, None, keep, budget) == expected

@@ -16,10 +16,10 @@ import pytest
 
 from openkvs import clock
 from openkvs.playback.images import (
+    Encoder,
     ImageOptions,
-    decode_frames,
     decode_ranges,
-    encode_image,
+    iter_frames,
     render,
 )
 from openkvs.playback.mkv import ParsedFragment, parse_fragment
@@ -27,6 +27,17 @@ from openkvs.playback.mkv import ParsedFragment, parse_fragment
 from ..support import ServerThread
 from .media import GeneratedFragment, append, recorded
 from .support import create_stream, ffprobe_json, ms, tool
+
+
+def decode_frames(
+    parsed: ParsedFragment, track: int, wanted: set[int], keep: dict[int, Any]
+) -> dict[int, Any]:
+    """The frames ``iter_frames`` yields as wanted; ``keep`` receives the others (the keyframe
+    each run of decoding started from)."""
+    out: dict[int, Any] = {}
+    for index, frame, is_wanted in iter_frames(parsed, track, wanted):
+        (out if is_wanted else keep)[index] = frame
+    return out
 
 
 def images(server: ServerThread, start_ms: int, end_ms: int, **params: Any) -> dict[str, Any]:
@@ -370,7 +381,7 @@ def test_one_decoder_per_fragment_gives_the_frames_a_fresh_decode_gives() -> Non
     options = ImageOptions("JPEG", quality=70, width=320)
     batch = render(merged, track.number, wanted, options)
     for index in wanted:
-        assert batch[index] == encode_image(ours[index], options)
+        assert batch[index] == Encoder(options).encode(ours[index])
         assert (batch[index] or b"")[:2] == b"\xff\xd8"
 
 

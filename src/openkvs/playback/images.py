@@ -145,21 +145,6 @@ def iter_frames(
                     yield index, frame, index in wanted
 
 
-def decode_frames(
-    parsed: ParsedFragment, track: int, wanted: set[int], keep: dict[int, Any] | None = None
-) -> dict[int, Any]:
-    """Decode the frames at decode-order indices ``wanted``, each from its nearest keyframe.
-
-    ``keep``, when given, also receives the keyframe each run of decoding started from."""
-    out: dict[int, Any] = {}
-    for index, frame, is_wanted in iter_frames(parsed, track, wanted):
-        if is_wanted:
-            out[index] = frame
-        elif keep is not None:
-            keep[index] = frame
-    return out
-
-
 class Encoder:
     """Encodes frames as one format/quality/size, reusing one encoder for every image."""
 
@@ -196,10 +181,6 @@ class Encoder:
 def frame_bytes(frame: Any) -> int:
     """Memory a decoded video frame holds (its planes)."""
     return sum(int(plane.buffer_size) for plane in frame.planes)
-
-
-def encode_image(frame: Any, options: ImageOptions) -> bytes:
-    return Encoder(options).encode(frame)
 
 
 def render(
