@@ -261,10 +261,6 @@ class RedisCluster(Cluster):
         self.duties = LeaseDutyLock(self.leases)
         self._fragments_channel = f"{prefix}:fragments"
         self._pubsub: Any = None
-        # Subscription confirmations seen: the first two are the start's own; any later one
-        # means the client reconnected and subscribed again by itself.
-        self._confirmed = 0
-        self._subscribed = False
         self._tasks: list[asyncio.Task[None]] = []
         self._beat_hooks: list[BeatHook] = []
 
@@ -298,8 +294,10 @@ class RedisCluster(Cluster):
                 await self._client.ping()
                 await self._nodes.beat(self.node, self._node_ttl)
                 pubsub = self._client.pubsub()
-                await pubsub.subscribe(self._fragments_channel, self._leases.yield_channel)
                 self._pubsub = pubsub
+                await subscribe_confirmed(
+                    pubsub, [self._fragments_channel, self._leases.yield_channel]
+                )
         except Exception as exc:
             await self._close()
             raise ClusterUnavailable(
@@ -376,15 +374,11 @@ class RedisCluster(Cluster):
             backoff = 0.1
             if message is None:
                 continue
-            if message.get("type") == "subscribe" and self._subscribed:
-                # The client reconnected on its own and subscribed again: notifications sent
-                # meanwhile are lost, so waiting readers look at the store.
+            if message.get("type") == "subscribe":
+                # Subscribed again after a gap (see ``subscribe_confirmed``): notifications
+                # sent meanwhile are lost, so waiting readers look at the store.
                 logger.warning("bus subscription was renewed by the client")
                 self._redis_notifier.wake_everyone()
-                continue
-            if message.get("type") == "subscribe":
-                self._confirmed += 1
-                self._subscribed = self._confirmed >= 2
                 continue
             if message.get("type") != "message":
                 continue
@@ -407,8 +401,22 @@ class RedisCluster(Cluster):
         return len(keys)
 
 
+async def subscribe_confirmed(pubsub: Any, channels: list[str]) -> None:
+    """Subscribe ``pubsub`` to ``channels`` and read Redis's confirmation of each: from then on
+    nothing published to them is missed. After a lost connection the Redis client connects and
+    subscribes again by itself, so any later ``subscribe`` message a listener reads means
+    "subscribed again after a gap" (what was published meanwhile is gone). Callers bound the
+    wait."""
+    await pubsub.subscribe(*channels)
+    confirmed = 0
+    while confirmed < len(channels):
+        msg = await pubsub.get_message(timeout=1.0)
+        if msg is not None and msg.get("type") == "subscribe":
+            confirmed += 1
+
+
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-__all__ = ["RedisCluster"]
+__all__ = ["RedisCluster", "subscribe_confirmed"]

@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 
 from .. import errors, ids
 from ..cluster.base import cancel_tasks
-from ..cluster.redisbus import RedisCluster
+from ..cluster.redisbus import RedisCluster, subscribe_confirmed
 from ..errors import ClientLimitExceededException, InternalFailure, ServiceError
 from . import redis_lua
 from .bus import (
@@ -409,18 +409,9 @@ class RedisBus:
             await self._resync()
 
     async def _subscribe(self) -> None:
-        """Subscribe to this node's channels and wait until Redis confirms both: from then on
-        nothing sent to this node can be missed. After a lost connection the client connects
-        and subscribes again by itself; the listener sees the confirmations."""
-        pubsub = self._require().pubsub()
-        self._pubsub = pubsub
-        await pubsub.subscribe(self._to(self._node), self._k + "all")
-        confirmed = 0
+        self._pubsub = self._require().pubsub()
         async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
-            while confirmed < 2:
-                msg = await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT)
-                if msg is not None and msg.get("type") == "subscribe":
-                    confirmed += 1
+            await subscribe_confirmed(self._pubsub, [self._to(self._node), self._k + "all"])
 
     async def _resync(self) -> None:
         """After a gap in this node's subscription: messages sent meanwhile to its participants
@@ -450,9 +441,8 @@ class RedisBus:
             if msg is None:
                 continue
             if msg.get("type") == "subscribe":
-                # Subscribed again after a gap (``_subscribe`` takes the first confirmations):
-                # what was sent to this node meanwhile was kept in Redis; hand it over before
-                # anything that follows.
+                # Subscribed again after a gap (see ``subscribe_confirmed``): what was sent to
+                # this node meanwhile was kept in Redis; hand it over before what follows.
                 if msg.get("channel") == self._to(self._node):
                     logger.warning("signaling bus subscribed again; taking what was kept")
                     try:
