@@ -1,5 +1,6 @@
 """A published LIVE segment never changes (RFC 8216 6.2.1), and consecutive LIVE audio segments
-neither overlap nor leave a gap.
+neither overlap nor leave a gap (with server timestamps, no gap beyond the fragments' arrival
+jitter).
 
 A PutMedia producer sends H.264 + AAC with millisecond timecodes (AAC frames straddle every
 keyframe, as a camera's do) one cluster at a time. Each fragment's segments (media bytes and
@@ -137,10 +138,14 @@ def check_session(
     audio = [probe(inits[2], edge[(selector, 2, n)][1], "a") for n in numbers]
     video = [probe(inits[1], edge[(selector, 1, n)][1], "v") for n in numbers]
     assert all(audio) and all(video)
+    # Server timestamps are arrival times: a fragment that arrives late (a loaded machine)
+    # starts that much later on the timeline, which leaves a hole of up to the arrival jitter
+    # before its audio, never an overlap.
+    hole = 0.0015 if selector == "PRODUCER_TIMESTAMP" else 0.05
     for i in range(1, len(numbers)):
         prev_end = audio[i - 1][-1][0] + audio[i - 1][-1][1]
         start = audio[i][0][0]
-        assert abs(start - prev_end) <= 0.0015, (selector, numbers[i], prev_end, start)
+        assert -0.0015 <= start - prev_end <= hole, (selector, numbers[i], prev_end, start)
         if selector == "PRODUCER_TIMESTAMP":
             # Placed by the producer's own clock, each audio segment covers its video's start
             # (the frame playing at the keyframe opens the next segment).
